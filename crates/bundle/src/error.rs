@@ -1,0 +1,175 @@
+//! Errors of the bundle crate.
+//!
+//! Rules: a problem *with the bundle's bytes* (anything an attacker or bit rot can cause) is
+//! an [`Invalid`] and reaches users as "the bundle failed verification", with its own exit
+//! code. A problem *of the machine* (a path that cannot be opened, a full disk) is
+//! [`Error::Io`]; `fs_err` puts the path in its message. Variants carry the facts (names,
+//! offsets, expected and actual values) and keep causes in `#[source]`, not in the message.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::digest::Sha256Digest;
+use crate::index::{IndexError, PathError};
+use crate::outer::OuterError;
+use crate::tarfmt::TarError;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("the bundle failed verification")]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("signing the bundle failed")]
+    Signing(#[from] baluchon_signature::Error),
+}
+
+impl From<OuterError> for Error {
+    fn from(e: OuterError) -> Self {
+        Self::Invalid(Invalid::Outer(e))
+    }
+}
+
+impl From<TarError> for Error {
+    fn from(e: TarError) -> Self {
+        Self::Invalid(Invalid::Tar(e))
+    }
+}
+
+/// Why a bundle was refused. Every variant means "do not trust this bundle".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Invalid {
+    #[error("the outer tar is malformed")]
+    Outer(#[source] OuterError),
+    #[error("the signature over {} was not accepted", crate::layout::TAG_MANIFEST)]
+    Signature(#[source] baluchon_signature::VerifyError),
+    #[error("{name} is {size} bytes, over its {limit}-byte limit")]
+    TooLarge { name: String, size: u64, limit: u64 },
+    #[error("{file}, line {line}: {reason}")]
+    Listing {
+        file: &'static str,
+        line: usize,
+        reason: String,
+    },
+    #[error("{name} is not listed in {listing}")]
+    Unlisted { name: String, listing: &'static str },
+    #[error("{name} is listed in {listing} but absent from the bundle")]
+    Absent { name: String, listing: &'static str },
+    #[error("{name} is {actual} bytes, but {declared} are declared")]
+    Size {
+        name: String,
+        declared: u64,
+        actual: u64,
+    },
+    #[error("{name} has sha256 {actual}, but {expected} is recorded")]
+    Checksum {
+        name: String,
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
+    #[error("bagit.txt must be exactly {:?}", crate::layout::BAGIT_TXT_CONTENT)]
+    BagitDeclaration,
+    #[error("bag-info.txt: {reason}")]
+    BagInfo { reason: String },
+    #[error("bundle.json is not a valid v1 bundle description")]
+    BundleJson(#[source] serde_json::Error),
+    #[error("bundle format {format:?} version {version} is not supported (this baluchon reads {} version {}); upgrade baluchon", crate::layout::FORMAT, crate::layout::FORMAT_VERSION)]
+    UnsupportedFormat { format: String, version: u32 },
+    #[error("bundle.json disagrees with the bag: {reason}")]
+    Inconsistent { reason: String },
+    #[error("the bundle is for tenant {found:?}, not {expected:?}")]
+    WrongTenant { expected: String, found: String },
+    #[error("the bundle claims to be created at {created_at}, in the future (clock now {now})")]
+    FromTheFuture {
+        created_at: jiff::Timestamp,
+        now: jiff::Timestamp,
+    },
+    #[error("the bundle exceeds a limit: {reason}")]
+    Limit { reason: String },
+    #[error("{}, line {line} is invalid", crate::layout::FILES_INDEX)]
+    Index {
+        line: u64,
+        #[source]
+        source: IndexError,
+    },
+    #[error(
+        "{}, line {line} is longer than {} bytes",
+        crate::layout::FILES_INDEX,
+        crate::layout::MAX_INDEX_LINE
+    )]
+    IndexLineTooLong { line: u64 },
+    #[error("the inner tar of {} is malformed", crate::layout::FILES_PAYLOAD)]
+    Tar(#[source] TarError),
+    #[error("{} does not decompress", crate::layout::FILES_PAYLOAD)]
+    Decompress(#[source] io::Error),
+    #[error(
+        "{} decompresses to more than the {declared} bytes declared",
+        crate::layout::FILES_PAYLOAD
+    )]
+    DecompressedTooLarge { declared: u64 },
+    #[error(
+        "entry {path} (index line {line}): {field} is {tar} in the tar but {index} in the index"
+    )]
+    EntryMismatch {
+        line: u64,
+        path: String,
+        field: &'static str,
+        index: String,
+        tar: String,
+    },
+    #[error("index line {line} lists {path}, but the tar has no more entries")]
+    MissingFromTar { line: u64, path: String },
+    #[error("the tar has entry {path} that the index does not list")]
+    ExtraInTar { path: String },
+    #[error("entry {path} (index line {line}) appears twice")]
+    Duplicate { line: u64, path: String },
+    #[error("entry {path} (index line {line}) comes before its parent directory")]
+    Orphan { line: u64, path: String },
+    #[error(
+        "hardlink {path} (index line {line}) must point to an earlier regular file, not {target}"
+    )]
+    Hardlink {
+        line: u64,
+        path: String,
+        target: String,
+    },
+    #[error("{what}: bundle.json declares {declared}, the bundle has {actual}")]
+    Count {
+        what: &'static str,
+        declared: u64,
+        actual: u64,
+    },
+}
+
+/// Why an export stopped. The partial output is always removed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    #[error("{path} is not a directory (symlinks are not followed)")]
+    NotADirectory { path: PathBuf },
+    #[error("{path} already exists; choose another output or remove it")]
+    OutputExists { path: PathBuf },
+    #[error("invalid tenant name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")]
+    InvalidTenant { name: String },
+    #[error("cannot archive {dir}/{name}")]
+    Name {
+        dir: String,
+        name: String,
+        #[source]
+        source: PathError,
+    },
+    #[error("cannot read {path}")]
+    Unreadable {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} was replaced while being archived")]
+    Replaced { path: String },
+    #[error("{path} is nested deeper than {limit} directories")]
+    TooDeep { path: String, limit: usize },
+}

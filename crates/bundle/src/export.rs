@@ -1,0 +1,779 @@
+//! Single-pass export of a directory tree into a signed bundle.
+//!
+//! The tree is walked relative to directory handles with `O_NOFOLLOW`, so no path is ever
+//! resolved through a symlink, and each file is read for exactly the size its header
+//! announces. Hashes are computed while data streams to the compressor; the index and the
+//! manifests follow the payload, and the signature comes last. Output goes to a temporary
+//! name that is renamed into place only once the signature is written and synced.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, BufWriter, Read, Seek, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use baluchon_signature::SigningKey;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::io::Errno;
+
+use crate::compress::FrameCompressor;
+use crate::digest::{Hasher, HashingWriter, Sha256Digest};
+use crate::error::{Error, ExportError};
+use crate::index::{
+    is_valid_tenant, BundleHeader, Change, Entry, EntryKind, EntryPath, Extent, FilesSummary, Meta,
+    PayloadFile, Producer, SkipReason,
+};
+use crate::layout::{self, MAX_SPARSE_SEGMENTS, SIGNATURE_NAMESPACE};
+use crate::outer::OuterWriter;
+use crate::progress::{Phase, Progress};
+use crate::tarfmt::{Kind, TarMeta, TarWriter};
+
+/// Deepest directory nesting followed; each level holds one open directory handle.
+const MAX_DEPTH: usize = 512;
+/// How many skipped or changed entries an [`ExportReport`] lists (the index lists them all).
+const REPORT_LIST_CAP: usize = 1000;
+
+/// What to export, and where.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ExportOptions {
+    pub source: PathBuf,
+    pub tenant: String,
+    pub sequence: u64,
+    pub output: PathBuf,
+    /// Compression threads.
+    pub threads: usize,
+}
+
+impl ExportOptions {
+    pub fn new(source: PathBuf, tenant: String, output: PathBuf) -> Self {
+        Self {
+            source,
+            tenant,
+            sequence: 1,
+            output,
+            threads: std::thread::available_parallelism().map_or(2, usize::from),
+        }
+    }
+}
+
+/// What an export produced.
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub output: PathBuf,
+    pub bundle_size: u64,
+    pub header: BundleHeader,
+    pub signer: String,
+    /// The first skipped entries (all are in the index; the count is in `header.files`).
+    pub skipped: Vec<(EntryPath, SkipReason)>,
+    /// The first entries that changed while read.
+    pub changed: Vec<(EntryPath, Change)>,
+}
+
+/// Exports the tree at `options.source` into a new bundle at `options.output`.
+pub fn export_tree(
+    options: &ExportOptions,
+    key: &SigningKey,
+    progress: &dyn Progress,
+) -> Result<ExportReport, Error> {
+    if !is_valid_tenant(&options.tenant) {
+        return Err(ExportError::InvalidTenant {
+            name: options.tenant.clone(),
+        }
+        .into());
+    }
+    if options.output.symlink_metadata().is_ok() {
+        return Err(ExportError::OutputExists {
+            path: options.output.clone(),
+        }
+        .into());
+    }
+    let root = open_source(&options.source)?;
+    let out_dir = match options.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let out_name = options
+        .output
+        .file_name()
+        .map_or_else(|| "bundle".into(), |n| n.to_string_lossy().into_owned());
+    // Removed on drop: any early return leaves nothing behind, under any name.
+    let partial = tempfile::Builder::new()
+        .prefix(&format!(".{out_name}."))
+        .suffix(".partial")
+        .tempfile_in(&out_dir)
+        .map_err(|e| with_path(e, &out_dir))?;
+
+    let created_at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    let mtime = u64::try_from(created_at.as_second()).unwrap_or(0);
+    let bundle_id = uuid::Uuid::new_v4().to_string();
+
+    let mut outer = OuterWriter::new(partial.as_file().try_clone()?, mtime);
+    let bagit = layout::BAGIT_TXT_CONTENT.as_bytes();
+    outer.append(layout::BAGIT_TXT, bagit)?;
+    let readme = crate::readme::render(
+        &options.tenant,
+        &bundle_id,
+        &created_at.to_string(),
+        &key.fingerprint(),
+    );
+    outer.append(layout::README_TXT, readme.as_bytes())?;
+
+    progress.phase(Phase::Archiving, None);
+    let (member, payload_out) = outer.begin_member(layout::FILES_PAYLOAD)?;
+    let mut walker = Walker {
+        tar: TarWriter::new(FrameCompressor::new(payload_out, options.threads)),
+        index: spill(&out_dir)?,
+        sums: spill(&out_dir)?,
+        owners: HashMap::new(),
+        groups: HashMap::new(),
+        hardlinks: HashMap::new(),
+        summary: FilesSummary {
+            entries: 0,
+            skipped: 0,
+            changed: 0,
+            content_bytes: 0,
+        },
+        skipped: Vec::new(),
+        changed: Vec::new(),
+        buf: vec![0; 1 << 20],
+        progress,
+    };
+    let walked = walker.walk(root.as_fd(), None, 0);
+    let Walker {
+        tar,
+        index,
+        sums,
+        summary,
+        skipped,
+        changed,
+        ..
+    } = walker;
+    let finished = tar.finish();
+    let compressed = match (walked, finished) {
+        (Ok(()), Ok(compressor)) => compressor.finish()?,
+        (walked, finished) => {
+            // The compressor's own error (say, a full disk) explains a broken pipe upstream.
+            let compressor_error = finished.and_then(FrameCompressor::finish).err();
+            return Err(match (walked, compressor_error) {
+                (Err(Error::Io(e)), Some(cause)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    cause.into()
+                }
+                (Err(e), _) => e,
+                (Ok(()), Some(cause)) => cause.into(),
+                (Ok(()), None) => io::Error::other("archive writer failed").into(),
+            });
+        }
+    };
+    let mut outer = OuterWriter::end_member(compressed.sink, member, compressed.compressed, mtime)?;
+
+    let (index_sha, _) = append_spill(&mut outer, layout::FILES_INDEX, index)?;
+    let (sums_sha, _) = append_spill(&mut outer, layout::FILES_SHA256, sums)?;
+
+    let header = BundleHeader {
+        format: layout::FORMAT.to_owned(),
+        format_version: layout::FORMAT_VERSION,
+        bundle_id: bundle_id.clone(),
+        tenant: options.tenant.clone(),
+        sequence: options.sequence,
+        created_at,
+        producer: Producer {
+            tool: "baluchon".to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            host: rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+            source_path: options.source.to_string_lossy().into_owned(),
+        },
+        payload: vec![PayloadFile {
+            path: layout::FILES_PAYLOAD.to_owned(),
+            media_type: layout::FILES_MEDIA_TYPE.to_owned(),
+            size: compressed.compressed,
+            sha256: compressed.sha256,
+            uncompressed_size: Some(compressed.uncompressed),
+        }],
+        files: summary,
+    };
+    let mut bundle_json = serde_json::to_vec_pretty(&header).map_err(io::Error::other)?;
+    bundle_json.push(b'\n');
+    outer.append(layout::BUNDLE_JSON, &bundle_json)?;
+
+    let bag_info = format!(
+        "Bagging-Date: {date}\nBag-Software-Agent: baluchon {version}\n\
+         External-Identifier: {tenant}\nBundle-Id: {bundle_id}\n\
+         Bundle-Format: {format}/{format_version}\nPayload-Oxum: {octets}.{count}\n",
+        date = created_at.strftime("%Y-%m-%d"),
+        version = env!("CARGO_PKG_VERSION"),
+        tenant = options.tenant,
+        format = layout::FORMAT,
+        format_version = layout::FORMAT_VERSION,
+        octets = compressed.compressed,
+        count = 1,
+    );
+    outer.append(layout::BAG_INFO, bag_info.as_bytes())?;
+    let manifest = format!("{}  {}\n", compressed.sha256, layout::FILES_PAYLOAD);
+    outer.append(layout::MANIFEST, manifest.as_bytes())?;
+
+    let mut tag_manifest = String::new();
+    for (name, digest) in [
+        (layout::BAGIT_TXT, Sha256Digest::of(bagit)),
+        (layout::README_TXT, Sha256Digest::of(readme.as_bytes())),
+        (layout::FILES_INDEX, index_sha),
+        (layout::FILES_SHA256, sums_sha),
+        (layout::BUNDLE_JSON, Sha256Digest::of(&bundle_json)),
+        (layout::BAG_INFO, Sha256Digest::of(bag_info.as_bytes())),
+        (layout::MANIFEST, Sha256Digest::of(manifest.as_bytes())),
+    ] {
+        tag_manifest.push_str(&format!("{digest}  {name}\n"));
+    }
+    outer.append(layout::TAG_MANIFEST, tag_manifest.as_bytes())?;
+    // The signature is the commit marker: it is written only once everything it covers is.
+    let signature = key.sign(SIGNATURE_NAMESPACE, tag_manifest.as_bytes())?;
+    outer.append(layout::SIGNATURE, signature.as_bytes())?;
+    let (_, bundle_size) = outer.finish()?;
+
+    partial
+        .persist_noclobber(&options.output)
+        .map_err(|e| match e.error.kind() {
+            io::ErrorKind::AlreadyExists => Error::from(ExportError::OutputExists {
+                path: options.output.clone(),
+            }),
+            _ => with_path(e.error, &options.output).into(),
+        })?;
+    fs_err::File::open(&out_dir)?.sync_all()?;
+
+    Ok(ExportReport {
+        output: options.output.clone(),
+        bundle_size,
+        header,
+        signer: key.fingerprint(),
+        skipped,
+        changed,
+    })
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+fn open_source(path: &Path) -> Result<OwnedFd, Error> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::NOTDIR | Errno::LOOP) => Err(ExportError::NotADirectory {
+            path: path.to_owned(),
+        }
+        .into()),
+        Err(e) => Err(with_path(e.into(), path).into()),
+    }
+}
+
+type Spill = HashingWriter<BufWriter<File>>;
+
+/// An anonymous temporary file next to the output: the index can outgrow memory.
+fn spill(dir: &Path) -> Result<Spill, Error> {
+    let file = tempfile::tempfile_in(dir).map_err(|e| with_path(e, dir))?;
+    Ok(HashingWriter::new(BufWriter::new(file)))
+}
+
+fn append_spill(
+    outer: &mut OuterWriter,
+    name: &'static str,
+    spill: Spill,
+) -> Result<(Sha256Digest, u64), Error> {
+    let (writer, digest, len) = spill.into_parts();
+    let mut file = writer
+        .into_inner()
+        .map_err(io::IntoInnerError::into_error)?;
+    file.rewind()?;
+    outer.append_from(name, len, &mut io::BufReader::with_capacity(1 << 20, file))?;
+    Ok((digest, len))
+}
+
+struct Walker<'p> {
+    tar: TarWriter<FrameCompressor<BufWriter<File>>>,
+    index: Spill,
+    sums: Spill,
+    owners: HashMap<u32, Option<String>>,
+    groups: HashMap<u32, Option<String>>,
+    /// (device, inode) of multiply-linked files already archived: their path and digest.
+    hardlinks: HashMap<(u64, u64), (EntryPath, Sha256Digest)>,
+    summary: FilesSummary,
+    skipped: Vec<(EntryPath, SkipReason)>,
+    changed: Vec<(EntryPath, Change)>,
+    buf: Vec<u8>,
+    progress: &'p dyn Progress,
+}
+
+impl Walker<'_> {
+    fn walk(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        prefix: Option<&EntryPath>,
+        depth: usize,
+    ) -> Result<(), Error> {
+        let shown = || prefix.map_or_else(|| ".".to_owned(), ToString::to_string);
+        if depth > MAX_DEPTH {
+            return Err(ExportError::TooDeep {
+                path: shown(),
+                limit: MAX_DEPTH,
+            }
+            .into());
+        }
+        let unreadable = |source: io::Error| ExportError::Unreadable {
+            path: shown(),
+            source,
+        };
+        let mut names: Vec<CString> = Vec::new();
+        for item in rustix::fs::Dir::read_from(dir).map_err(|e| unreadable(e.into()))? {
+            let item = item.map_err(|e| unreadable(e.into()))?;
+            let name = item.file_name();
+            if name != c"." && name != c".." {
+                names.push(name.to_owned());
+            }
+        }
+        // Sorted, so that two exports of the same tree list entries in the same order.
+        names.sort();
+        for name in names {
+            let path = match prefix {
+                Some(p) => p.join(name.to_bytes()),
+                None => EntryPath::new(name.to_bytes().to_vec()),
+            }
+            .map_err(|source| ExportError::Name {
+                dir: shown(),
+                name: name.to_bytes().escape_ascii().to_string(),
+                source,
+            })?;
+            let stat = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => stat,
+                // Deleted since the directory was listed: it is not part of the tree any more.
+                Err(Errno::NOENT) => continue,
+                Err(e) => {
+                    return Err(ExportError::Unreadable {
+                        path: path.to_string(),
+                        source: e.into(),
+                    }
+                    .into())
+                }
+            };
+            match FileType::from_raw_mode(stat.st_mode) {
+                FileType::Directory => self.directory(dir, &name, &path, &stat, depth)?,
+                FileType::RegularFile => self.file(dir, &name, &path, &stat)?,
+                FileType::Symlink => self.symlink(dir, &name, &path, &stat)?,
+                FileType::Socket => self.skip(path, SkipReason::Socket)?,
+                FileType::Fifo => self.skip(path, SkipReason::Fifo)?,
+                FileType::CharacterDevice => self.skip(path, SkipReason::CharDevice)?,
+                FileType::BlockDevice => self.skip(path, SkipReason::BlockDevice)?,
+                FileType::Unknown => {
+                    return Err(ExportError::Unreadable {
+                        path: path.to_string(),
+                        source: io::Error::other("unknown file type"),
+                    }
+                    .into())
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn directory(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &CString,
+        path: &EntryPath,
+        listed: &Stat,
+        depth: usize,
+    ) -> Result<(), Error> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(parent, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOTDIR | Errno::LOOP) => {
+                return Err(ExportError::Replaced {
+                    path: path.to_string(),
+                }
+                .into())
+            }
+            Err(e) => {
+                return Err(ExportError::Unreadable {
+                    path: path.to_string(),
+                    source: e.into(),
+                }
+                .into())
+            }
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(io::Error::from)?;
+        if (stat.st_dev, stat.st_ino) != (listed.st_dev, listed.st_ino) {
+            return Err(ExportError::Replaced {
+                path: path.to_string(),
+            }
+            .into());
+        }
+        let meta = self.meta(&stat);
+        self.record(Entry {
+            path: path.clone(),
+            kind: EntryKind::Dir { meta },
+        })?;
+        self.walk(fd.as_fd(), Some(path), depth + 1)
+    }
+
+    fn symlink(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &CString,
+        path: &EntryPath,
+        stat: &Stat,
+    ) -> Result<(), Error> {
+        let target = rustix::fs::readlinkat(dir, name, Vec::new())
+            .map_err(|e| ExportError::Unreadable {
+                path: path.to_string(),
+                source: e.into(),
+            })?
+            .into_bytes();
+        let meta = self.meta(stat);
+        self.record(Entry {
+            path: path.clone(),
+            kind: EntryKind::Symlink { meta, target },
+        })
+    }
+
+    fn file(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        name: &CString,
+        path: &EntryPath,
+        listed: &Stat,
+    ) -> Result<(), Error> {
+        let unreadable = |source: io::Error| ExportError::Unreadable {
+            path: path.to_string(),
+            source,
+        };
+        // O_NONBLOCK: should the name have become a FIFO meanwhile, open must not hang.
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP) => {
+                return Err(ExportError::Replaced {
+                    path: path.to_string(),
+                }
+                .into())
+            }
+            Err(e) => return Err(unreadable(e.into()).into()),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(|e| unreadable(e.into()))?;
+        if (stat.st_dev, stat.st_ino) != (listed.st_dev, listed.st_ino)
+            || FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile
+        {
+            return Err(ExportError::Replaced {
+                path: path.to_string(),
+            }
+            .into());
+        }
+        let meta = self.meta(&stat);
+        let inode = (stat.st_dev, stat.st_ino);
+        if let Some((first, digest)) = self.hardlinks.get(&inode).cloned() {
+            self.sums
+                .write_all(&sha256sum_line(&digest, path.as_bytes()))?;
+            return self.record(Entry {
+                path: path.clone(),
+                kind: EntryKind::Hardlink {
+                    meta,
+                    target: first,
+                },
+            });
+        }
+        let file = File::from(fd);
+        let size = stat.st_size as u64;
+        let extents = if (stat.st_blocks as u64) * 512 < size {
+            sparse_extents(&file, size).map_err(unreadable)?
+        } else {
+            None
+        };
+        self.tar.header(
+            path.as_bytes(),
+            &Kind::File {
+                size,
+                extents: extents.as_deref(),
+            },
+            &tar_meta(&meta),
+        )?;
+        let (sha256, mut change) = match &extents {
+            Some(list) => self.copy_extents(&file, size, list),
+            None => self.copy_exact(&file, size),
+        }
+        .map_err(|e| match e {
+            CopyError::Read(source) => Error::from(unreadable(source)),
+            CopyError::Write(e) => Error::from(e),
+        })?;
+        let stored = extents
+            .as_ref()
+            .map_or(size, |list| list.iter().map(|e| e.len).sum());
+        self.tar.end(stored)?;
+        if change.is_none() {
+            let after = rustix::fs::fstat(&file).map_err(|e| unreadable(e.into()))?;
+            if (
+                after.st_mtime,
+                after.st_mtime_nsec,
+                after.st_ctime,
+                after.st_ctime_nsec,
+            ) != (
+                stat.st_mtime,
+                stat.st_mtime_nsec,
+                stat.st_ctime,
+                stat.st_ctime_nsec,
+            ) {
+                change = Some(Change::Modified);
+            }
+        }
+        self.summary.content_bytes += size;
+        self.sums
+            .write_all(&sha256sum_line(&sha256, path.as_bytes()))?;
+        if stat.st_nlink > 1 {
+            self.hardlinks.insert(inode, (path.clone(), sha256));
+        }
+        if let Some(change) = change {
+            self.summary.changed += 1;
+            if self.changed.len() < REPORT_LIST_CAP {
+                self.changed.push((path.clone(), change));
+            }
+        }
+        self.record(Entry {
+            path: path.clone(),
+            kind: EntryKind::File {
+                meta,
+                size,
+                sha256,
+                extents,
+                changed: change,
+            },
+        })
+    }
+
+    /// Copies exactly `size` bytes: zeros stand in for what a shrinking file no longer has,
+    /// and bytes a growing file gained are left out.
+    fn copy_exact(
+        &mut self,
+        mut file: &File,
+        size: u64,
+    ) -> Result<(Sha256Digest, Option<Change>), CopyError> {
+        let mut hasher = Hasher::default();
+        let mut remaining = size;
+        let mut change = None;
+        while remaining > 0 {
+            let want = remaining.min(self.buf.len() as u64) as usize;
+            let n = match file.read(&mut self.buf[..want]) {
+                Ok(0) => {
+                    self.zeros(&mut hasher, remaining)?;
+                    change = Some(Change::Shrank);
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CopyError::Read(e)),
+            };
+            hasher.update(&self.buf[..n]);
+            self.tar.data(&self.buf[..n]).map_err(CopyError::Write)?;
+            self.progress.advance(n as u64);
+            remaining -= n as u64;
+        }
+        if change.is_none() && file.read(&mut [0u8; 1]).map_err(CopyError::Read)? > 0 {
+            change = Some(Change::Grew);
+        }
+        Ok((hasher.finish().0, change))
+    }
+
+    /// Copies the data extents of a sparse file; the hash covers its logical content.
+    fn copy_extents(
+        &mut self,
+        file: &File,
+        size: u64,
+        extents: &[Extent],
+    ) -> Result<(Sha256Digest, Option<Change>), CopyError> {
+        let mut hasher = Hasher::default();
+        let mut change = None;
+        let mut cursor = 0u64;
+        for extent in extents {
+            hash_zeros(&mut hasher, extent.offset - cursor);
+            self.progress.advance(extent.offset - cursor);
+            let mut done = 0u64;
+            while done < extent.len {
+                let want = (extent.len - done).min(self.buf.len() as u64) as usize;
+                let n = match file.read_at(&mut self.buf[..want], extent.offset + done) {
+                    Ok(0) => {
+                        self.zeros(&mut hasher, extent.len - done)?;
+                        change = Some(Change::Shrank);
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(CopyError::Read(e)),
+                };
+                hasher.update(&self.buf[..n]);
+                self.tar.data(&self.buf[..n]).map_err(CopyError::Write)?;
+                self.progress.advance(n as u64);
+                done += n as u64;
+            }
+            cursor = extent.offset + extent.len;
+        }
+        hash_zeros(&mut hasher, size - cursor);
+        self.progress.advance(size - cursor);
+        if change.is_none() && file.read_at(&mut [0u8; 1], size).map_err(CopyError::Read)? > 0 {
+            change = Some(Change::Grew);
+        }
+        Ok((hasher.finish().0, change))
+    }
+
+    fn zeros(&mut self, hasher: &mut Hasher, len: u64) -> Result<(), CopyError> {
+        hash_zeros(hasher, len);
+        self.tar.zeros(len).map_err(CopyError::Write)
+    }
+
+    fn skip(&mut self, path: EntryPath, reason: SkipReason) -> Result<(), Error> {
+        self.summary.skipped += 1;
+        if self.skipped.len() < REPORT_LIST_CAP {
+            self.skipped.push((path.clone(), reason));
+        }
+        self.index_line(&Entry {
+            path,
+            kind: EntryKind::Skipped { reason },
+        })
+    }
+
+    /// Writes the header of a non-file entry (files write theirs before their data) and
+    /// records any entry in the index.
+    fn record(&mut self, entry: Entry) -> Result<(), Error> {
+        match &entry.kind {
+            EntryKind::Dir { meta } => {
+                self.tar
+                    .header(entry.path.as_bytes(), &Kind::Dir, &tar_meta(meta))?
+            }
+            EntryKind::Symlink { meta, target } => self.tar.header(
+                entry.path.as_bytes(),
+                &Kind::Symlink { target },
+                &tar_meta(meta),
+            )?,
+            EntryKind::Hardlink { meta, target } => self.tar.header(
+                entry.path.as_bytes(),
+                &Kind::Hardlink {
+                    target: target.as_bytes(),
+                },
+                &tar_meta(meta),
+            )?,
+            EntryKind::File { .. } | EntryKind::Skipped { .. } => {}
+        }
+        self.summary.entries += 1;
+        self.index_line(&entry)
+    }
+
+    fn index_line(&mut self, entry: &Entry) -> Result<(), Error> {
+        let mut line = entry.to_json_line().into_bytes();
+        line.push(b'\n');
+        self.index.write_all(&line)?;
+        Ok(())
+    }
+
+    fn meta(&mut self, stat: &Stat) -> Meta {
+        let uid = stat.st_uid;
+        let gid = stat.st_gid;
+        let owner = self
+            .owners
+            .entry(uid)
+            .or_insert_with(|| {
+                uzers::get_user_by_uid(uid).map(|u| u.name().to_string_lossy().into_owned())
+            })
+            .clone();
+        let group = self
+            .groups
+            .entry(gid)
+            .or_insert_with(|| {
+                uzers::get_group_by_gid(gid).map(|g| g.name().to_string_lossy().into_owned())
+            })
+            .clone();
+        Meta {
+            mode: stat.st_mode & 0o7777,
+            uid,
+            gid,
+            owner,
+            group,
+            mtime: stat.st_mtime as i64,
+            mtime_nsec: stat.st_mtime_nsec as u32,
+        }
+    }
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+fn tar_meta(meta: &Meta) -> TarMeta<'_> {
+    TarMeta {
+        mode: meta.mode,
+        uid: meta.uid,
+        gid: meta.gid,
+        owner: meta.owner.as_deref(),
+        group: meta.group.as_deref(),
+        mtime: meta.mtime,
+    }
+}
+
+fn hash_zeros(hasher: &mut Hasher, mut len: u64) {
+    static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
+    while len > 0 {
+        let n = len.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..n]);
+        len -= n as u64;
+    }
+}
+
+/// Data extents from `SEEK_DATA`/`SEEK_HOLE`; `None` when the file has no hole after all or
+/// too many extents to list.
+fn sparse_extents(file: &File, size: u64) -> io::Result<Option<Vec<Extent>>> {
+    let mut extents = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(data) => data,
+            Err(Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(data))?.min(size);
+        extents.push(Extent {
+            offset: data,
+            len: hole - data,
+        });
+        if extents.len() > MAX_SPARSE_SEGMENTS {
+            return Ok(None);
+        }
+        pos = hole;
+    }
+    let covered: u64 = extents.iter().map(|e| e.len).sum();
+    Ok((covered < size).then_some(extents))
+}
+
+/// One line of `files-sha256.txt`, escaped as GNU coreutils does: a name with a backslash
+/// or a newline gets a leading backslash, and those two characters are escaped.
+fn sha256sum_line(digest: &Sha256Digest, path: &[u8]) -> Vec<u8> {
+    let escape = path.iter().any(|&b| b == b'\\' || b == b'\n');
+    let mut line = Vec::with_capacity(path.len() + 68);
+    if escape {
+        line.push(b'\\');
+    }
+    line.extend_from_slice(digest.to_string().as_bytes());
+    line.extend_from_slice(b"  ");
+    for &b in path {
+        match b {
+            b'\\' if escape => line.extend_from_slice(b"\\\\"),
+            b'\n' => line.extend_from_slice(b"\\n"),
+            _ => line.push(b),
+        }
+    }
+    line.push(b'\n');
+    line
+}

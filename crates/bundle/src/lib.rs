@@ -1,0 +1,34 @@
+//! The baluchon bundle: a signed, checksummed, stock-tools-readable package of a tenant.
+//!
+//! * [`export_tree`] walks a directory and writes a bundle in one pass.
+//! * [`Bundle`] reads one: [`Bundle::open`] → [`Bundle::authenticate`] →
+//!   [`Bundle::verify_payload`]; each step returns a new type, so unverified data cannot be
+//!   mistaken for verified data.
+//!
+//! The format is specified in `docs/bundle-format.md`. This crate never prints and never
+//! exits; it reports progress through [`Progress`].
+
+mod compress;
+mod digest;
+mod error;
+mod export;
+mod index;
+mod layout;
+mod outer;
+mod progress;
+mod readme;
+mod tarfmt;
+mod verify;
+
+pub use digest::Sha256Digest;
+pub use error::{Error, ExportError, Invalid};
+pub use export::{export_tree, ExportOptions, ExportReport};
+pub use index::{
+    BundleHeader, Change, Entry, EntryKind, EntryPath, Extent, FilesSummary, IndexError, Meta,
+    PathError, PayloadFile, Producer, SkipReason,
+};
+pub use layout::{FILES_INDEX, FILES_PAYLOAD, SIGNATURE_NAMESPACE};
+pub use outer::OuterError;
+pub use progress::{NoProgress, Phase, Progress};
+pub use tarfmt::TarError;
+pub use verify::{verify, Authenticated, Bundle, Inspection, Policy, Unverified, Verified};

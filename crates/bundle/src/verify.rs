@@ -1,0 +1,1060 @@
+//! Reading a bundle: open → authenticate → verify the payload.
+//!
+//! The typestate makes the order a compile-time fact: only a `Bundle<Authenticated>` exposes
+//! its metadata as trustworthy, and only a `Bundle<Verified>` is the proof that every byte
+//! was checked. Tag files are authenticated before any of them is parsed, and nothing in the
+//! payload is parsed before the metadata that bounds it (sizes, counts) is authenticated.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+
+use baluchon_signature::{TrustedSigners, VerifiedSigner};
+
+use crate::digest::{Hasher, HashingReader, Sha256Digest};
+use crate::error::{Error, Invalid};
+use crate::index::{is_valid_tenant, BundleHeader, Entry, EntryKind, EntryPath};
+use crate::layout::{self, tag_file_cap, MAX_INDEX_LINE, SIGNATURE_NAMESPACE, ZSTD_WINDOW_LOG_MAX};
+use crate::outer::{self, Member};
+use crate::progress::{Phase, Progress};
+use crate::tarfmt::{Content, TarEntry, TarError, TarKind, TarReader};
+
+/// What the verifier accepts beyond a valid signature.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Policy {
+    /// Refuse a bundle made for another tenant (cross-tenant replay).
+    pub expected_tenant: Option<String>,
+    pub max_entries: u64,
+    pub max_uncompressed_bytes: u64,
+    /// How far in the future `created_at` may be before the bundle is refused.
+    pub clock_skew: jiff::SignedDuration,
+    pub now: jiff::Timestamp,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            expected_tenant: None,
+            max_entries: 100_000_000,
+            max_uncompressed_bytes: 64 << 40,
+            clock_skew: jiff::SignedDuration::from_hours(24),
+            now: jiff::Timestamp::now(),
+        }
+    }
+}
+
+/// State: only the outer tar has been checked.
+#[derive(Debug)]
+pub struct Unverified;
+
+/// State: the signature and every tag file are checked; the payload is not yet.
+#[derive(Debug)]
+pub struct Authenticated {
+    header: BundleHeader,
+    signer: VerifiedSigner,
+    index_sha256: Sha256Digest,
+    manifest: Vec<(String, Sha256Digest)>,
+}
+
+/// State: every byte of the bundle has been checked against the signed metadata.
+#[derive(Debug)]
+pub struct Verified {
+    header: BundleHeader,
+    signer: VerifiedSigner,
+}
+
+/// A bundle file in one of the states above.
+#[derive(Debug)]
+pub struct Bundle<S> {
+    path: PathBuf,
+    file: File,
+    members: Vec<Member>,
+    state: S,
+}
+
+/// What `inspect` shows without checking anything but the form.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    pub header: BundleHeader,
+    /// Fingerprint of the key that claims to have signed; not verified.
+    pub claimed_signer: Option<String>,
+    pub bundle_size: u64,
+}
+
+impl<S> Bundle<S> {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn member(&self, name: &str) -> Result<&Member, Error> {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| crate::outer::OuterError::Missing(static_name(name)).into())
+    }
+
+    /// Reads a capped tag file whole.
+    fn read_small(&self, name: &str) -> Result<Vec<u8>, Error> {
+        let member = self.member(name)?;
+        let limit = tag_file_cap(name);
+        if member.size > limit {
+            return Err(Invalid::TooLarge {
+                name: name.to_owned(),
+                size: member.size,
+                limit,
+            }
+            .into());
+        }
+        let mut bytes = vec![0u8; member.size as usize];
+        self.file.read_exact_at(&mut bytes, member.offset)?;
+        Ok(bytes)
+    }
+
+    fn region(&self, member: &Member) -> Region<'_> {
+        Region {
+            file: &self.file,
+            pos: member.offset,
+            end: member.offset + member.size,
+        }
+    }
+}
+
+impl Bundle<Unverified> {
+    /// Opens a bundle and checks the outer tar's structure.
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let mut file = fs_err::File::open(path)?.into_parts().0;
+        let members = outer::scan(&mut file)?;
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            members,
+            state: Unverified,
+        })
+    }
+
+    /// Reads `bundle.json` and the claimed signer without verifying them: for display only.
+    pub fn inspect(&self) -> Result<Inspection, Error> {
+        let header = parse_header(&self.read_small(layout::BUNDLE_JSON)?)?;
+        let claimed_signer = self
+            .read_small(layout::SIGNATURE)
+            .ok()
+            .and_then(|sig| baluchon_signature::claimed_signer(&sig));
+        let bundle_size = self.file.metadata()?.len();
+        Ok(Inspection {
+            header,
+            claimed_signer,
+            bundle_size,
+        })
+    }
+
+    /// Checks the signature, then every tag file against the signed tag manifest, then the
+    /// metadata against the bag and the policy.
+    pub fn authenticate(
+        self,
+        trust: &TrustedSigners,
+        policy: &Policy,
+        progress: &dyn Progress,
+    ) -> Result<Bundle<Authenticated>, Error> {
+        progress.phase(Phase::Authenticating, None);
+        let signature = self.read_small(layout::SIGNATURE)?;
+        let tag_manifest = self.read_small(layout::TAG_MANIFEST)?;
+        let signer = trust
+            .verify(SIGNATURE_NAMESPACE, &tag_manifest, &signature, policy.now)
+            .map_err(Invalid::Signature)?;
+
+        let tags = parse_listing(&tag_manifest, layout::TAG_MANIFEST)?;
+        let expected_tags: Vec<&str> = layout::LEADING_TAG_FILES
+            .iter()
+            .chain(layout::TRAILING_TAG_FILES.iter())
+            .copied()
+            .filter(|n| *n != layout::TAG_MANIFEST && *n != layout::SIGNATURE)
+            .collect();
+        check_same_names(&tags, &expected_tags, layout::TAG_MANIFEST)?;
+        for (name, expected) in &tags {
+            let member = self.member(name)?;
+            if member.size > tag_file_cap(name) {
+                return Err(Invalid::TooLarge {
+                    name: name.clone(),
+                    size: member.size,
+                    limit: tag_file_cap(name),
+                }
+                .into());
+            }
+            let actual = hash_region(self.region(member), None)?;
+            if actual != *expected {
+                return Err(Invalid::Checksum {
+                    name: name.clone(),
+                    expected: *expected,
+                    actual,
+                }
+                .into());
+            }
+        }
+
+        // Parsing starts only now that every tag file is authenticated.
+        if self.read_small(layout::BAGIT_TXT)? != layout::BAGIT_TXT_CONTENT.as_bytes() {
+            return Err(Invalid::BagitDeclaration.into());
+        }
+        let header = parse_header(&self.read_small(layout::BUNDLE_JSON)?)?;
+        let manifest = parse_listing(&self.read_small(layout::MANIFEST)?, layout::MANIFEST)?;
+        self.check_payload_listing(&header, &manifest)?;
+        check_bag_info(&self.read_small(layout::BAG_INFO)?, &header)?;
+        check_policy(&header, policy)?;
+
+        let index_sha256 = tags
+            .iter()
+            .find(|(n, _)| n == layout::FILES_INDEX)
+            .map(|(_, d)| *d)
+            .ok_or(Invalid::Absent {
+                name: layout::FILES_INDEX.to_owned(),
+                listing: layout::TAG_MANIFEST,
+            })?;
+        Ok(Bundle {
+            path: self.path,
+            file: self.file,
+            members: self.members,
+            state: Authenticated {
+                header,
+                signer,
+                index_sha256,
+                manifest,
+            },
+        })
+    }
+
+    /// Every payload member is listed once in the manifest and described in bundle.json with
+    /// the same hash and its actual size (sizes first: they bound everything else).
+    fn check_payload_listing(
+        &self,
+        header: &BundleHeader,
+        manifest: &[(String, Sha256Digest)],
+    ) -> Result<(), Error> {
+        let payload_members: Vec<&Member> = self
+            .members
+            .iter()
+            .filter(|m| m.name.starts_with("data/"))
+            .collect();
+        let names: Vec<&str> = payload_members.iter().map(|m| m.name.as_str()).collect();
+        check_same_names(manifest, &names, layout::MANIFEST)?;
+        if header.payload.len() != manifest.len() {
+            return Err(Invalid::Inconsistent {
+                reason: format!(
+                    "{} payload files described, {} in the manifest",
+                    header.payload.len(),
+                    manifest.len()
+                ),
+            }
+            .into());
+        }
+        for described in &header.payload {
+            let member = payload_members
+                .iter()
+                .find(|m| m.name == described.path)
+                .ok_or_else(|| Invalid::Absent {
+                    name: described.path.clone(),
+                    listing: layout::BUNDLE_JSON,
+                })?;
+            if member.size != described.size {
+                return Err(Invalid::Size {
+                    name: described.path.clone(),
+                    declared: described.size,
+                    actual: member.size,
+                }
+                .into());
+            }
+            let listed = manifest.iter().find(|(n, _)| *n == described.path);
+            if listed.map(|(_, d)| *d) != Some(described.sha256) {
+                return Err(Invalid::Inconsistent {
+                    reason: format!("{} has another sha256 in the manifest", described.path),
+                }
+                .into());
+            }
+        }
+        let files = header
+            .payload
+            .iter()
+            .find(|p| p.path == layout::FILES_PAYLOAD)
+            .ok_or_else(|| Invalid::Absent {
+                name: layout::FILES_PAYLOAD.to_owned(),
+                listing: layout::BUNDLE_JSON,
+            })?;
+        if files.media_type != layout::FILES_MEDIA_TYPE || files.uncompressed_size.is_none() {
+            return Err(Invalid::Inconsistent {
+                reason: format!(
+                    "{} must be {} with an uncompressed_size",
+                    layout::FILES_PAYLOAD,
+                    layout::FILES_MEDIA_TYPE
+                ),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+impl Bundle<Authenticated> {
+    pub fn header(&self) -> &BundleHeader {
+        &self.state.header
+    }
+
+    pub fn signer(&self) -> &VerifiedSigner {
+        &self.state.signer
+    }
+
+    /// Streams every payload file once: sizes, hashes, and for the file tree, each tar entry
+    /// against the next index line and each file's content against its recorded hash.
+    pub fn verify_payload(self, progress: &dyn Progress) -> Result<Bundle<Verified>, Error> {
+        let total = self
+            .members
+            .iter()
+            .filter(|m| m.name.starts_with("data/"))
+            .map(|m| m.size)
+            .sum();
+        progress.phase(Phase::VerifyingPayload, Some(total));
+        for (name, expected) in &self.state.manifest {
+            let member = self.member(name)?;
+            if name == layout::FILES_PAYLOAD {
+                self.verify_files(member, *expected, progress)?;
+            } else {
+                let actual = hash_region(self.region(member), Some(progress))?;
+                if actual != *expected {
+                    return Err(Invalid::Checksum {
+                        name: name.clone(),
+                        expected: *expected,
+                        actual,
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(Bundle {
+            path: self.path,
+            file: self.file,
+            members: self.members,
+            state: Verified {
+                header: self.state.header,
+                signer: self.state.signer,
+            },
+        })
+    }
+
+    fn verify_files(
+        &self,
+        member: &Member,
+        expected: Sha256Digest,
+        progress: &dyn Progress,
+    ) -> Result<(), Error> {
+        let declared = self
+            .state
+            .header
+            .payload
+            .iter()
+            .find(|p| p.path == layout::FILES_PAYLOAD)
+            .and_then(|p| p.uncompressed_size)
+            .unwrap_or(0);
+        let region = self.region(member);
+        let index = self.region(self.member(layout::FILES_INDEX)?);
+        // One thread reads, hashes and decompresses; this one parses the tar and hashes the
+        // files. The channel is bounded, so memory is too.
+        std::thread::scope(|scope| {
+            let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
+            let decompressor = scope.spawn(move || decompress(region, declared, &tx, progress));
+            let checked = self.check_tree(ChannelReader::new(rx), index);
+            let decompressed = decompressor
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("decompression thread panicked")));
+            match (checked, decompressed) {
+                (_, Err(e)) if e.kind() == io::ErrorKind::FileTooLarge => {
+                    Err(Invalid::DecompressedTooLarge { declared }.into())
+                }
+                (_, Err(e)) => Err(Invalid::Decompress(e).into()),
+                (Err(e), Ok(_)) => Err(e),
+                (Ok(()), Ok(done)) => {
+                    if done.sha256 != expected {
+                        return Err(Invalid::Checksum {
+                            name: layout::FILES_PAYLOAD.to_owned(),
+                            expected,
+                            actual: done.sha256,
+                        }
+                        .into());
+                    }
+                    if done.uncompressed != declared {
+                        return Err(Invalid::Count {
+                            what: "uncompressed size of data/files.tar.zst",
+                            declared,
+                            actual: done.uncompressed,
+                        }
+                        .into());
+                    }
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// Walks the tar and the index in lockstep.
+    fn check_tree(&self, stream: ChannelReader, index: Region<'_>) -> Result<(), Error> {
+        let summary = &self.state.header.files;
+        let mut tar = TarReader::new(stream);
+        let mut lines = IndexLines::new(index);
+        let mut seen = HashSet::new();
+        let mut dirs = HashSet::new();
+        let mut files = HashSet::new();
+        let (mut entries, mut skipped, mut changed, mut content) = (0u64, 0u64, 0u64, 0u64);
+        while let Some((line, entry)) = lines.next_entry()? {
+            let key = path_key(&entry.path);
+            if !seen.insert(key) {
+                return Err(Invalid::Duplicate {
+                    line,
+                    path: entry.path.to_string(),
+                }
+                .into());
+            }
+            if entries + skipped >= summary.entries + summary.skipped {
+                return Err(Invalid::Count {
+                    what: "index lines",
+                    declared: summary.entries + summary.skipped,
+                    actual: entries + skipped + 1,
+                }
+                .into());
+            }
+            if let Some(parent) = entry.path.parent() {
+                if !dirs.contains(&path_key(&parent)) {
+                    return Err(Invalid::Orphan {
+                        line,
+                        path: entry.path.to_string(),
+                    }
+                    .into());
+                }
+            }
+            if matches!(entry.kind, EntryKind::Skipped { .. }) {
+                skipped += 1;
+                continue;
+            }
+            let tar_entry =
+                tar.next_entry()
+                    .map_err(stream_error)?
+                    .ok_or_else(|| Invalid::MissingFromTar {
+                        line,
+                        path: entry.path.to_string(),
+                    })?;
+            compare(line, &entry, &tar_entry)?;
+            entries += 1;
+            match &entry.kind {
+                EntryKind::Dir { .. } => {
+                    dirs.insert(key);
+                }
+                EntryKind::Hardlink { target, .. } => {
+                    if !files.contains(&path_key(target)) {
+                        return Err(Invalid::Hardlink {
+                            line,
+                            path: entry.path.to_string(),
+                            target: target.to_string(),
+                        }
+                        .into());
+                    }
+                }
+                EntryKind::File {
+                    sha256,
+                    changed: c,
+                    size,
+                    ..
+                } => {
+                    let mut hasher = Hasher::default();
+                    tar.read_content(&tar_entry, |piece| {
+                        match piece {
+                            Content::Data { bytes, .. } => hasher.update(bytes),
+                            Content::Hole { len, .. } => hash_zeros(&mut hasher, len),
+                        }
+                        Ok::<(), TarError>(())
+                    })
+                    .map_err(stream_error)?;
+                    let (actual, _) = hasher.finish();
+                    if actual != *sha256 {
+                        return Err(Invalid::Checksum {
+                            name: entry.path.to_string(),
+                            expected: *sha256,
+                            actual,
+                        }
+                        .into());
+                    }
+                    files.insert(key);
+                    content += size;
+                    changed += u64::from(c.is_some());
+                }
+                EntryKind::Symlink { .. } | EntryKind::Skipped { .. } => {}
+            }
+        }
+        if let Some(extra) = tar.next_entry().map_err(stream_error)? {
+            return Err(Invalid::ExtraInTar {
+                path: extra.path.to_string(),
+            }
+            .into());
+        }
+        tar.finish().map_err(stream_error)?;
+        let index_sha256 = lines.finish()?;
+        if index_sha256 != self.state.index_sha256 {
+            return Err(Invalid::Checksum {
+                name: layout::FILES_INDEX.to_owned(),
+                expected: self.state.index_sha256,
+                actual: index_sha256,
+            }
+            .into());
+        }
+        for (what, declared, actual) in [
+            ("entries", summary.entries, entries),
+            ("skipped entries", summary.skipped, skipped),
+            ("changed files", summary.changed, changed),
+            ("content bytes", summary.content_bytes, content),
+        ] {
+            if declared != actual {
+                return Err(Invalid::Count {
+                    what,
+                    declared,
+                    actual,
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Bundle<Verified> {
+    pub fn header(&self) -> &BundleHeader {
+        &self.state.header
+    }
+
+    pub fn signer(&self) -> &VerifiedSigner {
+        &self.state.signer
+    }
+}
+
+/// Opens, authenticates and fully verifies a bundle.
+pub fn verify(
+    path: &Path,
+    trust: &TrustedSigners,
+    policy: &Policy,
+    progress: &dyn Progress,
+) -> Result<Bundle<Verified>, Error> {
+    Bundle::open(path)?
+        .authenticate(trust, policy, progress)?
+        .verify_payload(progress)
+}
+
+/// Errors from the tar stream: I/O ones come from the decompressor's channel.
+fn stream_error(e: TarError) -> Error {
+    match e {
+        TarError::Io(io) => Invalid::Decompress(io).into(),
+        other => Invalid::Tar(other).into(),
+    }
+}
+
+fn compare(line: u64, entry: &Entry, tar: &TarEntry) -> Result<(), Error> {
+    let mismatch = |field: &'static str, index: String, tar: String| -> Result<(), Error> {
+        Err(Invalid::EntryMismatch {
+            line,
+            path: entry.path.to_string(),
+            field,
+            index,
+            tar,
+        }
+        .into())
+    };
+    if entry.path != tar.path {
+        return mismatch("path", entry.path.to_string(), tar.path.to_string());
+    }
+    let tar_type = match &tar.kind {
+        TarKind::Dir => "dir",
+        TarKind::File { .. } => "file",
+        TarKind::Symlink { .. } => "symlink",
+        TarKind::Hardlink { .. } => "hardlink",
+    };
+    if entry.type_name() != tar_type {
+        return mismatch("type", entry.type_name().into(), tar_type.into());
+    }
+    let Some(meta) = entry.meta() else {
+        return Ok(());
+    };
+    let name = |n: &Option<String>| n.clone().unwrap_or_default().into_bytes();
+    let checks: [(&'static str, bool, String, String); 6] = [
+        (
+            "mode",
+            meta.mode == tar.mode,
+            format!("{:o}", meta.mode),
+            format!("{:o}", tar.mode),
+        ),
+        (
+            "uid",
+            meta.uid == tar.uid,
+            meta.uid.to_string(),
+            tar.uid.to_string(),
+        ),
+        (
+            "gid",
+            meta.gid == tar.gid,
+            meta.gid.to_string(),
+            tar.gid.to_string(),
+        ),
+        (
+            "mtime",
+            meta.mtime == tar.mtime,
+            meta.mtime.to_string(),
+            tar.mtime.to_string(),
+        ),
+        (
+            "owner",
+            name(&meta.owner) == tar.owner,
+            format!("{:?}", meta.owner),
+            tar.owner.escape_ascii().to_string(),
+        ),
+        (
+            "group",
+            name(&meta.group) == tar.group,
+            format!("{:?}", meta.group),
+            tar.group.escape_ascii().to_string(),
+        ),
+    ];
+    for (field, same, index, in_tar) in checks {
+        if !same {
+            return mismatch(field, index, in_tar);
+        }
+    }
+    match (&entry.kind, &tar.kind) {
+        (
+            EntryKind::File { size, extents, .. },
+            TarKind::File {
+                size: tar_size,
+                extents: tar_extents,
+            },
+        ) => {
+            if size != tar_size {
+                return mismatch("size", size.to_string(), tar_size.to_string());
+            }
+            if extents != tar_extents {
+                return mismatch(
+                    "sparse map",
+                    format!("{extents:?}"),
+                    format!("{tar_extents:?}"),
+                );
+            }
+        }
+        (EntryKind::Symlink { target, .. }, TarKind::Symlink { target: t }) if target != t => {
+            return mismatch(
+                "target",
+                target.escape_ascii().to_string(),
+                t.escape_ascii().to_string(),
+            );
+        }
+        (EntryKind::Hardlink { target, .. }, TarKind::Hardlink { target: t })
+            if target.as_bytes() != t.as_slice() =>
+        {
+            return mismatch("target", target.to_string(), t.escape_ascii().to_string());
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// 128 bits of SHA-256 per path: bounded memory for duplicate and parent checks.
+fn path_key(path: &EntryPath) -> u128 {
+    let digest = sha2::Sha256::digest_bytes(path.as_bytes());
+    u128::from_le_bytes(digest)
+}
+
+trait DigestBytes {
+    fn digest_bytes(bytes: &[u8]) -> [u8; 16];
+}
+
+impl DigestBytes for sha2::Sha256 {
+    fn digest_bytes(bytes: &[u8]) -> [u8; 16] {
+        use sha2::Digest as _;
+        let full = sha2::Sha256::digest(bytes);
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&full[..16]);
+        out
+    }
+}
+
+fn hash_zeros(hasher: &mut Hasher, mut len: u64) {
+    static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
+    while len > 0 {
+        let n = len.min(ZEROS.len() as u64) as usize;
+        hasher.update(&ZEROS[..n]);
+        len -= n as u64;
+    }
+}
+
+fn parse_header(bytes: &[u8]) -> Result<BundleHeader, Error> {
+    let header: BundleHeader = serde_json::from_slice(bytes).map_err(Invalid::BundleJson)?;
+    if header.format != layout::FORMAT || header.format_version != layout::FORMAT_VERSION {
+        return Err(Invalid::UnsupportedFormat {
+            format: header.format,
+            version: header.format_version,
+        }
+        .into());
+    }
+    if !is_valid_tenant(&header.tenant) {
+        return Err(Invalid::Inconsistent {
+            reason: format!("invalid tenant name {:?}", header.tenant),
+        }
+        .into());
+    }
+    Ok(header)
+}
+
+/// Parses a `sha256sum`-format listing of bag-level names: `<64 hex>  <name>\n` per line,
+/// each name once.
+fn parse_listing(bytes: &[u8], file: &'static str) -> Result<Vec<(String, Sha256Digest)>, Error> {
+    let text = std::str::from_utf8(bytes).map_err(|_| Invalid::Listing {
+        file,
+        line: 0,
+        reason: "not UTF-8".to_owned(),
+    })?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        return Err(Invalid::Listing {
+            file,
+            line: text.lines().count(),
+            reason: "missing final newline".to_owned(),
+        }
+        .into());
+    }
+    let mut out: Vec<(String, Sha256Digest)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let bad = |reason: &str| Invalid::Listing {
+            file,
+            line: i + 1,
+            reason: reason.to_owned(),
+        };
+        let (hex, name) = line
+            .split_once("  ")
+            .ok_or_else(|| bad("expected '<sha256>  <name>'"))?;
+        let digest = Sha256Digest::from_hex(hex).ok_or_else(|| bad("invalid sha256"))?;
+        if name.is_empty() || name.contains('\r') || name.starts_with('/') {
+            return Err(bad("invalid name").into());
+        }
+        if out.iter().any(|(n, _)| n == name) {
+            return Err(bad(&format!("{name} is listed twice")).into());
+        }
+        out.push((name.to_owned(), digest));
+    }
+    Ok(out)
+}
+
+fn check_same_names(
+    listed: &[(String, Sha256Digest)],
+    present: &[&str],
+    listing: &'static str,
+) -> Result<(), Error> {
+    if let Some(name) = present
+        .iter()
+        .find(|p| !listed.iter().any(|(n, _)| n == *p))
+    {
+        return Err(Invalid::Unlisted {
+            name: (*name).to_owned(),
+            listing,
+        }
+        .into());
+    }
+    if let Some((name, _)) = listed.iter().find(|(n, _)| !present.contains(&n.as_str())) {
+        return Err(Invalid::Absent {
+            name: name.clone(),
+            listing,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn check_bag_info(bytes: &[u8], header: &BundleHeader) -> Result<(), Error> {
+    let bad = |reason: String| Error::from(Invalid::BagInfo { reason });
+    let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
+    let mut oxum = None;
+    for line in text.lines() {
+        let (label, value) = line
+            .split_once(": ")
+            .ok_or_else(|| bad(format!("malformed line {line:?}")))?;
+        let must_equal = |expected: &str| {
+            if value == expected {
+                Ok(())
+            } else {
+                Err(bad(format!(
+                    "{label} is {value:?}, bundle.json says {expected:?}"
+                )))
+            }
+        };
+        match label {
+            "Payload-Oxum" => {
+                if oxum.replace(value).is_some() {
+                    return Err(bad("Payload-Oxum appears twice".into()));
+                }
+            }
+            "External-Identifier" => must_equal(&header.tenant)?,
+            "Bundle-Id" => must_equal(&header.bundle_id)?,
+            _ => {}
+        }
+    }
+    let octets: u64 = header.payload.iter().map(|p| p.size).sum();
+    let expected = format!("{octets}.{}", header.payload.len());
+    match oxum {
+        Some(value) if value == expected => Ok(()),
+        Some(value) => Err(bad(format!(
+            "Payload-Oxum is {value}, the payload is {expected}"
+        ))),
+        None => Err(bad("Payload-Oxum is missing".into())),
+    }
+}
+
+fn check_policy(header: &BundleHeader, policy: &Policy) -> Result<(), Error> {
+    if let Some(expected) = &policy.expected_tenant {
+        if *expected != header.tenant {
+            return Err(Invalid::WrongTenant {
+                expected: expected.clone(),
+                found: header.tenant.clone(),
+            }
+            .into());
+        }
+    }
+    if header.created_at > policy.now + policy.clock_skew {
+        return Err(Invalid::FromTheFuture {
+            created_at: header.created_at,
+            now: policy.now,
+        }
+        .into());
+    }
+    let entries = header.files.entries.saturating_add(header.files.skipped);
+    if entries > policy.max_entries {
+        return Err(Invalid::Limit {
+            reason: format!("{entries} entries, the limit is {}", policy.max_entries),
+        }
+        .into());
+    }
+    let uncompressed: u64 = header
+        .payload
+        .iter()
+        .filter_map(|p| p.uncompressed_size)
+        .sum();
+    if uncompressed > policy.max_uncompressed_bytes {
+        return Err(Invalid::Limit {
+            reason: format!(
+                "{uncompressed} bytes uncompressed, the limit is {}",
+                policy.max_uncompressed_bytes
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// The byte range of one member, read with positioned reads (the file is shared).
+#[derive(Debug, Clone, Copy)]
+struct Region<'f> {
+    file: &'f File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Region<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+fn hash_region(region: Region<'_>, progress: Option<&dyn Progress>) -> Result<Sha256Digest, Error> {
+    let mut reader = HashingReader::new(region);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if let Some(p) = progress {
+            p.advance(n as u64);
+        }
+    }
+    Ok(reader.finish().0)
+}
+
+struct Decompressed {
+    sha256: Sha256Digest,
+    uncompressed: u64,
+}
+
+/// Runs on its own thread: hash the compressed bytes, decompress with a window cap and an
+/// output cap, and send the output in chunks.
+fn decompress(
+    region: Region<'_>,
+    declared: u64,
+    tx: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+    progress: &dyn Progress,
+) -> io::Result<Decompressed> {
+    let result = (|| {
+        let counted = ProgressReader {
+            inner: HashingReader::new(region),
+            progress,
+        };
+        let mut decoder = zstd::stream::read::Decoder::new(counted)?;
+        decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+        let mut total = 0u64;
+        loop {
+            let mut chunk = vec![0u8; 1 << 20];
+            let mut filled = 0;
+            while filled < chunk.len() {
+                match decoder.read(&mut chunk[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            total += filled as u64;
+            if total > declared {
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    "decompressed output exceeds the declared size",
+                ));
+            }
+            chunk.truncate(filled);
+            if tx.send(Ok(chunk)).is_err() {
+                break; // the parser stopped; it reports why
+            }
+        }
+        let counted = decoder.finish().into_inner();
+        let (sha256, _) = counted.inner.finish();
+        Ok(Decompressed {
+            sha256,
+            uncompressed: total,
+        })
+    })();
+    if let Err(e) = &result {
+        // The parser sees a failed read rather than a clean end of stream.
+        let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+    }
+    result
+}
+
+struct ProgressReader<'p, R> {
+    inner: HashingReader<R>,
+    progress: &'p dyn Progress,
+}
+
+impl<R: Read> Read for ProgressReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}
+
+/// Reads the chunks the decompression thread sends; ends when the channel closes.
+struct ChannelReader {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl ChannelReader {
+    fn new(rx: Receiver<io::Result<Vec<u8>>>) -> Self {
+        Self {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Reads `files-index.jsonl` line by line, with a line-length cap, hashing every byte.
+struct IndexLines<'f> {
+    reader: BufReader<HashingReader<Region<'f>>>,
+    line: u64,
+    buf: Vec<u8>,
+}
+
+impl<'f> IndexLines<'f> {
+    fn new(region: Region<'f>) -> Self {
+        Self {
+            reader: BufReader::with_capacity(1 << 20, HashingReader::new(region)),
+            line: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    fn next_entry(&mut self) -> Result<Option<(u64, Entry)>, Error> {
+        self.buf.clear();
+        let n = (&mut self.reader)
+            .take(MAX_INDEX_LINE as u64 + 1)
+            .read_until(b'\n', &mut self.buf)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line += 1;
+        let line = self.line;
+        if self.buf.last() != Some(&b'\n') {
+            return Err(if n > MAX_INDEX_LINE {
+                Invalid::IndexLineTooLong { line }
+            } else {
+                Invalid::Listing {
+                    file: layout::FILES_INDEX,
+                    line: line as usize,
+                    reason: "missing final newline".to_owned(),
+                }
+            }
+            .into());
+        }
+        let entry = Entry::from_json_line(&self.buf[..n - 1])
+            .map_err(|source| Invalid::Index { line, source })?;
+        Ok(Some((line, entry)))
+    }
+
+    fn finish(mut self) -> Result<Sha256Digest, Error> {
+        // Drain whatever the BufReader holds so the hash covers the whole member.
+        io::copy(&mut self.reader, &mut io::sink())?;
+        Ok(self.reader.into_inner().finish().0)
+    }
+}
+
+/// Maps a member name back to its `'static` constant for error messages.
+fn static_name(name: &str) -> &'static str {
+    layout::LEADING_TAG_FILES
+        .iter()
+        .chain(layout::TRAILING_TAG_FILES.iter())
+        .chain(std::iter::once(&layout::FILES_PAYLOAD))
+        .find(|n| **n == name)
+        .copied()
+        .unwrap_or("payload file")
+}

@@ -1,0 +1,203 @@
+//! `baluchon export` and `baluchon keygen`.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use baluchon_bundle::{export_tree, ExportOptions, ExportReport, Progress};
+use baluchon_signature::SigningKey;
+use clap::Args;
+
+/// Export a directory tree into a new signed bundle
+///
+/// The tree is read once and streamed into OUTPUT; symlinks are stored as links and never
+/// followed. Sockets, FIFOs and devices cannot be archived: they are listed in the bundle
+/// and in this command's report. Nothing is left under OUTPUT if the export fails.
+///
+/// Example:
+///   baluchon export --path /srv/www/shop --tenant shop --sign-key ~/.ssh/baluchon_ed25519 -o shop.baluchon
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Directory to export; its contents become the bundle's tree
+    #[arg(long)]
+    path: PathBuf,
+    /// Tenant name recorded in the bundle (letters, digits, '.', '_', '-')
+    #[arg(long)]
+    tenant: String,
+    /// OpenSSH ed25519 private key that signs the bundle (passphrase from
+    /// BALUCHON_SIGN_KEY_PASSPHRASE, or asked on the terminal)
+    #[arg(long, env = "BALUCHON_SIGN_KEY")]
+    sign_key: PathBuf,
+    /// Bundle file to create; it must not exist yet
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Sequence number of this bundle for the tenant [default: one more than the last
+    /// export of this tenant recorded on this machine]
+    #[arg(long)]
+    sequence: Option<u64>,
+    /// Print the report as JSON on standard output
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: &ExportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+    let key = load_signing_key(&args.sign_key)?;
+    let counter = SequenceFile::for_tenant(&args.tenant);
+    let sequence = match args.sequence {
+        Some(n) => n,
+        None => counter.as_ref().map_or(Ok(1), |c| c.next())?,
+    };
+    let mut options =
+        ExportOptions::new(args.path.clone(), args.tenant.clone(), args.output.clone());
+    options.sequence = sequence;
+    let report = export_tree(&options, &key, progress)
+        .with_context(|| format!("exporting {} failed", args.path.display()))?;
+    if let Some(counter) = counter {
+        counter.record(sequence)?;
+    }
+    print_report(&report, args.json)
+}
+
+pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {
+    let files = &report.header.files;
+    if json {
+        let value = serde_json::json!({
+            "output": report.output,
+            "bundle_size": report.bundle_size,
+            "bundle_id": report.header.bundle_id,
+            "tenant": report.header.tenant,
+            "sequence": report.header.sequence,
+            "signer": report.signer,
+            "entries": files.entries,
+            "content_bytes": files.content_bytes,
+            "skipped": report.skipped.iter().map(|(p, r)| serde_json::json!({"path": p.to_string(), "reason": r.to_string()})).collect::<Vec<_>>(),
+            "skipped_count": files.skipped,
+            "changed": report.changed.iter().map(|(p, c)| serde_json::json!({"path": p.to_string(), "change": c})).collect::<Vec<_>>(),
+            "changed_count": files.changed,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!(
+        "wrote {} ({} bytes): tenant {}, sequence {}, {} entries, {} bytes of file content",
+        report.output.display(),
+        report.bundle_size,
+        report.header.tenant,
+        report.header.sequence,
+        files.entries,
+        files.content_bytes
+    );
+    println!(
+        "bundle id {}, signed by {}",
+        report.header.bundle_id, report.signer
+    );
+    if files.skipped > 0 {
+        println!(
+            "{} entries could not be archived and are listed in the bundle:",
+            files.skipped
+        );
+        for (path, reason) in &report.skipped {
+            println!("  skipped {path}: {reason}");
+        }
+    }
+    if files.changed > 0 {
+        println!(
+            "{} files changed while they were read (archived as first seen):",
+            files.changed
+        );
+        for (path, change) in &report.changed {
+            println!("  changed {path}: {change:?}");
+        }
+    }
+    Ok(())
+}
+
+pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
+    SigningKey::from_openssh_file(path, || {
+        if let Ok(secret) = std::env::var("BALUCHON_SIGN_KEY_PASSPHRASE") {
+            return Some(secret);
+        }
+        if std::io::stdin().is_terminal() {
+            return rpassword::prompt_password(format!("passphrase for {}: ", path.display())).ok();
+        }
+        None
+    })
+    .with_context(|| format!("cannot use the signing key {}", path.display()))
+}
+
+/// The per-tenant sequence counter, in `$XDG_STATE_HOME/baluchon/sequences/TENANT`.
+struct SequenceFile {
+    path: PathBuf,
+}
+
+impl SequenceFile {
+    fn for_tenant(tenant: &str) -> Option<Self> {
+        let base = std::env::var_os("BALUCHON_STATE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("XDG_STATE_HOME").map(|d| PathBuf::from(d).join("baluchon"))
+            })
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/baluchon"))
+            })?;
+        // Tenant names are validated by the export itself; an invalid one never gets here
+        // with a path separator because it fails before `record`.
+        (!tenant.contains('/')).then(|| Self {
+            path: base.join("sequences").join(tenant),
+        })
+    }
+
+    fn next(&self) -> anyhow::Result<u64> {
+        match fs_err::read_to_string(&self.path) {
+            Ok(text) => Ok(text
+                .trim()
+                .parse::<u64>()
+                .with_context(|| format!("{} does not hold a number", self.path.display()))?
+                + 1),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn record(&self, sequence: u64) -> anyhow::Result<()> {
+        if let Some(dir) = self.path.parent() {
+            fs_err::create_dir_all(dir)?;
+        }
+        fs_err::write(&self.path, format!("{sequence}\n"))?;
+        Ok(())
+    }
+}
+
+/// Create a new ed25519 signing key for bundles
+///
+/// Writes the private key to FILE (mode 0600) and the public key to FILE.pub, and prints
+/// the allowed_signers line to give to whoever must verify your bundles.
+///
+/// Example:
+///   baluchon keygen -o ~/.ssh/baluchon_ed25519 --principal exports@oldhost.example
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Private key file to create
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Who signs: the name verifiers will see in allowed_signers
+    #[arg(long, default_value = "bundles@localhost")]
+    principal: String,
+}
+
+pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
+    let key = SigningKey::generate(&args.principal)?;
+    key.write_openssh_file(&args.output)?;
+    let public = args.output.with_extension("pub");
+    fs_err::write(&public, format!("{}\n", key.public_key_line()))?;
+    println!("private key: {}", args.output.display());
+    println!("public key:  {} ({})", public.display(), key.fingerprint());
+    println!("allowed_signers line for verifiers:");
+    println!(
+        "{} namespaces=\"{}\" {}",
+        args.principal,
+        baluchon_bundle::SIGNATURE_NAMESPACE,
+        key.public_key_line()
+    );
+    Ok(())
+}

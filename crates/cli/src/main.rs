@@ -1,0 +1,92 @@
+//! `baluchon`: the command line over the baluchon libraries, and the only crate that prints
+//! or chooses an exit code.
+
+// This crate talks to the user: printing and exiting are its job.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod demo;
+mod export;
+mod inspect;
+mod progress;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Documented in docs/exit-codes.md; scripts rely on these numbers.
+mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const INVALID_BUNDLE: u8 = 3;
+}
+
+/// Pack a hosted tenant into a signed bundle that anyone can check, with or without baluchon
+#[derive(Debug, Parser)]
+#[command(name = "baluchon", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Never draw progress bars (they are drawn only on a terminal anyway)
+    #[arg(long, global = true)]
+    no_progress: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Export(export::ExportArgs),
+    Verify(verify::VerifyArgs),
+    Inspect(inspect::InspectArgs),
+    Keygen(export::KeygenArgs),
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let progress = progress::CliProgress::new(!cli.no_progress);
+    let result = match cli.command {
+        Command::Export(args) => export::run(&args, &progress),
+        Command::Verify(args) => verify::run(&args, &progress),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Keygen(args) => export::keygen(&args),
+        Command::Demo(args) => demo::run(&args, &progress),
+    };
+    progress.clear();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            report(&err);
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+fn is_invalid_bundle(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<baluchon_bundle::Error>(),
+            Some(baluchon_bundle::Error::Invalid(_))
+        )
+    })
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    if is_invalid_bundle(err) {
+        exit::INVALID_BUNDLE
+    } else {
+        exit::FAILURE
+    }
+}
+
+/// Prints the error, each cause on its own line, then a hint when one helps.
+fn report(err: &anyhow::Error) {
+    eprintln!("error: {err}");
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    if is_invalid_bundle(err) {
+        eprintln!(
+            "hint: do not use this bundle. Ask its sender for a new copy, and check that you \
+             hold the right signer key."
+        );
+    }
+}
