@@ -157,6 +157,8 @@ pub enum OuterError {
     },
     #[error("the bundle has no {0} member")]
     Missing(&'static str),
+    #[error("non-zero padding at byte {offset}")]
+    Padding { offset: u64 },
     #[error("lone zero block at byte {offset}")]
     LoneZeroBlock { offset: u64 },
     #[error("non-zero bytes after the end-of-archive marker at byte {offset}")]
@@ -275,6 +277,13 @@ pub fn scan(file: &mut File) -> Result<Vec<Member>, crate::Error> {
         let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
         if data.checked_add(padded).is_none_or(|end| end > file_len) {
             return Err(crate::Error::from(OuterError::Truncated { offset: pos }));
+        }
+        // Padding is zeros: no byte of the file may escape both the hashes and this check.
+        let mut padding = [0u8; BLOCK];
+        let pad_len = (padded - size) as usize;
+        file.read_exact_at(&mut padding[..pad_len], data + size)?;
+        if padding[..pad_len].iter().any(|&b| b != 0) {
+            return Err(crate::Error::from(OuterError::Padding { offset: data + size }));
         }
         members.push(Member {
             name,

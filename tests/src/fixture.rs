@@ -1,0 +1,81 @@
+//! Keys, exports and the `baluchon` binary, for tests.
+
+use std::path::{Path, PathBuf};
+
+use baluchon_bundle::{export_tree, Bundle, ExportOptions, ExportReport, NoProgress, Policy, Verified};
+use baluchon_signature::{SigningKey, TrustedSigners};
+
+/// A signing key and the allowed_signers file that trusts it.
+#[derive(Debug)]
+pub struct Keys {
+    pub key: SigningKey,
+    pub private: PathBuf,
+    pub allowed_signers: PathBuf,
+    pub principal: String,
+}
+
+impl Keys {
+    pub fn new(dir: &Path) -> Self {
+        let principal = "exports@old-host.example".to_owned();
+        let key = SigningKey::generate(&principal).expect("key generation");
+        let private = dir.join("signing_ed25519");
+        key.write_openssh_file(&private).expect("write key");
+        let allowed_signers = dir.join("allowed_signers");
+        fs_err::write(
+            &allowed_signers,
+            format!(
+                "{principal} namespaces=\"{}\" {}\n",
+                baluchon_bundle::SIGNATURE_NAMESPACE,
+                key.public_key_line()
+            ),
+        )
+        .expect("write allowed_signers");
+        Self {
+            key,
+            private,
+            allowed_signers,
+            principal,
+        }
+    }
+
+    pub fn trust(&self) -> TrustedSigners {
+        TrustedSigners::from_file(&self.allowed_signers).expect("trust file")
+    }
+}
+
+/// Exports `source` as tenant `demo` into `output`.
+pub fn export(source: &Path, output: &Path, keys: &Keys) -> ExportReport {
+    let options = ExportOptions::new(source.to_owned(), "demo".to_owned(), output.to_owned());
+    export_tree(&options, &keys.key, &NoProgress).expect("export succeeds")
+}
+
+/// Fully verifies a bundle with the default policy.
+pub fn verify(bundle: &Path, keys: &Keys) -> Result<Bundle<Verified>, baluchon_bundle::Error> {
+    baluchon_bundle::verify(bundle, &keys.trust(), &Policy::default(), &NoProgress)
+}
+
+/// The `baluchon` binary built by `cargo test --workspace` (or `cargo build`).
+pub fn baluchon_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = dir.join("baluchon");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p baluchon-cli` or `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// A small tree with a few files, a directory, a symlink and a hardlink.
+pub fn small_tree(root: &Path) {
+    fs_err::create_dir_all(root.join("site/img")).expect("mkdir");
+    fs_err::write(root.join("site/index.html"), "<h1>hello</h1>\n").expect("write");
+    fs_err::write(root.join("site/img/logo.bin"), [0u8, 1, 2, 3, 255]).expect("write");
+    fs_err::write(root.join("notes.txt"), "x".repeat(3000)).expect("write");
+    fs_err::os::unix::fs::symlink("site/index.html", root.join("home")).expect("symlink");
+    fs_err::hard_link(root.join("notes.txt"), root.join("notes-link.txt")).expect("link");
+}

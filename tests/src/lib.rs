@@ -1,0 +1,3 @@
+//! Shared helpers for the end-to-end suites in `tests/tests/`.
+
+pub mod fixture;
