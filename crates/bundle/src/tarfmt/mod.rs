@@ -60,5 +60,3 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     record
 }
 
-#[cfg(test)]
-mod tests;

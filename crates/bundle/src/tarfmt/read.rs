@@ -185,7 +185,7 @@ impl<R: Read> TarReader<R> {
                         return Err(TarError::TwoExtensionHeaders { offset });
                     }
                     check_ustar(&block, offset)?;
-                    let size = numeric(header.size(), offset, "size")?;
+                    let size = numeric(header.entry_size(), offset, "size")?;
                     if size > MAX_PAX_HEADER {
                         return Err(TarError::PaxTooLarge { offset, size });
                     }
@@ -249,7 +249,8 @@ impl<R: Read> TarReader<R> {
             source,
         })?;
 
-        let header_size = numeric(header.size(), offset, "size")?;
+        // entry_size, not size: for sparse entries tar-rs`s size() is the logical size.
+        let header_size = numeric(header.entry_size(), offset, "size")?;
         if let Some(pax_size) = pax.size {
             if pax_size != header_size {
                 return Err(TarError::PaxSizeMismatch {
