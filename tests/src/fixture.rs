@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use baluchon_bundle::{export_tree, Bundle, ExportOptions, ExportReport, NoProgress, Policy, Verified};
+use baluchon_bundle::{
+    export_tree, Bundle, ExportOptions, ExportReport, NoProgress, Policy, Verified,
+};
 use baluchon_signature::{SigningKey, TrustedSigners};
 
 /// A signing key and the allowed_signers file that trusts it.

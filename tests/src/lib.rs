@@ -1,6 +1,7 @@
 //! Shared helpers for the end-to-end suites in `tests/tests/`.
 
 pub mod fixture;
+pub mod forge;
 pub mod tree;
 
 /// Reads one member of a bundle's outer tar with the `tar` crate (an independent reader).

@@ -27,7 +27,10 @@ pub fn build_fidelity_tree(root: &Path, with_huge_sparse: bool) {
     w("plain.txt", b"hello\n");
     w("empty", b"");
     w("exactly-512", &[7u8; 512]);
-    w("binary.bin", &(0..=255u8).cycle().take(70_000).collect::<Vec<_>>());
+    w(
+        "binary.bin",
+        &(0..=255u8).cycle().take(70_000).collect::<Vec<_>>(),
+    );
     w("modes/setuid", b"#!/bin/sh\n");
     w("modes/setgid", b"#!/bin/sh\n");
     w("modes/private", b"secret\n");
@@ -41,14 +44,23 @@ pub fn build_fidelity_tree(root: &Path, with_huge_sparse: bool) {
         fs_err::set_permissions(root.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
     }
     fs_err::create_dir_all(root.join("modes/sticky-dir")).unwrap();
-    fs_err::set_permissions(root.join("modes/sticky-dir"), std::fs::Permissions::from_mode(0o1777))
-        .unwrap();
+    fs_err::set_permissions(
+        root.join("modes/sticky-dir"),
+        std::fs::Permissions::from_mode(0o1777),
+    )
+    .unwrap();
     fs_err::create_dir_all(root.join("empty-dir/nested-empty")).unwrap();
 
     // Names that are not UTF-8, or that hold a newline, a backslash or a space.
     let odd = root.join("odd");
     fs_err::create_dir_all(&odd).unwrap();
-    for name in [&b"caf\xe9"[..], b"line\nbreak", b"back\\slash", b"with space", b"..."] {
+    for name in [
+        &b"caf\xe9"[..],
+        b"line\nbreak",
+        b"back\\slash",
+        b"with space",
+        b"...",
+    ] {
         fs_err::write(odd.join(OsStr::from_bytes(name)), name).unwrap();
     }
 
@@ -67,12 +79,20 @@ pub fn build_fidelity_tree(root: &Path, with_huge_sparse: bool) {
     fs_err::hard_link(root.join("plain.txt"), root.join("hardlink-to-plain")).unwrap();
     fs_err::hard_link(root.join("binary.bin"), root.join("odd/hardlink-binary")).unwrap();
 
-    write_sparse(&root.join("sparse-small"), 64 << 20, &[0, 20 << 20, (64 << 20) - 10]);
+    write_sparse(
+        &root.join("sparse-small"),
+        64 << 20,
+        &[0, 20 << 20, (64 << 20) - 10],
+    );
     // 30 extents: more than the 4 a GNU sparse header holds, so extension blocks follow it.
     let many: Vec<u64> = (0..30).map(|i| (i * 2 + 1) << 20).collect();
     write_sparse(&root.join("sparse-many"), 64 << 20, &many);
     if with_huge_sparse {
-        write_sparse(&root.join("sparse-huge"), HUGE_SPARSE, &[0, 4 << 30, HUGE_SPARSE - 100]);
+        write_sparse(
+            &root.join("sparse-huge"),
+            HUGE_SPARSE,
+            &[0, 4 << 30, HUGE_SPARSE - 100],
+        );
     }
 
     // Entries that cannot be archived: recorded as skipped.
@@ -183,9 +203,13 @@ pub fn walk(root: &Path) -> BTreeMap<Vec<u8>, Observed> {
                     size: if ft.is_file() { meta.size() } else { 0 },
                     mtime: (meta.mtime(), meta.mtime_nsec()),
                     sha256: ft.is_file().then(|| content_digest(&path, meta.size())),
-                    target: ft
-                        .is_symlink()
-                        .then(|| fs_err::read_link(&path).unwrap().as_os_str().as_bytes().to_vec()),
+                    target: ft.is_symlink().then(|| {
+                        fs_err::read_link(&path)
+                            .unwrap()
+                            .as_os_str()
+                            .as_bytes()
+                            .to_vec()
+                    }),
                     inode_group,
                     sparse: ft.is_file() && meta.blocks() * 512 < meta.size(),
                 },
@@ -246,7 +270,9 @@ pub fn zero_run_digest(path: &Path, size: u64) -> String {
             .min(size);
         let mut at = data;
         while at < hole {
-            let n = file.read_at(&mut buf[..((hole - at) as usize).min(1 << 20)], at).unwrap();
+            let n = file
+                .read_at(&mut buf[..((hole - at) as usize).min(1 << 20)], at)
+                .unwrap();
             for &b in &buf[..n] {
                 if b == 0 {
                     zeros += 1;
@@ -263,7 +289,11 @@ pub fn zero_run_digest(path: &Path, size: u64) -> String {
         cursor = hole;
     }
     hasher.update(format!("Z{zeros};"));
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn sha256_file(path: &Path) -> String {

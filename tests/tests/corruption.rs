@@ -27,7 +27,10 @@ fn every_flipped_byte_fails_verification() {
             Err(other) => wrong_kind.push(format!("{offset}: {other:?}")),
         }
     }
-    assert!(accepted.is_empty(), "accepted with a flipped byte at {accepted:?}");
+    assert!(
+        accepted.is_empty(),
+        "accepted with a flipped byte at {accepted:?}"
+    );
     assert!(
         wrong_kind.is_empty(),
         "not reported as a verification failure:\n{}",

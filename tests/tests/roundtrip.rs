@@ -47,7 +47,11 @@ fn fidelity_tree_round_trips_through_the_index_and_stock_tar() {
     // Every source entry is in the index with its exact metadata (nanoseconds included).
     let mut observed = walk(&source);
     let index = index_of(&bundle);
-    assert_eq!(index.len(), observed.len(), "one index line per source entry");
+    assert_eq!(
+        index.len(),
+        observed.len(),
+        "one index line per source entry"
+    );
     for entry in &index {
         let path = entry.path.as_bytes().to_vec();
         let obs = observed
@@ -126,8 +130,15 @@ fn fidelity_tree_round_trips_through_the_index_and_stock_tar() {
     observed.retain(|_, o: &mut Observed| o.kind != "special");
     let extracted = walk(&out);
     let diffs = differences(&observed, &extracted, false);
-    assert!(diffs.is_empty(), "differences after extraction:\n{}", diffs.join("\n"));
-    assert!(extracted[&b"sparse-huge"[..]].sparse, "the 8 GiB file stays sparse");
+    assert!(
+        diffs.is_empty(),
+        "differences after extraction:\n{}",
+        diffs.join("\n")
+    );
+    assert!(
+        extracted[&b"sparse-huge"[..]].sparse,
+        "the 8 GiB file stays sparse"
+    );
     assert!(extracted[&b"sparse-small"[..]].sparse);
 }
 

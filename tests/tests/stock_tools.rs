@@ -9,14 +9,18 @@ use baluchon_tests::fixture::{export, small_tree, verify, Keys};
 
 /// The shell block that follows `<!-- runnable: NAME -->` in a docs/ file.
 fn runnable_block(doc: &str, name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs").join(doc);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs")
+        .join(doc);
     let text = fs_err::read_to_string(&path).unwrap();
     let marker = format!("<!-- runnable: {name} -->");
     let after = text
         .split_once(&marker)
         .unwrap_or_else(|| panic!("{} has no {marker}", path.display()))
         .1;
-    let start = after.find("```").expect("a fenced block follows the marker");
+    let start = after
+        .find("```")
+        .expect("a fenced block follows the marker");
     let body = &after[start..];
     let body = &body[body.find('\n').unwrap() + 1..];
     body[..body.find("```").expect("closing fence")].to_owned()
@@ -47,9 +51,18 @@ fn documented_stock_tools_recipe_verifies_lists_and_extracts_a_bundle() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "recipe failed:\n{stdout}\n{stderr}");
-    assert!(stderr.contains("Good \"baluchon-bundle-v1\" signature"), "{stderr}");
-    assert!(stdout.contains("site/index.html"), "the listing shows the tree:\n{stdout}");
+    assert!(
+        output.status.success(),
+        "recipe failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("Good \"baluchon-bundle-v1\" signature"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("site/index.html"),
+        "the listing shows the tree:\n{stdout}"
+    );
 
     // The same recipe rejects a bundle whose payload was altered after signing.
     let tampered = dir.path().join("tampered.baluchon");
@@ -68,7 +81,10 @@ fn documented_stock_tools_recipe_verifies_lists_and_extracts_a_bundle() {
         .output()
         .unwrap()
         .status;
-    assert!(!status.success(), "a tampered payload must fail the stock recipe");
+    assert!(
+        !status.success(),
+        "a tampered payload must fail the stock recipe"
+    );
 }
 
 #[test]

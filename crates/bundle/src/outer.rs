@@ -283,7 +283,9 @@ pub fn scan(file: &mut File) -> Result<Vec<Member>, crate::Error> {
         let pad_len = (padded - size) as usize;
         file.read_exact_at(&mut padding[..pad_len], data + size)?;
         if padding[..pad_len].iter().any(|&b| b != 0) {
-            return Err(crate::Error::from(OuterError::Padding { offset: data + size }));
+            return Err(crate::Error::from(OuterError::Padding {
+                offset: data + size,
+            }));
         }
         members.push(Member {
             name,

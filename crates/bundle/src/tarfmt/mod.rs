@@ -59,4 +59,3 @@ fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     record.push(b'\n');
     record
 }
-

@@ -1,0 +1,283 @@
+//! The `baluchon` command: exit codes, reports, and what an export leaves behind on failure.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use baluchon_tests::fixture::{baluchon_bin, small_tree, Keys};
+
+fn baluchon(args: &[&dyn AsRef<std::ffi::OsStr>], state: &Path) -> Output {
+    Command::new(baluchon_bin())
+        .args(args)
+        .env("BALUCHON_STATE_DIR", state)
+        .env_remove("BALUCHON_SIGN_KEY")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn demo_runs_the_whole_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("demo");
+    let out = baluchon(&[&"demo", &"--dir", &work], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for step in ["3. exported", "4. verified", "5. inspected"] {
+        assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
+    }
+    assert!(work.join("demo-shop.baluchon").is_file());
+}
+
+#[test]
+fn exit_codes_tell_a_bad_bundle_from_other_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("tree");
+    small_tree(&source);
+    let keys = Keys::new(dir.path());
+    let bundle = dir.path().join("t.baluchon");
+    let state = dir.path().join("state");
+
+    let out = baluchon(
+        &[
+            &"export",
+            &"--path",
+            &source,
+            &"--tenant",
+            &"shop",
+            &"--sign-key",
+            &keys.private,
+            &"-o",
+            &bundle,
+            &"--json",
+        ],
+        &state,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tenant"], "shop");
+    assert_eq!(
+        report["sequence"], 1,
+        "the first export of a tenant is sequence 1"
+    );
+
+    let ok = baluchon(
+        &[&"verify", &bundle, &"--signer", &keys.allowed_signers],
+        &state,
+    );
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    assert!(text(&ok.stdout).starts_with("OK "));
+
+    // A flipped byte: exit code 3, and the reason is printed.
+    let mut bytes = fs_err::read(&bundle).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    let bad = dir.path().join("bad.baluchon");
+    fs_err::write(&bad, bytes).unwrap();
+    let out = baluchon(
+        &[&"verify", &bad, &"--signer", &keys.allowed_signers],
+        &state,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("failed verification"));
+
+    // Signed by a key the verifier does not trust: also 3.
+    let other = Keys::new(&dir.path().join("other-keys").tap_mkdir());
+    let out = baluchon(
+        &[&"verify", &bundle, &"--signer", &other.allowed_signers],
+        &state,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not in the trusted signers"));
+
+    // Wrong tenant expected: 3.
+    let out = baluchon(
+        &[
+            &"verify",
+            &bundle,
+            &"--signer",
+            &keys.allowed_signers,
+            &"--tenant",
+            &"other",
+        ],
+        &state,
+    );
+    assert_eq!(out.status.code(), Some(3));
+
+    // A missing file is not a bad bundle: 1.
+    let out = baluchon(
+        &[
+            &"verify",
+            &dir.path().join("nope"),
+            &"--signer",
+            &keys.allowed_signers,
+        ],
+        &state,
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+
+    // Usage errors: 2.
+    let out = baluchon(&[&"verify"], &state);
+    assert_eq!(out.status.code(), Some(2));
+
+    // The second export of the tenant gets the next sequence number.
+    let second = dir.path().join("t2.baluchon");
+    let out = baluchon(
+        &[
+            &"export",
+            &"--path",
+            &source,
+            &"--tenant",
+            &"shop",
+            &"--sign-key",
+            &keys.private,
+            &"-o",
+            &second,
+            &"--json",
+        ],
+        &state,
+    );
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sequence"], 2);
+
+    let out = baluchon(&[&"inspect", &second, &"--json"], &state);
+    assert!(out.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["verified"], false);
+    assert_eq!(shown["bundle"]["sequence"], 2);
+    assert_eq!(shown["bundle"]["tenant"], "shop");
+}
+
+#[test]
+fn failed_export_leaves_nothing_behind_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    let state = dir.path().join("state");
+    let out_dir = dir.path().join("out");
+    fs_err::create_dir(&out_dir).unwrap();
+
+    // A source path that is a symlink is refused before anything is written.
+    let real = dir.path().join("real");
+    small_tree(&real);
+    let link = dir.path().join("link");
+    fs_err::os::unix::fs::symlink(&real, &link).unwrap();
+    let target = out_dir.join("x.baluchon");
+    let out = baluchon(
+        &[
+            &"export",
+            &"--path",
+            &link,
+            &"--tenant",
+            &"t",
+            &"--sign-key",
+            &keys.private,
+            &"-o",
+            &target,
+        ],
+        &state,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("not a directory"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        fs_err::read_dir(&out_dir).unwrap().count(),
+        0,
+        "nothing left in the output dir"
+    );
+
+    // An existing output is never overwritten.
+    fs_err::write(&target, b"precious").unwrap();
+    let out = baluchon(
+        &[
+            &"export",
+            &"--path",
+            &real,
+            &"--tenant",
+            &"t",
+            &"--sign-key",
+            &keys.private,
+            &"-o",
+            &target,
+        ],
+        &state,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(fs_err::read(&target).unwrap(), b"precious");
+    assert_eq!(fs_err::read_dir(&out_dir).unwrap().count(), 1);
+}
+
+/// A full disk in the middle of the payload: clear error, no partial file, no bundle.
+#[test]
+fn export_onto_a_full_disk_fails_cleanly() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    let source = dir.path().join("tree");
+    small_tree(&source);
+    // Incompressible, so the payload cannot fit in 256 KiB.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let noise: Vec<u8> = (0..2_000_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    fs_err::write(source.join("noise.bin"), noise).unwrap();
+    let small = dir.path().join("small");
+    fs_err::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let target = small.join("x.baluchon");
+    let out = baluchon(
+        &[
+            &"export",
+            &"--path",
+            &source,
+            &"--tenant",
+            &"t",
+            &"--sign-key",
+            &keys.private,
+            &"-o",
+            &target,
+        ],
+        &dir.path().join("state"),
+    );
+    let left: Vec<_> = fs_err::read_dir(&small)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let _ = Command::new("umount").arg(&small).status();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("No space left on device"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for std::path::PathBuf {
+    fn tap_mkdir(self) -> Self {
+        fs_err::create_dir_all(&self).unwrap();
+        self
+    }
+}
