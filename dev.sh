@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The two entry points of the README:
+#   ./dev.sh demo   install what is missing, build, and run the built-in demo
+#   ./dev.sh test   install what is missing, and run the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Debian packages the tests and the demo use: stock tools the format promises to work with
+# (tar, zstd, sha256sum, ssh-keygen), mount for the full-disk tests, a C compiler for zstd-sys.
+packages=(tar zstd coreutils openssh-client util-linux gcc libc6-dev pkg-config)
+
+install_packages() {
+    local missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    local sudo=()
+    ((EUID == 0)) || sudo=(sudo)
+    "${sudo[@]}" apt-get update
+    "${sudo[@]}" apt-get install -y "${missing[@]}"
+}
+
+need_cargo() {
+    command -v cargo >/dev/null || {
+        echo "cargo not found: install Rust 1.85 or later (https://rustup.rs), then run again" >&2
+        exit 1
+    }
+}
+
+case "${1:-}" in
+    demo)
+        install_packages
+        need_cargo
+        cargo build --release --locked -p baluchon-cli
+        ./target/release/baluchon demo
+        ;;
+    test)
+        install_packages
+        need_cargo
+        cargo test --workspace --locked
+        ;;
+    *)
+        echo "usage: $0 demo|test" >&2
+        exit 2
+        ;;
+esac
