@@ -25,6 +25,8 @@ pub enum Error {
     Export(#[from] ExportError),
     #[error("signing the bundle failed")]
     Signing(#[from] baluchon_signature::Error),
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
 }
 
 impl From<OuterError> for Error {
@@ -35,7 +37,11 @@ impl From<OuterError> for Error {
 
 impl From<TarError> for Error {
     fn from(e: TarError) -> Self {
-        Self::Invalid(Invalid::Tar(e))
+        match e {
+            // The tar stream only fails to read when the decompressor fails.
+            TarError::Io(io) => Self::Invalid(Invalid::Decompress(io)),
+            other => Self::Invalid(Invalid::Tar(other)),
+        }
     }
 }
 
@@ -172,4 +178,27 @@ pub enum ExportError {
     Replaced { path: String },
     #[error("{path} is nested deeper than {limit} directories")]
     TooDeep { path: String, limit: usize },
+}
+
+/// Why an extraction or a switch was refused. The destination is left as it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExtractError {
+    #[error("another import into {path} is running")]
+    Locked { path: PathBuf },
+    #[error("{path} exists and is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("{path} already exists; pass --replace to replace it (its content is kept until you confirm)")]
+    Exists { path: PathBuf },
+    #[error("the previous content of {path} is still kept at {previous}; run `baluchon confirm` or `baluchon rollback` first")]
+    PreviousKept { path: PathBuf, previous: PathBuf },
+    #[error("there is no previous content of {path} to roll back to or to confirm")]
+    NoPrevious { path: PathBuf },
+    #[error("symlink {path} points outside the tree (to {target}); pass --allow-outside-symlinks to create such links anyway")]
+    OutsideSymlink { path: String, target: String },
+    #[error("owners missing on this host: users {users:?}, groups {groups:?}; create them, or map them with --map-owner OLD=NEW")]
+    UnknownOwners {
+        users: Vec<String>,
+        groups: Vec<String>,
+    },
 }

@@ -124,6 +124,7 @@ pub fn export_tree(
 
     progress.phase(Phase::Archiving, None);
     let (member, payload_out) = outer.begin_member(layout::FILES_PAYLOAD)?;
+    let root_stat = rustix::fs::fstat(&root).map_err(|e| with_path(e.into(), &options.source))?;
     let mut walker = Walker {
         tar: TarWriter::new(FrameCompressor::new(payload_out, options.threads)),
         index: spill(&out_dir)?,
@@ -132,6 +133,15 @@ pub fn export_tree(
         groups: HashMap::new(),
         hardlinks: HashMap::new(),
         summary: FilesSummary {
+            root: Meta {
+                mode: 0,
+                uid: 0,
+                gid: 0,
+                owner: None,
+                group: None,
+                mtime: 0,
+                mtime_nsec: 0,
+            },
             entries: 0,
             skipped: 0,
             changed: 0,
@@ -142,6 +152,7 @@ pub fn export_tree(
         buf: vec![0; 1 << 20],
         progress,
     };
+    walker.summary.root = walker.meta(&root_stat);
     let walked = walker.walk(root.as_fd(), None, 0);
     let Walker {
         tar,

@@ -56,6 +56,8 @@ pub struct PayloadFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesSummary {
+    /// Metadata of the exported directory itself (the tree's root has no index line).
+    pub root: Meta,
     /// Entries present in the tar (files, directories, links), in index order.
     pub entries: u64,
     /// Entries recorded but not archived (sockets, FIFOs, devices).
@@ -168,14 +170,17 @@ pub enum PathError {
 }
 
 /// Permission bits, owner and modification time of an archived entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Meta {
     /// `st_mode & 0o7777`: permission, setuid, setgid and sticky bits.
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
     /// Owner and group names on the source host; importers map owners by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<String>,
     pub mtime: i64,
     pub mtime_nsec: u32,

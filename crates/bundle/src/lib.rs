@@ -12,6 +12,7 @@ mod compress;
 mod digest;
 mod error;
 mod export;
+mod extract;
 mod index;
 mod layout;
 mod outer;
@@ -21,8 +22,9 @@ mod tarfmt;
 mod verify;
 
 pub use digest::Sha256Digest;
-pub use error::{Error, ExportError, Invalid};
+pub use error::{Error, ExportError, ExtractError, Invalid};
 pub use export::{export_tree, ExportOptions, ExportReport};
+pub use extract::{Destination, ExtractOptions, ExtractReport, Plan, Staged, Switched};
 pub use index::{
     BundleHeader, Change, Entry, EntryKind, EntryPath, Extent, FilesSummary, IndexError, Meta,
     PathError, PayloadFile, Producer, SkipReason,

@@ -20,7 +20,7 @@ use crate::index::{is_valid_tenant, BundleHeader, Entry, EntryKind, EntryPath};
 use crate::layout::{self, tag_file_cap, MAX_INDEX_LINE, SIGNATURE_NAMESPACE, ZSTD_WINDOW_LOG_MAX};
 use crate::outer::{self, Member};
 use crate::progress::{Phase, Progress};
-use crate::tarfmt::{Content, TarEntry, TarError, TarKind, TarReader};
+use crate::tarfmt::{Content, TarEntry, TarKind, TarReader};
 
 /// What the verifier accepts beyond a valid signature.
 #[derive(Debug, Clone)]
@@ -305,9 +305,36 @@ impl Bundle<Authenticated> {
         &self.state.signer
     }
 
+    /// Calls `f` with each line of the (authenticated) index, in order.
+    pub(crate) fn for_each_index_entry(&self, mut f: impl FnMut(&Entry)) -> Result<(), Error> {
+        let mut lines = IndexLines::new(self.region(self.member(layout::FILES_INDEX)?));
+        while let Some((_, entry)) = lines.next_entry()? {
+            f(&entry);
+        }
+        let actual = lines.finish()?;
+        if actual != self.state.index_sha256 {
+            return Err(Invalid::Checksum {
+                name: layout::FILES_INDEX.to_owned(),
+                expected: self.state.index_sha256,
+                actual,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
     /// Streams every payload file once: sizes, hashes, and for the file tree, each tar entry
     /// against the next index line and each file's content against its recorded hash.
     pub fn verify_payload(self, progress: &dyn Progress) -> Result<Bundle<Verified>, Error> {
+        self.verify_into(&mut (), progress)
+    }
+
+    /// Like [`Bundle::verify_payload`], handing each entry to `sink` as it is verified.
+    pub(crate) fn verify_into(
+        self,
+        sink: &mut dyn TreeSink,
+        progress: &dyn Progress,
+    ) -> Result<Bundle<Verified>, Error> {
         let total = self
             .members
             .iter()
@@ -318,7 +345,7 @@ impl Bundle<Authenticated> {
         for (name, expected) in &self.state.manifest {
             let member = self.member(name)?;
             if name == layout::FILES_PAYLOAD {
-                self.verify_files(member, *expected, progress)?;
+                self.verify_files(member, *expected, sink, progress)?;
             } else {
                 let actual = hash_region(self.region(member), Some(progress))?;
                 if actual != *expected {
@@ -346,6 +373,7 @@ impl Bundle<Authenticated> {
         &self,
         member: &Member,
         expected: Sha256Digest,
+        sink: &mut dyn TreeSink,
         progress: &dyn Progress,
     ) -> Result<(), Error> {
         let declared = self
@@ -363,7 +391,7 @@ impl Bundle<Authenticated> {
         std::thread::scope(|scope| {
             let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
             let decompressor = scope.spawn(move || decompress(region, declared, &tx, progress));
-            let checked = self.check_tree(ChannelReader::new(rx), index);
+            let checked = self.check_tree(ChannelReader::new(rx), index, sink);
             let decompressed = decompressor
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("decompression thread panicked")));
@@ -397,7 +425,12 @@ impl Bundle<Authenticated> {
     }
 
     /// Walks the tar and the index in lockstep.
-    fn check_tree(&self, stream: ChannelReader, index: Region<'_>) -> Result<(), Error> {
+    fn check_tree(
+        &self,
+        stream: ChannelReader,
+        index: Region<'_>,
+        sink: &mut dyn TreeSink,
+    ) -> Result<(), Error> {
         let summary = &self.state.header.files;
         let mut tar = TarReader::new(stream);
         let mut lines = IndexLines::new(index);
@@ -435,15 +468,13 @@ impl Bundle<Authenticated> {
                 skipped += 1;
                 continue;
             }
-            let tar_entry =
-                tar.next_entry()
-                    .map_err(stream_error)?
-                    .ok_or_else(|| Invalid::MissingFromTar {
-                        line,
-                        path: entry.path.to_string(),
-                    })?;
+            let tar_entry = tar.next_entry()?.ok_or_else(|| Invalid::MissingFromTar {
+                line,
+                path: entry.path.to_string(),
+            })?;
             compare(line, &entry, &tar_entry)?;
             entries += 1;
+            sink.begin(&entry)?;
             match &entry.kind {
                 EntryKind::Dir { .. } => {
                     dirs.insert(key);
@@ -470,9 +501,8 @@ impl Bundle<Authenticated> {
                             Content::Data { bytes, .. } => hasher.update(bytes),
                             Content::Hole { len, .. } => hash_zeros(&mut hasher, len),
                         }
-                        Ok::<(), TarError>(())
-                    })
-                    .map_err(stream_error)?;
+                        sink.content(&piece)
+                    })?;
                     let (actual, _) = hasher.finish();
                     if actual != *sha256 {
                         return Err(Invalid::Checksum {
@@ -488,14 +518,15 @@ impl Bundle<Authenticated> {
                 }
                 EntryKind::Symlink { .. } | EntryKind::Skipped { .. } => {}
             }
+            sink.end(&entry)?;
         }
-        if let Some(extra) = tar.next_entry().map_err(stream_error)? {
+        if let Some(extra) = tar.next_entry()? {
             return Err(Invalid::ExtraInTar {
                 path: extra.path.to_string(),
             }
             .into());
         }
-        tar.finish().map_err(stream_error)?;
+        tar.finish()?;
         let index_sha256 = lines.finish()?;
         if index_sha256 != self.state.index_sha256 {
             return Err(Invalid::Checksum {
@@ -524,6 +555,29 @@ impl Bundle<Authenticated> {
     }
 }
 
+/// Receives each entry during the payload pass; extraction writes them into staging.
+pub(crate) trait TreeSink {
+    /// The entry's header matched its index line.
+    fn begin(&mut self, entry: &Entry) -> Result<(), Error>;
+    /// The next piece of the current file's content, not yet hash-checked.
+    fn content(&mut self, piece: &Content<'_>) -> Result<(), Error>;
+    /// The entry, and a file's content hash, are verified.
+    fn end(&mut self, entry: &Entry) -> Result<(), Error>;
+}
+
+/// Verification alone keeps nothing.
+impl TreeSink for () {
+    fn begin(&mut self, _: &Entry) -> Result<(), Error> {
+        Ok(())
+    }
+    fn content(&mut self, _: &Content<'_>) -> Result<(), Error> {
+        Ok(())
+    }
+    fn end(&mut self, _: &Entry) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
 impl Bundle<Verified> {
     pub fn header(&self) -> &BundleHeader {
         &self.state.header
@@ -544,14 +598,6 @@ pub fn verify(
     Bundle::open(path)?
         .authenticate(trust, policy, progress)?
         .verify_payload(progress)
-}
-
-/// Errors from the tar stream: I/O ones come from the decompressor's channel.
-fn stream_error(e: TarError) -> Error {
-    match e {
-        TarError::Io(io) => Invalid::Decompress(io).into(),
-        other => Invalid::Tar(other).into(),
-    }
 }
 
 fn compare(line: u64, entry: &Entry, tar: &TarEntry) -> Result<(), Error> {

@@ -6,6 +6,7 @@
 
 mod demo;
 mod export;
+mod import;
 mod inspect;
 mod progress;
 mod verify;
@@ -36,6 +37,9 @@ enum Command {
     Export(export::ExportArgs),
     Verify(verify::VerifyArgs),
     Inspect(inspect::InspectArgs),
+    Import(import::ImportArgs),
+    Rollback(import::RollbackArgs),
+    Confirm(import::ConfirmArgs),
     Keygen(export::KeygenArgs),
     Demo(demo::DemoArgs),
 }
@@ -47,6 +51,9 @@ fn main() -> ExitCode {
         Command::Export(args) => export::run(&args, &progress),
         Command::Verify(args) => verify::run(&args, &progress),
         Command::Inspect(args) => inspect::run(&args),
+        Command::Import(args) => import::run(&args, &progress),
+        Command::Rollback(args) => import::rollback(&args),
+        Command::Confirm(args) => import::confirm(&args),
         Command::Keygen(args) => export::keygen(&args),
         Command::Demo(args) => demo::run(&args, &progress),
     };

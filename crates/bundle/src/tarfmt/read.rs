@@ -117,7 +117,7 @@ pub struct TarEntry {
 #[derive(Debug)]
 pub enum Content<'a> {
     Data { offset: u64, bytes: &'a [u8] },
-    Hole { offset: u64, len: u64 },
+    Hole { len: u64 },
 }
 
 /// Reads entries one at a time; each entry's content must be read before the next header.
@@ -450,7 +450,6 @@ impl<R: Read> TarReader<R> {
                     for extent in extents {
                         if extent.offset > cursor {
                             f(Content::Hole {
-                                offset: cursor,
                                 len: extent.offset - cursor,
                             })?;
                         }
@@ -458,10 +457,7 @@ impl<R: Read> TarReader<R> {
                         cursor = extent.offset + extent.len;
                     }
                     if *size > cursor {
-                        f(Content::Hole {
-                            offset: cursor,
-                            len: size - cursor,
-                        })?;
+                        f(Content::Hole { len: size - cursor })?;
                     }
                 }
                 TarKind::File { size, .. } => self.stream(&mut buf, 0, *size, &mut f)?,

@@ -1,0 +1,862 @@
+//! Safe extraction of a bundle's tree into a fresh staging directory, and the switch of that
+//! directory into place.
+//!
+//! Extraction is the verification pass itself (see `verify.rs`): each entry is written only
+//! after its tar header matched its signed index line, and the staging directory becomes
+//! usable only if every check of the pass succeeded. Inside staging, every path is opened
+//! relative to the staging directory with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`; symlinks
+//! are created last, so nothing is ever written through one, and metadata is applied through
+//! file descriptors, never through paths.
+//!
+//! Next to the destination `DEST` live, in its parent directory:
+//! `.baluchon-lock.NAME` (an flock against concurrent imports), `.baluchon-staging.NAME.*`
+//! (extractions in progress; left over only by a killed run, and removed by the next one),
+//! `.baluchon-journal.NAME` (written before the switch, so a run killed during it can be
+//! recovered) and `.baluchon-previous.NAME` (the replaced tree, kept until confirmed).
+
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{
+    AtFlags, FileType, FlockOperation, Gid, Mode, OFlags, RenameFlags, ResolveFlags, Timespec,
+    Timestamps, Uid,
+};
+use rustix::io::Errno;
+
+use crate::error::{Error, ExtractError};
+use crate::index::{Entry, EntryKind, EntryPath, Meta};
+use crate::progress::Progress;
+use crate::tarfmt::Content;
+use crate::verify::{Authenticated, Bundle, TreeSink, Verified};
+
+/// How much of the source metadata to restore, and how.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ExtractOptions {
+    /// Keep setuid/setgid bits and world-writable modes (dropped by default).
+    pub keep_special_modes: bool,
+    /// Create symlinks whose target is absolute or leaves the tree (refused by default).
+    /// They are created as links only; extraction never follows them.
+    pub allow_outside_symlinks: bool,
+    /// Owner and group renames, by name, applied before looking names up on this host.
+    pub owner_map: Vec<(String, String)>,
+}
+
+/// What an extraction did that the user should know.
+#[derive(Debug, Clone, Default)]
+pub struct ExtractReport {
+    pub entries: u64,
+    pub content_bytes: u64,
+    /// Entries the bundle lists as not archived at the source (sockets, FIFOs, devices).
+    pub skipped_in_bundle: u64,
+    /// Modes changed by the special-mode policy: (path, mode in bundle, mode applied).
+    pub modes_adjusted: Vec<(String, u32, u32)>,
+    /// Whether owners were restored (only root can give files to other users).
+    pub owners_applied: bool,
+    /// Entries whose owner or group had no name at the source: their numeric id was kept.
+    pub numeric_owners: u64,
+}
+
+/// A destination directory, locked against concurrent imports for as long as this lives.
+#[derive(Debug)]
+pub struct Destination {
+    path: PathBuf,
+    parent: OwnedFd,
+    name: OsString,
+    _lock: OwnedFd,
+}
+
+const STAGING: &str = ".baluchon-staging.";
+const PREVIOUS: &str = ".baluchon-previous.";
+const JOURNAL: &str = ".baluchon-journal.";
+const LOCK: &str = ".baluchon-lock.";
+
+impl Destination {
+    /// Locks `path` (which need not exist; its parent must), finishes or undoes a switch a
+    /// killed run left half done, and removes staging directories killed runs left behind.
+    pub fn lock(path: &Path) -> Result<Self, Error> {
+        let (parent_path, name) = split_destination(path)?;
+        let parent = rustix::fs::open(
+            &parent_path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_at(e, &parent_path))?;
+        let lock_name = sibling(LOCK, &name);
+        let lock = rustix::fs::openat(
+            &parent,
+            &lock_name,
+            OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| io_at(e, &parent_path.join(&lock_name)))?;
+        match rustix::fs::flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(Errno::WOULDBLOCK) => {
+                return Err(ExtractError::Locked {
+                    path: path.to_owned(),
+                }
+                .into())
+            }
+            Err(e) => return Err(io_at(e, &parent_path.join(&lock_name)).into()),
+        }
+        let dest = Self {
+            path: path.to_owned(),
+            parent,
+            name,
+            _lock: lock,
+        };
+        dest.recover()?;
+        dest.remove_stale_staging()?;
+        Ok(dest)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn parent_path(&self) -> PathBuf {
+        self.path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_owned)
+    }
+
+    /// The inode of the destination, if it exists; it must be a directory.
+    fn current(&self) -> Result<Option<u64>, Error> {
+        match rustix::fs::statat(&self.parent, &self.name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                Ok(Some(st.st_ino))
+            }
+            Ok(_) => Err(ExtractError::NotADirectory {
+                path: self.path.clone(),
+            }
+            .into()),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(io_at(e, &self.path).into()),
+        }
+    }
+
+    /// A journal names the staging directory being switched in, and its inode. If the
+    /// destination now has that inode, the exchange happened and the staging name holds the
+    /// old tree: it becomes the previous tree. Otherwise nothing was switched.
+    fn recover(&self) -> Result<(), Error> {
+        let journal = sibling(JOURNAL, &self.name);
+        let text = match read_small_at(&self.parent, &journal) {
+            Ok(Some(text)) => text,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(io_at(e, &self.parent_path().join(&journal)).into()),
+        };
+        let mut fields = text.split(|&b| b == b'\n');
+        let staging = fields.next().map(|b| OsString::from_vec(b.to_vec()));
+        let inode = fields
+            .next()
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .and_then(|s| s.parse::<u64>().ok());
+        if let (Some(staging), Some(inode)) = (staging, inode) {
+            if self.current()? == Some(inode) && exists_at(&self.parent, &staging) {
+                let previous = sibling(PREVIOUS, &self.name);
+                rename(&self.parent, &staging, &previous, RenameFlags::NOREPLACE)
+                    .map_err(|e| io_at(e, &self.parent_path().join(&previous)))?;
+            }
+        }
+        rustix::fs::unlinkat(&self.parent, &journal, AtFlags::empty())
+            .map_err(|e| io_at(e, &self.parent_path().join(&journal)))?;
+        rustix::fs::fsync(&self.parent).map_err(|e| io_at(e, &self.parent_path()))?;
+        Ok(())
+    }
+
+    fn remove_stale_staging(&self) -> Result<(), Error> {
+        let prefix = sibling(STAGING, &self.name);
+        let parent_path = self.parent_path();
+        for item in fs_err::read_dir(&parent_path)? {
+            let name = item?.file_name();
+            if name.as_bytes().starts_with(prefix.as_bytes()) {
+                // remove_dir_all does not follow symlinks (CVE-2022-21658 is fixed in std).
+                fs_err::remove_dir_all(parent_path.join(name))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn new_staging(&self) -> Result<(OsString, OwnedFd), Error> {
+        let mut name = sibling(STAGING, &self.name);
+        name.push(format!(".{}", uuid::Uuid::new_v4().simple()));
+        let at = self.parent_path().join(&name);
+        rustix::fs::mkdirat(&self.parent, &name, Mode::from_raw_mode(0o700))
+            .map_err(|e| io_at(e, &at))?;
+        let fd = rustix::fs::openat(
+            &self.parent,
+            &name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_at(e, &at))?;
+        Ok((name, fd))
+    }
+
+    /// Swaps the previous tree back into place and removes the imported one.
+    pub fn roll_back(self) -> Result<(), Error> {
+        let previous = sibling(PREVIOUS, &self.name);
+        if !exists_at(&self.parent, &previous) {
+            return Err(ExtractError::NoPrevious {
+                path: self.path.clone(),
+            }
+            .into());
+        }
+        exchange_or_move(&self.parent, &previous, &self.name).map_err(|e| io_at(e, &self.path))?;
+        rustix::fs::fsync(&self.parent).map_err(|e| io_at(e, &self.parent_path()))?;
+        fs_err::remove_dir_all(self.parent_path().join(previous))?;
+        Ok(())
+    }
+
+    /// Deletes the previous tree kept by the last import.
+    pub fn confirm(self) -> Result<(), Error> {
+        let previous = sibling(PREVIOUS, &self.name);
+        if !exists_at(&self.parent, &previous) {
+            return Err(ExtractError::NoPrevious {
+                path: self.path.clone(),
+            }
+            .into());
+        }
+        fs_err::remove_dir_all(self.parent_path().join(previous))?;
+        Ok(())
+    }
+
+    /// Where the previous tree is kept after a replacing import.
+    pub fn previous_path(&self) -> PathBuf {
+        self.parent_path().join(sibling(PREVIOUS, &self.name))
+    }
+}
+
+/// A fully verified tree in staging, ready to be switched into place. The only way to get
+/// one is [`Bundle::extract`]; dropping it removes the staging directory.
+#[derive(Debug)]
+pub struct Staged {
+    dest: Destination,
+    staging: Option<(OsString, OwnedFd)>,
+    report: ExtractReport,
+}
+
+/// What the switch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Switched {
+    Created,
+    /// The destination existed; its former content is kept at `previous`.
+    Replaced {
+        previous: PathBuf,
+    },
+}
+
+impl Staged {
+    pub fn report(&self) -> &ExtractReport {
+        &self.report
+    }
+
+    /// Makes the staged tree the destination, atomically. An existing destination is
+    /// replaced only if `replace` is set, and then kept as the previous tree.
+    pub fn switch(mut self, replace: bool) -> Result<Switched, Error> {
+        let (name, fd) = self
+            .staging
+            .take()
+            .ok_or_else(|| std::io::Error::other("staging already switched"))?;
+        let dest = &self.dest;
+        let staging_path = dest.parent_path().join(&name);
+        let result = (|| {
+            rustix::fs::syncfs(&fd).map_err(|e| io_at(e, &staging_path))?;
+            let Some(_) = dest.current()? else {
+                rename(&dest.parent, &name, &dest.name, RenameFlags::NOREPLACE)
+                    .map_err(|e| io_at(e, &dest.path))?;
+                rustix::fs::fsync(&dest.parent).map_err(|e| io_at(e, &dest.parent_path()))?;
+                return Ok(Switched::Created);
+            };
+            if !replace {
+                return Err(ExtractError::Exists {
+                    path: dest.path.clone(),
+                }
+                .into());
+            }
+            let previous = sibling(PREVIOUS, &dest.name);
+            if exists_at(&dest.parent, &previous) {
+                return Err(ExtractError::PreviousKept {
+                    path: dest.path.clone(),
+                    previous: dest.previous_path(),
+                }
+                .into());
+            }
+            let inode = rustix::fs::fstat(&fd)
+                .map_err(|e| io_at(e, &staging_path))?
+                .st_ino;
+            let journal = sibling(JOURNAL, &dest.name);
+            write_journal(&dest.parent, &journal, &name, inode)
+                .map_err(|e| io_at(e, &dest.parent_path().join(&journal)))?;
+            exchange_or_move(&dest.parent, &name, &dest.name).map_err(|e| io_at(e, &dest.path))?;
+            rename(&dest.parent, &name, &previous, RenameFlags::NOREPLACE)
+                .map_err(|e| io_at(e, &dest.previous_path()))?;
+            rustix::fs::unlinkat(&dest.parent, &journal, AtFlags::empty())
+                .map_err(|e| io_at(e, &dest.parent_path().join(&journal)))?;
+            rustix::fs::fsync(&dest.parent).map_err(|e| io_at(e, &dest.parent_path()))?;
+            Ok(Switched::Replaced {
+                previous: dest.previous_path(),
+            })
+        })();
+        if result.is_err() && exists_at(&dest.parent, &name) {
+            // Not switched: the staging directory still holds the new tree; drop it.
+            let _ = fs_err::remove_dir_all(&staging_path);
+        }
+        result
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some((name, _)) = self.staging.take() {
+            let _ = fs_err::remove_dir_all(self.dest.parent_path().join(name));
+        }
+    }
+}
+
+impl Bundle<Authenticated> {
+    /// Verifies the payload while extracting the tree into a new staging directory next to
+    /// `dest`. On any failure the staging directory is removed and `dest` is untouched.
+    pub fn extract(
+        self,
+        dest: Destination,
+        options: &ExtractOptions,
+        progress: &dyn Progress,
+    ) -> Result<(Bundle<Verified>, Staged), Error> {
+        let owners = Owners::resolve(&self.owner_names()?, options)?;
+        let (name, root) = dest.new_staging()?;
+        let staging_path = dest.parent_path().join(&name);
+        let mut staged = Staged {
+            dest,
+            staging: None,
+            report: ExtractReport {
+                owners_applied: owners.apply,
+                ..ExtractReport::default()
+            },
+        };
+        let mut extractor = Extractor {
+            root: root.try_clone().map_err(|e| io_at(e, &staging_path))?,
+            staging_path,
+            options,
+            owners,
+            parent: None,
+            file: None,
+            dirs: Vec::new(),
+            symlinks: Vec::new(),
+            report: std::mem::take(&mut staged.report),
+        };
+        // From here on, dropping `staged` removes the staging directory.
+        staged.staging = Some((name, root));
+        let verified = self.verify_into(&mut extractor, progress)?;
+        extractor.finish(&verified.header().files.root)?;
+        staged.report = extractor.report;
+        staged.report.skipped_in_bundle = verified.header().files.skipped;
+        Ok((verified, staged))
+    }
+}
+
+/// Names resolved to ids on this host.
+#[derive(Debug)]
+struct Owners {
+    apply: bool,
+    users: HashMap<String, u32>,
+    groups: HashMap<String, u32>,
+    map: HashMap<String, String>,
+}
+
+impl Owners {
+    fn resolve(
+        names: &(BTreeSet<String>, BTreeSet<String>),
+        options: &ExtractOptions,
+    ) -> Result<Self, Error> {
+        let map: HashMap<String, String> = options.owner_map.iter().cloned().collect();
+        let mut owners = Self {
+            apply: rustix::process::geteuid().is_root(),
+            users: HashMap::new(),
+            groups: HashMap::new(),
+            map,
+        };
+        if !owners.apply {
+            return Ok(owners);
+        }
+        let mut missing_users = Vec::new();
+        let mut missing_groups = Vec::new();
+        for name in &names.0 {
+            let local = owners.map.get(name).unwrap_or(name).clone();
+            match uzers::get_user_by_name(&local) {
+                Some(user) => {
+                    owners.users.insert(name.clone(), user.uid());
+                }
+                None => missing_users.push(local),
+            }
+        }
+        for name in &names.1 {
+            let local = owners.map.get(name).unwrap_or(name).clone();
+            match uzers::get_group_by_name(&local) {
+                Some(group) => {
+                    owners.groups.insert(name.clone(), group.gid());
+                }
+                None => missing_groups.push(local),
+            }
+        }
+        if !missing_users.is_empty() || !missing_groups.is_empty() {
+            return Err(ExtractError::UnknownOwners {
+                users: missing_users,
+                groups: missing_groups,
+            }
+            .into());
+        }
+        Ok(owners)
+    }
+
+    /// The ids to give an entry here: by name when the source had one, else the same number.
+    fn ids(&self, meta: &Meta) -> (u32, u32, bool) {
+        let uid = meta.owner.as_ref().and_then(|n| self.users.get(n).copied());
+        let gid = meta
+            .group
+            .as_ref()
+            .and_then(|n| self.groups.get(n).copied());
+        (
+            uid.unwrap_or(meta.uid),
+            gid.unwrap_or(meta.gid),
+            meta.owner.is_none() || meta.group.is_none(),
+        )
+    }
+}
+
+struct Extractor<'o> {
+    root: OwnedFd,
+    staging_path: PathBuf,
+    options: &'o ExtractOptions,
+    owners: Owners,
+    /// The directory of the last entry, which is usually the next one's too.
+    parent: Option<(EntryPath, OwnedFd)>,
+    file: Option<File>,
+    /// Directory metadata is applied at the end: creating children changes mtimes, and a
+    /// read-only mode would forbid creating them.
+    dirs: Vec<(EntryPath, Meta)>,
+    /// Symlinks are created at the end, so nothing is ever written through one.
+    symlinks: Vec<(EntryPath, Vec<u8>, Meta)>,
+    report: ExtractReport,
+}
+
+impl Extractor<'_> {
+    fn at(&self, path: &EntryPath) -> PathBuf {
+        self.staging_path.join(OsStr::from_bytes(path.as_bytes()))
+    }
+
+    fn fail(&self, path: &EntryPath) -> impl Fn(Errno) -> Error {
+        let at = self.at(path);
+        move |e| io_at(e, &at).into()
+    }
+
+    /// Opens a directory of the tree, never through a symlink, never outside staging.
+    fn open_dir(&self, path: &EntryPath) -> Result<OwnedFd, Error> {
+        rustix::fs::openat2(
+            &self.root,
+            OsStr::from_bytes(path.as_bytes()),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(self.fail(path))
+    }
+
+    fn parent_of(&mut self, path: &EntryPath) -> Result<BorrowedFd<'_>, Error> {
+        let Some(parent) = path.parent() else {
+            return Ok(self.root.as_fd());
+        };
+        if self.parent.as_ref().is_none_or(|(p, _)| *p != parent) {
+            let fd = self.open_dir(&parent)?;
+            self.parent = Some((parent, fd));
+        }
+        Ok(self
+            .parent
+            .as_ref()
+            .map_or_else(|| self.root.as_fd(), |(_, fd)| fd.as_fd()))
+    }
+
+    fn mode(&mut self, path: &EntryPath, mode: u32) -> u32 {
+        if self.options.keep_special_modes {
+            return mode;
+        }
+        let allowed = mode & !0o6000 & !0o002;
+        if allowed != mode && self.report.modes_adjusted.len() < 1000 {
+            self.report
+                .modes_adjusted
+                .push((path.to_string(), mode, allowed));
+        }
+        allowed
+    }
+
+    /// Owner, then mode (chown clears setuid bits), then times; all through the descriptor.
+    fn apply_meta(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        path: &EntryPath,
+        meta: &Meta,
+    ) -> Result<(), Error> {
+        let mode = self.mode(path, meta.mode);
+        let (uid, gid, numeric) = self.owners.ids(meta);
+        self.report.numeric_owners += u64::from(numeric);
+        if self.owners.apply {
+            rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .map_err(self.fail(path))?;
+        }
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(self.fail(path))?;
+        rustix::fs::futimens(fd, &times(meta)).map_err(self.fail(path))?;
+        Ok(())
+    }
+
+    /// Creates the deferred symlinks, then applies directory metadata, deepest first, then
+    /// the root's.
+    fn finish(&mut self, root_meta: &Meta) -> Result<(), Error> {
+        for (path, target, meta) in std::mem::take(&mut self.symlinks) {
+            let name = OsString::from_vec(path.file_name().to_vec());
+            let (uid, gid, numeric) = self.owners.ids(&meta);
+            self.report.numeric_owners += u64::from(numeric);
+            let apply = self.owners.apply;
+            let fail = self.fail(&path);
+            let dir = match path.parent() {
+                Some(parent) => Some(self.open_dir(&parent)?),
+                None => None,
+            };
+            let dir = dir.as_ref().map_or(self.root.as_fd(), AsFd::as_fd);
+            rustix::fs::symlinkat(OsStr::from_bytes(&target), dir, &name).map_err(&fail)?;
+            if apply {
+                rustix::fs::chownat(
+                    dir,
+                    &name,
+                    Some(Uid::from_raw(uid)),
+                    Some(Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(&fail)?;
+            }
+            rustix::fs::utimensat(dir, &name, &times(&meta), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(&fail)?;
+        }
+        self.parent = None;
+        for (path, meta) in std::mem::take(&mut self.dirs).into_iter().rev() {
+            let fd = self.open_dir(&path)?;
+            self.apply_meta(fd.as_fd(), &path, &meta)?;
+        }
+        let root = self
+            .root
+            .try_clone()
+            .map_err(|e| io_at(e, &self.staging_path))?;
+        let root_path = EntryPath::new(b"staging-root".to_vec()).map_err(std::io::Error::other)?;
+        self.apply_meta(root.as_fd(), &root_path, root_meta)
+    }
+}
+
+impl TreeSink for Extractor<'_> {
+    fn begin(&mut self, entry: &Entry) -> Result<(), Error> {
+        let name = OsString::from_vec(entry.path.file_name().to_vec());
+        match &entry.kind {
+            EntryKind::Dir { meta } => {
+                let fail = self.fail(&entry.path);
+                let dir = self.parent_of(&entry.path)?;
+                rustix::fs::mkdirat(dir, &name, Mode::from_raw_mode(0o700)).map_err(fail)?;
+                self.dirs.push((entry.path.clone(), meta.clone()));
+            }
+            EntryKind::File { .. } => {
+                let fail = self.fail(&entry.path);
+                let dir = self.parent_of(&entry.path)?;
+                let fd = rustix::fs::openat(
+                    dir,
+                    &name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(fail)?;
+                self.file = Some(File::from(fd));
+            }
+            EntryKind::Hardlink { target, .. } => {
+                // The verifier checked that the target is an earlier regular file.
+                let fail = self.fail(&entry.path);
+                let target_dir = match target.parent() {
+                    Some(parent) => Some(self.open_dir(&parent)?),
+                    None => None,
+                };
+                let target_name = OsString::from_vec(target.file_name().to_vec());
+                let dir = self.parent_of(&entry.path)?;
+                let target_dir = target_dir.as_ref().map_or(dir, AsFd::as_fd);
+                rustix::fs::linkat(target_dir, &target_name, dir, &name, AtFlags::empty())
+                    .map_err(fail)?;
+            }
+            EntryKind::Symlink { meta, target } => {
+                if !self.options.allow_outside_symlinks && !stays_inside(&entry.path, target) {
+                    return Err(ExtractError::OutsideSymlink {
+                        path: entry.path.to_string(),
+                        target: target.escape_ascii().to_string(),
+                    }
+                    .into());
+                }
+                self.symlinks
+                    .push((entry.path.clone(), target.clone(), meta.clone()));
+            }
+            EntryKind::Skipped { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn content(&mut self, piece: &Content<'_>) -> Result<(), Error> {
+        if let (Content::Data { offset, bytes }, Some(file)) = (piece, &self.file) {
+            file.write_all_at(bytes, *offset).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: {e}", self.staging_path.display()))
+            })?;
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, entry: &Entry) -> Result<(), Error> {
+        self.report.entries += 1;
+        if let EntryKind::File { meta, size, .. } = &entry.kind {
+            let file = self
+                .file
+                .take()
+                .ok_or_else(|| std::io::Error::other("file content without a file"))?;
+            // Holes were never written: setting the length keeps them holes.
+            rustix::fs::ftruncate(&file, *size).map_err(self.fail(&entry.path))?;
+            self.apply_meta(file.as_fd(), &entry.path, meta)?;
+            self.report.content_bytes += size;
+        }
+        Ok(())
+    }
+}
+
+impl Bundle<Authenticated> {
+    /// Owner and group names used in the tree, from the authenticated index.
+    fn owner_names(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), Error> {
+        let mut users = BTreeSet::new();
+        let mut groups = BTreeSet::new();
+        if let Some(owner) = &self.header().files.root.owner {
+            users.insert(owner.clone());
+        }
+        if let Some(group) = &self.header().files.root.group {
+            groups.insert(group.clone());
+        }
+        self.for_each_index_entry(|entry| {
+            if let Some(meta) = entry.meta() {
+                users.extend(meta.owner.clone());
+                groups.extend(meta.group.clone());
+            }
+        })?;
+        Ok((users, groups))
+    }
+}
+
+/// Whether a symlink target, read from the link's own directory, stays inside the tree at
+/// every step (so `a/../b` is fine, `../x` at the top is not, and absolute never is).
+fn stays_inside(link: &EntryPath, target: &[u8]) -> bool {
+    if target.first() == Some(&b'/') {
+        return false;
+    }
+    let mut depth = link.components().count() - 1;
+    for component in target.split(|&b| b == b'/') {
+        match component {
+            b"" | b"." => {}
+            b".." => match depth.checked_sub(1) {
+                Some(d) => depth = d,
+                None => return false,
+            },
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+fn times(meta: &Meta) -> Timestamps {
+    let ts = Timespec {
+        tv_sec: meta.mtime,
+        tv_nsec: i64::from(meta.mtime_nsec),
+    };
+    Timestamps {
+        last_access: ts,
+        last_modification: ts,
+    }
+}
+
+fn io_at(e: impl Into<std::io::Error>, path: &Path) -> std::io::Error {
+    let e: std::io::Error = e.into();
+    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+fn split_destination(path: &Path) -> Result<(PathBuf, OsString), Error> {
+    let name = path
+        .file_name()
+        .filter(|n| *n != ".." && *n != ".")
+        .ok_or_else(|| ExtractError::NotADirectory {
+            path: path.to_owned(),
+        })?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_owned);
+    Ok((parent, name.to_owned()))
+}
+
+fn sibling(prefix: &str, name: &OsStr) -> OsString {
+    let mut out = OsString::from(prefix);
+    out.push(name);
+    out
+}
+
+fn exists_at(dir: &OwnedFd, name: &OsStr) -> bool {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+}
+
+fn rename(dir: &OwnedFd, from: &OsStr, to: &OsStr, flags: RenameFlags) -> Result<(), Errno> {
+    rustix::fs::renameat_with(dir, from, dir, to, flags)
+}
+
+/// Atomic exchange where the filesystem has it; otherwise two renames, with a moment in
+/// between where `b` does not exist.
+fn exchange_or_move(dir: &OwnedFd, a: &OsStr, b: &OsStr) -> Result<(), Errno> {
+    match rename(dir, a, b, RenameFlags::EXCHANGE) {
+        Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+            let mut aside = OsString::from(b);
+            aside.push(".baluchon-swap");
+            rename(dir, b, &aside, RenameFlags::NOREPLACE)?;
+            rename(dir, a, b, RenameFlags::NOREPLACE)?;
+            rename(dir, &aside, a, RenameFlags::NOREPLACE)
+        }
+        other => other,
+    }
+}
+
+fn write_journal(dir: &OwnedFd, name: &OsStr, staging: &OsStr, inode: u64) -> Result<(), Errno> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let mut text = staging.as_bytes().to_vec();
+    text.extend_from_slice(format!("\n{inode}\n").as_bytes());
+    let file = File::from(fd);
+    file.write_all_at(&text, 0)
+        .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+    rustix::fs::fsync(&file)?;
+    rustix::fs::fsync(dir)
+}
+
+fn read_small_at(dir: &OwnedFd, name: &OsStr) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read as _;
+    match rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => {
+            let mut text = Vec::new();
+            File::from(fd).take(64 * 1024).read_to_end(&mut text)?;
+            Ok(Some(text))
+        }
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What an import of the bundle's tree would do to the destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// In the bundle, not at the destination.
+    pub create: Vec<String>,
+    /// At both: the bundle's version replaces the destination's.
+    pub replace: Vec<String>,
+    /// At the destination, not in the bundle: gone after the switch (kept in the previous
+    /// tree until confirmed).
+    pub remove: Vec<String>,
+    pub destination_exists: bool,
+}
+
+impl Bundle<Authenticated> {
+    /// Compares the bundle's tree with `dest` without writing anything.
+    pub fn plan(&self, dest: &Path) -> Result<Plan, Error> {
+        let mut existing = BTreeSet::new();
+        let destination_exists = match fs_err::symlink_metadata(dest) {
+            Ok(meta) if meta.is_dir() => true,
+            Ok(_) => {
+                return Err(ExtractError::NotADirectory {
+                    path: dest.to_owned(),
+                }
+                .into())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e.into()),
+        };
+        if destination_exists {
+            list_tree(dest, &mut Vec::new(), &mut existing)?;
+        }
+        let mut plan = Plan {
+            destination_exists,
+            ..Plan::default()
+        };
+        self.for_each_index_entry(|entry| {
+            if matches!(entry.kind, EntryKind::Skipped { .. }) {
+                return;
+            }
+            let shown = entry.path.to_string();
+            if existing.remove(entry.path.as_bytes()) {
+                plan.replace.push(shown);
+            } else {
+                plan.create.push(shown);
+            }
+        })?;
+        plan.remove = existing
+            .into_iter()
+            .map(|p| p.escape_ascii().to_string())
+            .collect();
+        Ok(plan)
+    }
+}
+
+/// Every path below `dir`, relative, descending only into real directories.
+fn list_tree(dir: &Path, prefix: &mut Vec<u8>, out: &mut BTreeSet<Vec<u8>>) -> Result<(), Error> {
+    for item in fs_err::read_dir(dir)? {
+        let item = item?;
+        let mut path = prefix.clone();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(item.file_name().as_bytes());
+        // DirEntry::file_type does not follow symlinks.
+        if item.file_type()?.is_dir() {
+            list_tree(&item.path(), &mut path.clone(), out)?;
+        }
+        out.insert(path);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stays_inside;
+    use crate::index::EntryPath;
+
+    #[test]
+    fn symlink_targets_are_judged_lexically_from_the_link() {
+        let at = |p: &str| EntryPath::new(p.as_bytes().to_vec()).unwrap();
+        assert!(stays_inside(&at("a/link"), b"../b"));
+        assert!(stays_inside(&at("a/b/link"), b"../../c"));
+        assert!(stays_inside(&at("link"), b"x/../y"));
+        assert!(!stays_inside(&at("link"), b"../x"));
+        assert!(!stays_inside(&at("a/link"), b"../../x"));
+        assert!(!stays_inside(&at("a/link"), b"/etc/passwd"));
+        assert!(!stays_inside(&at("link"), b"x/../../y"));
+    }
+}

@@ -1,0 +1,220 @@
+//! `baluchon import`, `baluchon rollback`, `baluchon confirm`: the files part of an import.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use baluchon_bundle::{Bundle, Destination, ExtractOptions, Policy, Progress, Switched};
+use baluchon_signature::TrustedSigners;
+use clap::Args;
+
+/// Install a bundle's tree at a destination directory
+///
+/// The bundle is verified while its tree is extracted into a new staging directory next to
+/// DEST; only when every check passed is the staging directory switched into place, in one
+/// atomic rename. A replaced DEST is kept (as .baluchon-previous.NAME beside it) until you run
+/// `baluchon confirm` or `baluchon rollback`. Owners are mapped by name; setuid/setgid bits and
+/// world-writable modes are dropped unless --keep-special-modes. Nothing from the bundle is
+/// ever executed.
+///
+/// Examples:
+///   baluchon import shop.baluchon --path /srv/www/shop --signer allowed_signers --dry-run
+///   baluchon import shop.baluchon --path /srv/www/shop --signer allowed_signers --replace
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The bundle file
+    bundle: PathBuf,
+    /// Directory to install the tree as (its parent must exist)
+    #[arg(long)]
+    path: PathBuf,
+    /// Trusted signers: an OpenSSH allowed_signers file, or public key file(s)
+    #[arg(long)]
+    signer: PathBuf,
+    /// Require the bundle to be for this tenant
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Replace DEST if it exists (its content is kept until confirmed)
+    #[arg(long)]
+    replace: bool,
+    /// Verify the bundle and list what would be created, replaced and removed; change nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Give files owned by OLD at the source to NEW here, by name (can be repeated)
+    #[arg(long, value_name = "OLD=NEW", value_parser = parse_mapping)]
+    map_owner: Vec<(String, String)>,
+    /// Keep setuid/setgid bits and world-writable modes
+    #[arg(long)]
+    keep_special_modes: bool,
+    /// Create symlinks that point outside the tree (absolute or escaping with ..)
+    #[arg(long)]
+    allow_outside_symlinks: bool,
+    /// Print the report as JSON on standard output
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_mapping(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((old, new)) if !old.is_empty() && !new.is_empty() => {
+            Ok((old.to_owned(), new.to_owned()))
+        }
+        _ => Err(format!("expected OLD=NEW, got {text:?}")),
+    }
+}
+
+pub fn run(args: &ImportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+    let trust = TrustedSigners::from_file(&args.signer)
+        .with_context(|| format!("cannot use the signer file {}", args.signer.display()))?;
+    let mut policy = Policy::default();
+    policy.expected_tenant.clone_from(&args.tenant);
+    let failed = || format!("importing {} failed", args.bundle.display());
+    let bundle = Bundle::open(&args.bundle)
+        .and_then(|b| b.authenticate(&trust, &policy, progress))
+        .with_context(failed)?;
+
+    if args.dry_run {
+        let plan = bundle.plan(&args.path).with_context(failed)?;
+        bundle.verify_payload(progress).with_context(failed)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "dry_run": true,
+                    "destination": args.path,
+                    "destination_exists": plan.destination_exists,
+                    "create": plan.create,
+                    "replace": plan.replace,
+                    "remove": plan.remove,
+                }))?
+            );
+        } else {
+            for path in &plan.create {
+                println!("create  {path}");
+            }
+            for path in &plan.replace {
+                println!("replace {path}");
+            }
+            for path in &plan.remove {
+                println!("remove  {path}");
+            }
+            println!(
+                "dry run: the bundle verifies; {} to create, {} to replace, {} to remove in {}; nothing was changed",
+                plan.create.len(),
+                plan.replace.len(),
+                plan.remove.len(),
+                args.path.display()
+            );
+            if plan.destination_exists && !args.replace {
+                println!(
+                    "note: {} exists; the import needs --replace",
+                    args.path.display()
+                );
+            }
+        }
+        return Ok(());
+    }
+
+    let mut options = ExtractOptions::default();
+    options.keep_special_modes = args.keep_special_modes;
+    options.allow_outside_symlinks = args.allow_outside_symlinks;
+    options.owner_map.clone_from(&args.map_owner);
+    let dest = Destination::lock(&args.path).with_context(failed)?;
+    let (verified, staged) = bundle
+        .extract(dest, &options, progress)
+        .with_context(failed)?;
+    let report = staged.report().clone();
+    let switched = staged.switch(args.replace).with_context(failed)?;
+    let header = verified.header();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "destination": args.path,
+                "bundle_id": header.bundle_id,
+                "tenant": header.tenant,
+                "entries": report.entries,
+                "content_bytes": report.content_bytes,
+                "skipped_in_bundle": report.skipped_in_bundle,
+                "owners_applied": report.owners_applied,
+                "numeric_owners": report.numeric_owners,
+                "modes_adjusted": report.modes_adjusted.iter().map(|(p, from, to)| serde_json::json!({"path": p, "from": format!("{from:o}"), "to": format!("{to:o}")})).collect::<Vec<_>>(),
+                "previous": match &switched { Switched::Replaced { previous } => Some(previous), _ => None },
+            }))?
+        );
+        return Ok(());
+    }
+    println!(
+        "installed {} entries ({} bytes) of tenant {} at {}",
+        report.entries,
+        report.content_bytes,
+        header.tenant,
+        args.path.display()
+    );
+    if let Switched::Replaced { previous } = &switched {
+        println!(
+            "the former content is kept at {}: `baluchon confirm --path {}` deletes it, `baluchon rollback --path {}` restores it",
+            previous.display(),
+            args.path.display(),
+            args.path.display()
+        );
+    }
+    if report.skipped_in_bundle > 0 {
+        println!(
+            "{} entries were not archived at the source (sockets, FIFOs, devices): see the bundle's files-index.jsonl",
+            report.skipped_in_bundle
+        );
+    }
+    if !report.owners_applied {
+        println!("owners were not restored: only root can give files to other users");
+    }
+    for (path, from, to) in &report.modes_adjusted {
+        println!(
+            "mode of {path} changed from {from:o} to {to:o} (use --keep-special-modes to keep it)"
+        );
+    }
+    Ok(())
+}
+
+/// Restore the content an import replaced, and remove the imported tree
+///
+/// Example:
+///   baluchon rollback --path /srv/www/shop
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The destination given to `baluchon import --path`
+    #[arg(long)]
+    path: PathBuf,
+}
+
+pub fn rollback(args: &RollbackArgs) -> anyhow::Result<()> {
+    Destination::lock(&args.path)
+        .and_then(Destination::roll_back)
+        .with_context(|| format!("rolling back {} failed", args.path.display()))?;
+    println!("restored the former content of {}", args.path.display());
+    Ok(())
+}
+
+/// Delete the content an import replaced, keeping the imported tree
+///
+/// Example:
+///   baluchon confirm --path /srv/www/shop
+#[derive(Debug, Args)]
+pub struct ConfirmArgs {
+    /// The destination given to `baluchon import --path`
+    #[arg(long)]
+    path: PathBuf,
+}
+
+pub fn confirm(args: &ConfirmArgs) -> anyhow::Result<()> {
+    let dest = Destination::lock(&args.path)?;
+    let previous = dest.previous_path();
+    if !previous.exists() {
+        bail!(
+            "{} has no former content waiting for confirmation",
+            args.path.display()
+        );
+    }
+    dest.confirm()
+        .with_context(|| format!("confirming {} failed", args.path.display()))?;
+    println!("deleted the former content of {}", args.path.display());
+    Ok(())
+}
