@@ -587,13 +587,15 @@ impl TreeSink for Extractor<'_> {
                 // The verifier checked that the target is an earlier regular file.
                 let fail = self.fail(&entry.path);
                 let target_dir = match target.parent() {
-                    Some(parent) => Some(self.open_dir(&parent)?),
-                    None => None,
+                    Some(parent) => self.open_dir(&parent)?,
+                    None => self
+                        .root
+                        .try_clone()
+                        .map_err(|e| io_at(e, &self.staging_path))?,
                 };
                 let target_name = OsString::from_vec(target.file_name().to_vec());
                 let dir = self.parent_of(&entry.path)?;
-                let target_dir = target_dir.as_ref().map_or(dir, AsFd::as_fd);
-                rustix::fs::linkat(target_dir, &target_name, dir, &name, AtFlags::empty())
+                rustix::fs::linkat(&target_dir, &target_name, dir, &name, AtFlags::empty())
                     .map_err(fail)?;
             }
             EntryKind::Symlink { meta, target } => {

@@ -1,0 +1,338 @@
+//! Import of a bundle's tree: exact round trip, safe defaults, and faults that must leave the
+//! destination as it was.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use baluchon_bundle::{
+    Bundle, Destination, Error, ExtractError, ExtractOptions, NoProgress, Policy, Switched,
+};
+use baluchon_tests::fixture::{baluchon_bin, export, small_tree, Keys};
+use baluchon_tests::tree::{build_fidelity_tree, differences, walk, Observed};
+
+fn import(
+    bundle: &Path,
+    dest: &Path,
+    keys: &Keys,
+    options: &ExtractOptions,
+    replace: bool,
+) -> Result<Switched, Error> {
+    let authenticated =
+        Bundle::open(bundle)?.authenticate(&keys.trust(), &Policy::default(), &NoProgress)?;
+    let (_, staged) = authenticated.extract(Destination::lock(dest)?, options, &NoProgress)?;
+    staged.switch(replace)
+}
+
+fn leftovers(parent: &Path) -> Vec<String> {
+    fs_err::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".baluchon-staging") || n.starts_with(".baluchon-journal"))
+        .collect()
+}
+
+#[test]
+fn fidelity_tree_round_trips_exactly_through_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    build_fidelity_tree(&source, true);
+    let keys = Keys::new(dir.path());
+    let bundle = dir.path().join("b.baluchon");
+    export(&source, &bundle, &keys);
+
+    let dest = dir.path().join("dest");
+    let mut options = ExtractOptions::default();
+    options.keep_special_modes = true;
+    options.allow_outside_symlinks = true;
+    assert_eq!(
+        import(&bundle, &dest, &keys, &options, false).unwrap(),
+        Switched::Created
+    );
+
+    let mut expected = walk(&source);
+    expected.retain(|_, o: &mut Observed| o.kind != "special");
+    let imported = walk(&dest);
+    // Nanoseconds too: the index carries them and the importer applies them.
+    let diffs = differences(&expected, &imported, true);
+    assert!(
+        diffs.is_empty(),
+        "differences after import:\n{}",
+        diffs.join("\n")
+    );
+    for sparse in ["sparse-huge", "sparse-small", "sparse-many"] {
+        assert!(imported[sparse.as_bytes()].sparse, "{sparse} stays sparse");
+    }
+    // The tree's root takes the source root's mode and times.
+    let (src_root, dst_root) = (
+        fs_err::metadata(&source).unwrap(),
+        fs_err::metadata(&dest).unwrap(),
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(src_root.mode(), dst_root.mode());
+    assert_eq!(
+        (src_root.mtime(), src_root.mtime_nsec()),
+        (dst_root.mtime(), dst_root.mtime_nsec())
+    );
+    assert!(leftovers(dir.path()).is_empty());
+}
+
+#[test]
+fn defaults_drop_special_modes_and_refuse_outside_symlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    build_fidelity_tree(&source, false);
+    let keys = Keys::new(dir.path());
+    let bundle = dir.path().join("b.baluchon");
+    export(&source, &bundle, &keys);
+    let dest = dir.path().join("dest");
+
+    let refused = import(&bundle, &dest, &keys, &ExtractOptions::default(), false);
+    assert!(
+        matches!(refused, Err(Error::Extract(ExtractError::OutsideSymlink { ref path, .. })) if path == "link-absolute"),
+        "{refused:?}"
+    );
+    assert!(!dest.exists());
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "staging removed after the refusal"
+    );
+
+    let mut options = ExtractOptions::default();
+    options.allow_outside_symlinks = true;
+    import(&bundle, &dest, &keys, &options, false).unwrap();
+    let mode = |p: &str| {
+        use std::os::unix::fs::PermissionsExt;
+        fs_err::symlink_metadata(dest.join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("modes/setuid"), 0o755);
+    assert_eq!(mode("modes/setgid"), 0o755);
+    assert_eq!(
+        mode("modes/sticky-dir"),
+        0o1775,
+        "sticky kept, world-writable dropped"
+    );
+    assert_eq!(mode("modes/private"), 0o600);
+}
+
+#[test]
+fn replace_keeps_the_previous_tree_until_confirmed_or_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    let source = dir.path().join("source");
+    small_tree(&source);
+    let bundle = dir.path().join("b.baluchon");
+    export(&source, &bundle, &keys);
+    let dest = dir.path().join("dest");
+    fs_err::create_dir(&dest).unwrap();
+    fs_err::write(dest.join("old.txt"), "old").unwrap();
+
+    let refused = import(&bundle, &dest, &keys, &ExtractOptions::default(), false);
+    assert!(
+        matches!(refused, Err(Error::Extract(ExtractError::Exists { .. }))),
+        "{refused:?}"
+    );
+    assert_eq!(fs_err::read_to_string(dest.join("old.txt")).unwrap(), "old");
+
+    let switched = import(&bundle, &dest, &keys, &ExtractOptions::default(), true).unwrap();
+    let Switched::Replaced { previous } = switched else {
+        panic!("expected a replacement")
+    };
+    assert!(dest.join("site/index.html").is_file());
+    assert!(!dest.join("old.txt").exists());
+    assert_eq!(
+        fs_err::read_to_string(previous.join("old.txt")).unwrap(),
+        "old"
+    );
+
+    // A second replacement waits for the first to be confirmed or rolled back.
+    let again = import(&bundle, &dest, &keys, &ExtractOptions::default(), true);
+    assert!(
+        matches!(
+            again,
+            Err(Error::Extract(ExtractError::PreviousKept { .. }))
+        ),
+        "{again:?}"
+    );
+
+    Destination::lock(&dest).unwrap().roll_back().unwrap();
+    assert_eq!(fs_err::read_to_string(dest.join("old.txt")).unwrap(), "old");
+    assert!(!previous.exists());
+    assert!(leftovers(dir.path()).is_empty());
+}
+
+#[test]
+fn dry_run_lists_changes_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    let source = dir.path().join("source");
+    small_tree(&source);
+    let bundle = dir.path().join("b.baluchon");
+    export(&source, &bundle, &keys);
+    let dest = dir.path().join("dest");
+    fs_err::create_dir_all(dest.join("site")).unwrap();
+    fs_err::write(dest.join("site/index.html"), "old").unwrap();
+    fs_err::write(dest.join("stale.txt"), "stale").unwrap();
+    let before = walk(&dest);
+    let parent_before: Vec<_> = fs_err::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+
+    let out = Command::new(baluchon_bin())
+        .args(["import", "--dry-run", "--json", "--signer"])
+        .arg(&keys.allowed_signers)
+        .arg("--path")
+        .arg(&dest)
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = |k: &str| -> Vec<String> {
+        plan[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(list("remove"), vec!["stale.txt"]);
+    assert_eq!(list("replace"), vec!["site", "site/index.html"]);
+    assert!(list("create").contains(&"site/img/logo.bin".to_owned()));
+    assert_eq!(walk(&dest), before, "the destination is unchanged");
+    let parent_after: Vec<_> = fs_err::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        parent_before, parent_after,
+        "no lock, staging or journal file created"
+    );
+}
+
+/// A tmpfs too small for the tree: the extraction fails with ENOSPC, the live tree is as it
+/// was, and no staging directory is left.
+#[test]
+fn disk_full_during_staging_leaves_the_destination_unchanged() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    let source = dir.path().join("source");
+    small_tree(&source);
+    fs_err::write(source.join("big.bin"), vec![7u8; 3 << 20]).unwrap();
+    let bundle = dir.path().join("b.baluchon");
+    export(&source, &bundle, &keys);
+
+    let mount = dir.path().join("mnt");
+    fs_err::create_dir(&mount).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .unwrap()
+        .success());
+    let dest = mount.join("dest");
+    fs_err::create_dir(&dest).unwrap();
+    fs_err::write(dest.join("live.txt"), "live").unwrap();
+    let before = walk(&dest);
+    let result = import(&bundle, &dest, &keys, &ExtractOptions::default(), true);
+    let after = walk(&dest);
+    let left = leftovers(&mount);
+    let _ = Command::new("umount").arg(&mount).status();
+    let err = result.expect_err("a full disk fails the import");
+    assert!(
+        format!("{err:#?}").contains("StorageFull") || err.to_string().contains("No space left"),
+        "{err:?}"
+    );
+    assert_eq!(before, after, "the live tree is unchanged");
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+}
+
+/// SIGKILL in the middle of the extraction: the live tree is untouched, the staging directory
+/// is the only leftover, and the next run removes it and succeeds.
+#[test]
+fn import_killed_mid_extraction_is_cleaned_up_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    let source = dir.path().join("source");
+    fs_err::create_dir(&source).unwrap();
+    // Enough files that extraction takes a while.
+    for i in 0..3000 {
+        fs_err::write(source.join(format!("f{i:05}")), vec![i as u8; 64 * 1024]).unwrap();
+    }
+    let bundle = dir.path().join("b.baluchon");
+    export(&source, &bundle, &keys);
+    let dest = dir.path().join("dest");
+    fs_err::create_dir(&dest).unwrap();
+    fs_err::write(dest.join("live.txt"), "live").unwrap();
+    let before = walk(&dest);
+
+    let run = || {
+        Command::new(baluchon_bin())
+            .args(["import", "--replace", "--no-progress", "--signer"])
+            .arg(&keys.allowed_signers)
+            .arg("--path")
+            .arg(&dest)
+            .arg(&bundle)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = run();
+    // Kill once the staging directory holds some files.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut killed_mid_way = false;
+    while Instant::now() < deadline {
+        let staging = leftovers(dir.path());
+        if let Some(name) = staging.first() {
+            let count = fs_err::read_dir(dir.path().join(name))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            if count > 50 {
+                child.kill().unwrap();
+                killed_mid_way = true;
+                break;
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.wait().unwrap();
+    assert!(
+        killed_mid_way,
+        "the import finished before it could be killed"
+    );
+    assert_eq!(walk(&dest), before, "the live tree is untouched");
+    assert_eq!(
+        leftovers(dir.path()).len(),
+        1,
+        "only the staging directory is left"
+    );
+
+    let status = run().wait().unwrap();
+    assert!(status.success());
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "the next run removed the stale staging"
+    );
+    assert_eq!(
+        fs_err::read(dest.join("f00007")).unwrap(),
+        vec![7u8; 64 * 1024]
+    );
+    assert!(!dest.join("live.txt").exists());
+}
