@@ -26,6 +26,8 @@ pub struct Compressed<W> {
 }
 
 type Chunk = (u64, Vec<u8>);
+/// The writer thread returns the hashed sink and the number of frames written.
+type WriterThread<W> = JoinHandle<io::Result<(HashingWriter<W>, u64)>>;
 
 /// A `Write` that compresses on worker threads; call [`FrameCompressor::finish`].
 #[derive(Debug)]
@@ -35,7 +37,7 @@ pub struct FrameCompressor<W: Write + Send + 'static> {
     uncompressed: u64,
     work: Option<SyncSender<Chunk>>,
     workers: Vec<JoinHandle<io::Result<()>>>,
-    writer: Option<JoinHandle<io::Result<(HashingWriter<W>, u64)>>>,
+    writer: Option<WriterThread<W>>,
 }
 
 impl<W: Write + Send + 'static> FrameCompressor<W> {

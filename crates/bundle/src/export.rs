@@ -709,7 +709,7 @@ impl Walker<'_> {
             gid,
             owner,
             group,
-            mtime: stat.st_mtime as i64,
+            mtime: stat.st_mtime,
             mtime_nsec: stat.st_mtime_nsec as u32,
         }
     }

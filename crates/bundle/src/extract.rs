@@ -802,7 +802,7 @@ impl Bundle<Authenticated> {
             Err(e) => return Err(e.into()),
         };
         if destination_exists {
-            list_tree(dest, &mut Vec::new(), &mut existing)?;
+            list_tree(dest, &[], &mut existing)?;
         }
         let mut plan = Plan {
             destination_exists,
@@ -828,17 +828,17 @@ impl Bundle<Authenticated> {
 }
 
 /// Every path below `dir`, relative, descending only into real directories.
-fn list_tree(dir: &Path, prefix: &mut Vec<u8>, out: &mut BTreeSet<Vec<u8>>) -> Result<(), Error> {
+fn list_tree(dir: &Path, prefix: &[u8], out: &mut BTreeSet<Vec<u8>>) -> Result<(), Error> {
     for item in fs_err::read_dir(dir)? {
         let item = item?;
-        let mut path = prefix.clone();
+        let mut path = prefix.to_vec();
         if !path.is_empty() {
             path.push(b'/');
         }
         path.extend_from_slice(item.file_name().as_bytes());
         // DirEntry::file_type does not follow symlinks.
         if item.file_type()?.is_dir() {
-            list_tree(&item.path(), &mut path.clone(), out)?;
+            list_tree(&item.path(), &path, out)?;
         }
         out.insert(path);
     }

@@ -834,10 +834,8 @@ fn check_bag_info(bytes: &[u8], header: &BundleHeader) -> Result<(), Error> {
             }
         };
         match label {
-            "Payload-Oxum" => {
-                if oxum.replace(value).is_some() {
-                    return Err(bad("Payload-Oxum appears twice".into()));
-                }
+            "Payload-Oxum" if oxum.replace(value).is_some() => {
+                return Err(bad("Payload-Oxum appears twice".into()));
             }
             "External-Identifier" => must_equal(&header.tenant)?,
             "Bundle-Id" => must_equal(&header.bundle_id)?,

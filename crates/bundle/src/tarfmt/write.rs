@@ -134,7 +134,7 @@ impl<W: Write> TarWriter<W> {
 
     /// Writes `len` zero bytes of data.
     pub fn zeros(&mut self, mut len: u64) -> io::Result<()> {
-        const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+        static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
         while len > 0 {
             let n = len.min(ZEROS.len() as u64) as usize;
             self.out.write_all(&ZEROS[..n])?;
