@@ -272,8 +272,13 @@ impl Forge {
         self.set_payload(compress(&tree.tar), tree.tar.len() as u64);
         self.set(FILES_INDEX, tree.index.clone());
         self.set(FILES_SHA256, tree.sums.clone());
-        let files = tree.summary();
-        self.edit_bundle_json(|v| v["files"] = files);
+        let counts = tree.summary();
+        self.edit_bundle_json(|v| {
+            // Only the counts: other fields of `files` (the root's metadata) stay as exported.
+            for (key, count) in counts.as_object().expect("object") {
+                v["files"][key] = count.clone();
+            }
+        });
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -375,7 +380,7 @@ impl InnerTree {
         self.tar(&EOA)
     }
 
-    /// The `files` object of `bundle.json`.
+    /// The counts of the `files` object of `bundle.json`.
     pub fn summary(&self) -> Value {
         json!({
             "entries": self.entries,

@@ -260,7 +260,7 @@ pub fn scan(file: &mut File) -> Result<Vec<Member>, crate::Error> {
                 what: "ustar name prefix",
             }));
         }
-        let Ok(size) = header.entry_size() else {
+        let Some(size) = crate::tarfmt::parse_number(&block[124..136]) else {
             return Err(crate::Error::from(OuterError::Unsupported {
                 offset: pos,
                 what: "invalid size field",

@@ -4,7 +4,7 @@ use std::io::{self, Read};
 
 use tar::Header;
 
-use super::{BLOCK, USTAR_NAME_LEN};
+use super::{parse_number, BLOCK, USTAR_NAME_LEN};
 use crate::index::{EntryPath, Extent, PathError};
 use crate::layout::{MAX_PATH_BYTES, MAX_PAX_HEADER, MAX_SPARSE_SEGMENTS};
 
@@ -176,7 +176,6 @@ impl<R: Read> TarReader<R> {
                 }
                 return Ok(None);
             }
-            let header = Header::from_byte_slice(&block);
             check_checksum(&block, offset)?;
             let flag = block[156];
             match flag {
@@ -185,7 +184,7 @@ impl<R: Read> TarReader<R> {
                         return Err(TarError::TwoExtensionHeaders { offset });
                     }
                     check_ustar(&block, offset)?;
-                    let size = numeric(header.entry_size(), offset, "size")?;
+                    let size = numeric(&block[124..136], offset, "size")?;
                     if size > MAX_PAX_HEADER {
                         return Err(TarError::PaxTooLarge { offset, size });
                     }
@@ -249,8 +248,8 @@ impl<R: Read> TarReader<R> {
             source,
         })?;
 
-        // entry_size, not size: for sparse entries tar-rs`s size() is the logical size.
-        let header_size = numeric(header.entry_size(), offset, "size")?;
+        // The stored size: for sparse entries the logical size is in the GNU realsize field.
+        let header_size = numeric(&block[124..136], offset, "size")?;
         if let Some(pax_size) = pax.size {
             if pax_size != header_size {
                 return Err(TarError::PaxSizeMismatch {
@@ -260,23 +259,23 @@ impl<R: Read> TarReader<R> {
                 });
             }
         }
-        let mode = numeric(header.mode().map(u64::from), offset, "mode")?;
+        let mode = numeric(&block[100..108], offset, "mode")?;
         if mode > 0o7777 {
             return Err(TarError::Numeric {
                 offset,
                 field: "mode",
             });
         }
-        let id = |value: Option<u32>, parsed: io::Result<u64>, field| match value {
+        let id = |value: Option<u32>, parsed: &[u8], field| match value {
             Some(v) => Ok(v),
             None => u32::try_from(numeric(parsed, offset, field)?)
                 .map_err(|_| TarError::Numeric { offset, field }),
         };
-        let uid = id(pax.uid, header.uid(), "uid")?;
-        let gid = id(pax.gid, header.gid(), "gid")?;
+        let uid = id(pax.uid, &block[108..116], "uid")?;
+        let gid = id(pax.gid, &block[116..124], "gid")?;
         let mtime = match pax.mtime {
             Some(t) => t,
-            None => i64::try_from(numeric(header.mtime(), offset, "mtime")?).map_err(|_| {
+            None => i64::try_from(numeric(&block[136..148], offset, "mtime")?).map_err(|_| {
                 TarError::Numeric {
                     offset,
                     field: "mtime",
@@ -375,18 +374,19 @@ impl<R: Read> TarReader<R> {
         let gnu = Header::from_byte_slice(block)
             .as_gnu()
             .ok_or_else(|| bad("not a GNU header"))?;
-        let real_size = numeric(gnu.real_size(), offset, "realsize")?;
+        let real_size = numeric(&gnu.realsize, offset, "realsize")?;
         let mut map: Vec<(u64, u64)> = Vec::new();
         let mut push = |slot: &tar::GnuSparseHeader| -> Result<(), TarError> {
-            if slot.is_empty() {
+            // An unused slot starts with NUL (as in GNU tar and tar-rs).
+            if slot.offset[0] == 0 || slot.numbytes[0] == 0 {
                 return Ok(());
             }
             if map.len() >= MAX_SPARSE_SEGMENTS {
                 return Err(bad("too many extents"));
             }
             map.push((
-                numeric(slot.offset(), offset, "sparse offset")?,
-                numeric(slot.length(), offset, "sparse length")?,
+                numeric(&slot.offset, offset, "sparse offset")?,
+                numeric(&slot.numbytes, offset, "sparse length")?,
             ));
             Ok(())
         };
@@ -553,8 +553,8 @@ impl<R: Read> TarReader<R> {
     }
 }
 
-fn numeric(value: io::Result<u64>, offset: u64, field: &'static str) -> Result<u64, TarError> {
-    value.map_err(|_| TarError::Numeric { offset, field })
+fn numeric(raw: &[u8], offset: u64, field: &'static str) -> Result<u64, TarError> {
+    parse_number(raw).ok_or(TarError::Numeric { offset, field })
 }
 
 /// Only unsigned checksums are valid: the signed variant some old tars wrote is refused.
