@@ -34,3 +34,9 @@ pub use outer::OuterError;
 pub use progress::{NoProgress, Phase, Progress};
 pub use tarfmt::TarError;
 pub use verify::{verify, Authenticated, Bundle, Inspection, Policy, Unverified, Verified};
+
+/// The strict inner-tar reader, for the fuzz targets in `fuzz/`; not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::tarfmt::{Content, TarEntry, TarKind, TarReader};
+}
