@@ -1504,10 +1504,10 @@ fn e04_huge_bundle_json_or_index_line() {
         Invalid::TooLarge { name, size, limit: l }
             if name == BUNDLE_JSON && size == limit + 1 && l == limit);
 
-    let long = dir_line("n".repeat(70_000).as_bytes());
+    let long = dir_line("n".repeat(140_000).as_bytes());
     expect!(
         fails,
-        "70 kB index line",
+        "140 kB index line",
         case.with_first_index_line(&long),
         Invalid::IndexLineTooLong { line: 1 }
     );

@@ -15,6 +15,9 @@ use crate::digest::{HashingWriter, Sha256Digest};
 use crate::layout::FRAME_BYTES;
 
 const LEVEL: i32 = 3;
+/// More threads would cost memory (a 4 MiB chunk each) for little gain: reading and hashing
+/// the tree on one thread feeds about four compressors.
+const MAX_THREADS: usize = 4;
 
 /// What the writer thread reports once every frame is written.
 #[derive(Debug)]
@@ -33,6 +36,9 @@ type WriterThread<W> = JoinHandle<io::Result<(HashingWriter<W>, u64)>>;
 #[derive(Debug)]
 pub struct FrameCompressor<W: Write + Send + 'static> {
     chunk: Vec<u8>,
+    /// One token per chunk allowed in flight; the writer returns it once the frame is
+    /// written, so memory stays bounded even if a worker is slow.
+    tokens: Receiver<()>,
     next_seq: u64,
     uncompressed: u64,
     work: Option<SyncSender<Chunk>>,
@@ -42,7 +48,13 @@ pub struct FrameCompressor<W: Write + Send + 'static> {
 
 impl<W: Write + Send + 'static> FrameCompressor<W> {
     pub fn new(sink: W, threads: usize) -> Self {
-        let threads = threads.max(1);
+        let threads = threads.clamp(1, MAX_THREADS);
+        let in_flight = threads + 1;
+        let (token_tx, tokens) = sync_channel::<()>(in_flight);
+        for _ in 0..in_flight {
+            // Cannot fail: the channel has room for exactly these and the receiver is alive.
+            let _ = token_tx.send(());
+        }
         let (work_tx, work_rx) = sync_channel::<Chunk>(threads);
         let (done_tx, done_rx) = sync_channel::<Chunk>(threads);
         let work_rx = Arc::new(Mutex::new(work_rx));
@@ -54,9 +66,11 @@ impl<W: Write + Send + 'static> FrameCompressor<W> {
             })
             .collect();
         drop(done_tx);
-        let writer = thread::spawn(move || write_in_order(HashingWriter::new(sink), &done_rx));
+        let writer =
+            thread::spawn(move || write_in_order(HashingWriter::new(sink), &done_rx, &token_tx));
         Self {
             chunk: Vec::with_capacity(FRAME_BYTES),
+            tokens,
             next_seq: 0,
             uncompressed: 0,
             work: Some(work_tx),
@@ -69,7 +83,10 @@ impl<W: Write + Send + 'static> FrameCompressor<W> {
         let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(FRAME_BYTES));
         let seq = self.next_seq;
         self.next_seq += 1;
-        let sent = self.work.as_ref().map(|tx| tx.send((seq, full)));
+        let sent = match self.tokens.recv() {
+            Ok(()) => self.work.as_ref().map(|tx| tx.send((seq, full))),
+            Err(_) => None,
+        };
         match sent {
             Some(Ok(())) => Ok(()),
             // A worker or the writer stopped: `finish` reports its error.
@@ -167,6 +184,7 @@ fn compress_worker(work: &Mutex<Receiver<Chunk>>, done: &SyncSender<Chunk>) -> i
 fn write_in_order<W: Write>(
     mut out: HashingWriter<W>,
     done: &Receiver<Chunk>,
+    tokens: &SyncSender<()>,
 ) -> io::Result<(HashingWriter<W>, u64)> {
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
@@ -175,6 +193,7 @@ fn write_in_order<W: Write>(
         while let Some(frame) = pending.remove(&next) {
             out.write_all(&frame)?;
             next += 1;
+            let _ = tokens.send(()); // the producer may be gone; nothing to return then
         }
     }
     out.flush()?;

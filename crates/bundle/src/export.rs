@@ -539,7 +539,7 @@ impl Walker<'_> {
                 change = Some(Change::Modified);
             }
         }
-        self.summary.content_bytes += size;
+        self.summary.content_bytes = self.summary.content_bytes.saturating_add(size);
         self.sums
             .write_all(&sha256sum_line(&sha256, path.as_bytes()))?;
         if stat.st_nlink > 1 {

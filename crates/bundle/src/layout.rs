@@ -45,12 +45,14 @@ pub fn tag_file_cap(name: &str) -> u64 {
     }
 }
 
-/// Longest line accepted in `files-index.jsonl` (a 4 KiB path in base64 fits comfortably).
-pub const MAX_INDEX_LINE: usize = 64 * 1024;
+/// Longest line accepted in `files-index.jsonl`: a 4 KiB path in base64 plus the largest
+/// sparse map (`MAX_SPARSE_SEGMENTS` extents of up to 42 bytes each) fit.
+pub const MAX_INDEX_LINE: usize = 128 * 1024;
 /// Longest PAX extended header accepted in the inner tar.
 pub const MAX_PAX_HEADER: u64 = 64 * 1024;
-/// Most sparse segments accepted for one file (each costs 24 bytes of header).
-pub const MAX_SPARSE_SEGMENTS: usize = 1 << 20;
+/// Most data extents of one sparse file. A file with more is archived whole (its holes
+/// read as zeros), so that its index line stays under `MAX_INDEX_LINE`.
+pub const MAX_SPARSE_SEGMENTS: usize = 2048;
 /// Longest path accepted, in bytes (Linux PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;
 /// zstd window cap: 2^27 is the default limit of the `zstd` CLI, so stock tools can decode.

@@ -41,7 +41,9 @@ impl OuterWriter {
 
     fn header(&self, name: &str, size: u64) -> Header {
         let mut header = Header::new_gnu();
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        // Member names are this crate's constants, all far below the 100-byte field.
+        let cut = name.len().min(100);
+        header.as_old_mut().name[..cut].copy_from_slice(&name.as_bytes()[..cut]);
         header.set_entry_type(EntryType::Regular);
         header.set_mode(0o644);
         header.set_size(size);

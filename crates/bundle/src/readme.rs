@@ -26,8 +26,8 @@ tar, zstd, sha256sum and ssh-keygen (OpenSSH 8.1 or later) are enough.
      zstd -t {FILES_PAYLOAD}
      zstd -dc {FILES_PAYLOAD} | tar -tvf -
      mkdir tree && zstd -dc {FILES_PAYLOAD} | tar -xpf - -C tree
-4. Optionally check the extracted files:
-     (cd tree && sha256sum --strict -c ../{FILES_SHA256})
+4. Optionally check the extracted files (when the tree has any regular file):
+     [ ! -s {FILES_SHA256} ] || (cd tree && sha256sum --strict -c ../{FILES_SHA256})
 
 {BUNDLE_JSON} describes the bundle; {FILES_INDEX} lists every entry of the tree (one JSON
 object per line) with its type, mode, owner, times and sha256, including the entries that

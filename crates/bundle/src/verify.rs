@@ -30,6 +30,8 @@ pub struct Policy {
     pub expected_tenant: Option<String>,
     pub max_entries: u64,
     pub max_uncompressed_bytes: u64,
+    /// Logical bytes of file content, holes included: verification hashes them all.
+    pub max_content_bytes: u64,
     /// How far in the future `created_at` may be before the bundle is refused.
     pub clock_skew: jiff::SignedDuration,
     pub now: jiff::Timestamp,
@@ -41,6 +43,7 @@ impl Default for Policy {
             expected_tenant: None,
             max_entries: 100_000_000,
             max_uncompressed_bytes: 64 << 40,
+            max_content_bytes: 64 << 40,
             clock_skew: jiff::SignedDuration::from_hours(24),
             now: jiff::Timestamp::now(),
         }
@@ -399,6 +402,13 @@ impl Bundle<Authenticated> {
                 (_, Err(e)) if e.kind() == io::ErrorKind::FileTooLarge => {
                     Err(Invalid::DecompressedTooLarge { declared }.into())
                 }
+                // The disk failed, not the bundle.
+                (_, Err(e))
+                    if e.get_ref()
+                        .is_some_and(|inner| inner.is::<SourceReadError>()) =>
+                {
+                    Err(e.into())
+                }
                 (_, Err(e)) => Err(Invalid::Decompress(e).into()),
                 (Err(e), Ok(_)) => Err(e),
                 (Ok(()), Ok(done)) => {
@@ -513,7 +523,7 @@ impl Bundle<Authenticated> {
                         .into());
                     }
                     files.insert(key);
-                    content += size;
+                    content = content.saturating_add(*size);
                     changed += u64::from(c.is_some());
                 }
                 EntryKind::Symlink { .. } | EntryKind::Skipped { .. } => {}
@@ -736,11 +746,34 @@ fn hash_zeros(hasher: &mut Hasher, mut len: u64) {
 }
 
 fn parse_header(bytes: &[u8]) -> Result<BundleHeader, Error> {
-    let header: BundleHeader = serde_json::from_slice(bytes).map_err(Invalid::BundleJson)?;
-    if header.format != layout::FORMAT || header.format_version != layout::FORMAT_VERSION {
+    // The version first, leniently: a newer bundle must say "upgrade", not "malformed".
+    #[derive(serde::Deserialize)]
+    struct Version {
+        format: String,
+        format_version: u32,
+    }
+    let version: Version = serde_json::from_slice(bytes).map_err(Invalid::BundleJson)?;
+    if version.format != layout::FORMAT || version.format_version != layout::FORMAT_VERSION {
         return Err(Invalid::UnsupportedFormat {
-            format: header.format,
-            version: header.format_version,
+            format: version.format,
+            version: version.format_version,
+        }
+        .into());
+    }
+    let header: BundleHeader = serde_json::from_slice(bytes).map_err(Invalid::BundleJson)?;
+    let root = &header.files.root;
+    if root.mode > 0o7777 || root.mtime_nsec >= 1_000_000_000 {
+        return Err(Invalid::Inconsistent {
+            reason: "files.root has a mode beyond permission bits or nanoseconds over a second"
+                .to_owned(),
+        }
+        .into());
+    }
+    let mut paths: Vec<&str> = header.payload.iter().map(|p| p.path.as_str()).collect();
+    paths.sort_unstable();
+    if let Some(pair) = paths.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Invalid::Inconsistent {
+            reason: format!("payload {} is described twice", pair[0]),
         }
         .into());
     }
@@ -761,16 +794,17 @@ fn parse_listing(bytes: &[u8], file: &'static str) -> Result<Vec<(String, Sha256
         line: 0,
         reason: "not UTF-8".to_owned(),
     })?;
-    if !text.is_empty() && !text.ends_with('\n') {
+    let Some(body) = text.strip_suffix('\n').or(text.is_empty().then_some("")) else {
         return Err(Invalid::Listing {
             file,
-            line: text.lines().count(),
+            line: text.split('\n').count(),
             reason: "missing final newline".to_owned(),
         }
         .into());
-    }
+    };
     let mut out: Vec<(String, Sha256Digest)> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    // Split on LF only: `str::lines` would also accept CRLF.
+    for (i, line) in body.split('\n').enumerate().filter(|_| !body.is_empty()) {
         let bad = |reason: &str| Invalid::Listing {
             file,
             line: i + 1,
@@ -819,8 +853,13 @@ fn check_same_names(
 fn check_bag_info(bytes: &[u8], header: &BundleHeader) -> Result<(), Error> {
     let bad = |reason: String| Error::from(Invalid::BagInfo { reason });
     let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8".into()))?;
+    let body = text
+        .strip_suffix('\n')
+        .ok_or_else(|| bad("missing final newline".into()))?;
     let mut oxum = None;
-    for line in text.lines() {
+    let mut identified = (false, false);
+    let format = format!("{}/{}", layout::FORMAT, layout::FORMAT_VERSION);
+    for line in body.split('\n') {
         let (label, value) = line
             .split_once(": ")
             .ok_or_else(|| bad(format!("malformed line {line:?}")))?;
@@ -837,10 +876,20 @@ fn check_bag_info(bytes: &[u8], header: &BundleHeader) -> Result<(), Error> {
             "Payload-Oxum" if oxum.replace(value).is_some() => {
                 return Err(bad("Payload-Oxum appears twice".into()));
             }
-            "External-Identifier" => must_equal(&header.tenant)?,
-            "Bundle-Id" => must_equal(&header.bundle_id)?,
+            "External-Identifier" => {
+                must_equal(&header.tenant)?;
+                identified.0 = true;
+            }
+            "Bundle-Id" => {
+                must_equal(&header.bundle_id)?;
+                identified.1 = true;
+            }
+            "Bundle-Format" => must_equal(&format)?,
             _ => {}
         }
+    }
+    if identified != (true, true) {
+        return Err(bad("External-Identifier and Bundle-Id are required".into()));
     }
     let octets: u64 = header.payload.iter().map(|p| p.size).sum();
     let expected = format!("{octets}.{}", header.payload.len());
@@ -877,11 +926,20 @@ fn check_policy(header: &BundleHeader, policy: &Policy) -> Result<(), Error> {
         }
         .into());
     }
-    let uncompressed: u64 = header
+    if header.files.content_bytes > policy.max_content_bytes {
+        return Err(Invalid::Limit {
+            reason: format!(
+                "{} bytes of file content, the limit is {}",
+                header.files.content_bytes, policy.max_content_bytes
+            ),
+        }
+        .into());
+    }
+    let uncompressed = header
         .payload
         .iter()
         .filter_map(|p| p.uncompressed_size)
-        .sum();
+        .fold(0u64, u64::saturating_add);
     if uncompressed > policy.max_uncompressed_bytes {
         return Err(Invalid::Limit {
             reason: format!(
@@ -893,6 +951,11 @@ fn check_policy(header: &BundleHeader, policy: &Policy) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// A read of the bundle file itself failed (a disk error, not a property of the bundle).
+#[derive(Debug, thiserror::Error)]
+#[error("reading the bundle file failed: {0}")]
+struct SourceReadError(io::Error);
 
 /// The byte range of one member, read with positioned reads (the file is shared).
 #[derive(Debug, Clone, Copy)]
@@ -908,9 +971,15 @@ impl Read for Region<'_> {
         if want == 0 {
             return Ok(0);
         }
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        let n = self
+            .file
+            .read_at(&mut buf[..want], self.pos)
+            .map_err(|e| io::Error::new(e.kind(), SourceReadError(e)))?;
         if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                SourceReadError(io::ErrorKind::UnexpectedEof.into()),
+            ));
         }
         self.pos += n as u64;
         Ok(n)

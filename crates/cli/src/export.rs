@@ -53,7 +53,8 @@ pub fn run(args: &ExportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     let report = export_tree(&options, &key, progress)
         .with_context(|| format!("exporting {} failed", args.path.display()))?;
     if let Some(counter) = counter {
-        counter.record(sequence)?;
+        // Never move the counter backwards, even after an explicit lower --sequence.
+        counter.record(sequence.max(counter.next()?.saturating_sub(1)))?;
     }
     print_report(&report, args.json)
 }

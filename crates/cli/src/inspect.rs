@@ -54,7 +54,7 @@ pub fn run(args: &InspectArgs) -> anyhow::Result<()> {
         inspection
             .claimed_signer
             .as_deref()
-            .unwrap_or("none: the bundle is unsigned")
+            .unwrap_or("unreadable: the signature is not a well-formed SSHSIG block")
     );
     println!("bundle size   {} bytes", inspection.bundle_size);
     for p in &h.payload {

@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct CliProgress {
     bar: ProgressBar,
     interactive: bool,
+    enabled: bool,
 }
 
 impl CliProgress {
@@ -22,7 +23,11 @@ impl CliProgress {
         };
         let bar = ProgressBar::with_draw_target(None, target);
         bar.enable_steady_tick(Duration::from_millis(200));
-        Self { bar, interactive }
+        Self {
+            bar,
+            interactive,
+            enabled,
+        }
     }
 
     pub fn clear(&self) {
@@ -42,7 +47,9 @@ fn describe(phase: Phase) -> &'static str {
 impl Progress for CliProgress {
     fn phase(&self, phase: Phase, total: Option<u64>) {
         if !self.interactive {
-            eprintln!("baluchon: {}", describe(phase));
+            if self.enabled {
+                eprintln!("baluchon: {}", describe(phase));
+            }
             return;
         }
         let template = if total.is_some() {

@@ -104,17 +104,19 @@ impl TrustedSigners {
             });
         }
         let mut time_error = None;
+        let mut valid = false;
         let mut principals = Vec::new();
         for signer in in_namespace {
             match signer.valid_at(now, &fingerprint) {
-                Ok(()) => principals.extend(signer.principals.iter().cloned()),
+                Ok(()) => {
+                    valid = true;
+                    principals.extend(signer.principals.iter().cloned());
+                }
                 Err(e) => time_error = Some(e),
             }
         }
-        if principals.is_empty() {
-            if let Some(e) = time_error {
-                return Err(e);
-            }
+        if let (false, Some(e)) = (valid, time_error) {
+            return Err(e);
         }
         signer_key
             .verify(namespace, message, &sig)

@@ -376,12 +376,19 @@ impl<R: Read> TarReader<R> {
             .ok_or_else(|| bad("not a GNU header"))?;
         let real_size = numeric(&gnu.realsize, offset, "realsize")?;
         let mut map: Vec<(u64, u64)> = Vec::new();
+        let ended = std::cell::Cell::new(false);
         let mut push = |slot: &tar::GnuSparseHeader| -> Result<(), TarError> {
-            // An unused slot starts with NUL (as in GNU tar and tar-rs).
+            // The map ends at the first unused slot (NUL-led), as in GNU tar; anything after
+            // it would be read differently by different tars.
             if slot.offset[0] == 0 || slot.numbytes[0] == 0 {
+                ended.set(true);
                 return Ok(());
             }
-            if map.len() >= MAX_SPARSE_SEGMENTS {
+            if ended.get() {
+                return Err(bad("extent after the end of the map"));
+            }
+            // One more than the extents: the end marker.
+            if map.len() > MAX_SPARSE_SEGMENTS {
                 return Err(bad("too many extents"));
             }
             map.push((
@@ -395,6 +402,9 @@ impl<R: Read> TarReader<R> {
         }
         let mut extended = gnu.is_extended();
         while extended {
+            if ended.get() {
+                return Err(bad("extension block after the end of the map"));
+            }
             let mut ext = tar::GnuExtSparseHeader::new();
             if !self.read_block(ext.as_mut_bytes())? {
                 return Err(TarError::Truncated {
@@ -624,8 +634,16 @@ fn parse_pax(body: &[u8], offset: u64) -> Result<Pax, TarError> {
             return Err(malformed("duplicate key"));
         }
         let text = || std::str::from_utf8(value).map_err(|_| malformed("non-UTF-8 number"));
+        // Plain decimal digits only: no sign, no leading zeros, as our writer produces.
         let number = || -> Result<u64, TarError> {
-            text()?
+            let digits = text()?;
+            let canonical = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && (digits == "0" || !digits.starts_with('0'));
+            if !canonical {
+                return Err(malformed("invalid number"));
+            }
+            digits
                 .parse::<u64>()
                 .map_err(|_| malformed("invalid number"))
         };
@@ -639,8 +657,13 @@ fn parse_pax(body: &[u8], offset: u64) -> Result<Pax, TarError> {
             "uname" => pax.uname = Some(value.to_vec()),
             "gname" => pax.gname = Some(value.to_vec()),
             "mtime" => {
+                let digits = text()?;
+                let magnitude = digits.strip_prefix('-').unwrap_or(digits);
+                if magnitude.is_empty() || !magnitude.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(malformed("mtime must be whole seconds"));
+                }
                 pax.mtime = Some(
-                    text()?
+                    digits
                         .parse::<i64>()
                         .map_err(|_| malformed("mtime must be whole seconds"))?,
                 )
