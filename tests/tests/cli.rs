@@ -25,7 +25,7 @@ fn demo_runs_the_whole_round() {
     let out = baluchon(&[&"demo", &"--dir", &work], dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    for step in ["3. exported", "4. verified", "5. inspected"] {
+    for step in ["3. exported", "4. verified", "5. inspected", "6. imported"] {
         assert!(stdout.contains(step), "missing {step:?} in:\n{stdout}");
     }
     assert!(work.join("demo-shop.baluchon").is_file());

@@ -14,7 +14,7 @@
 //! `.baluchon-journal.NAME` (written before the switch, so a run killed during it can be
 //! recovered) and `.baluchon-previous.NAME` (the replaced tree, kept until confirmed).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -43,7 +43,8 @@ pub struct ExtractOptions {
     /// Create symlinks whose target is absolute or leaves the tree (refused by default).
     /// They are created as links only; extraction never follows them.
     pub allow_outside_symlinks: bool,
-    /// Owner and group renames, by name, applied before looking names up on this host.
+    /// Owner and group renames applied before looking names up on this host: `OLD=NEW`
+    /// by name, or `#N=NAME` (and `#N=#M`) for ids that had no name at the source.
     pub owner_map: Vec<(String, String)>,
 }
 
@@ -172,7 +173,9 @@ impl Destination {
     }
 
     fn remove_stale_staging(&self) -> Result<(), Error> {
-        let prefix = sibling(STAGING, &self.name);
+        // The trailing dot: `dest` must not claim `.baluchon-staging.dest2.*`.
+        let mut prefix = sibling(STAGING, &self.name);
+        prefix.push(".");
         let parent_path = self.parent_path();
         for item in fs_err::read_dir(&parent_path)? {
             let name = item?.file_name();
@@ -330,7 +333,7 @@ impl Bundle<Authenticated> {
         options: &ExtractOptions,
         progress: &dyn Progress,
     ) -> Result<(Bundle<Verified>, Staged), Error> {
-        let owners = Owners::resolve(&self.owner_names()?, options)?;
+        let owners = Owners::resolve(&self.owner_keys()?, options)?;
         let (name, root) = dest.new_staging()?;
         let staging_path = dest.parent_path().join(&name);
         let mut staged = Staged {
@@ -362,18 +365,21 @@ impl Bundle<Authenticated> {
     }
 }
 
-/// Names resolved to ids on this host.
+/// Owner and group keys (see [`Owners::resolve`]) resolved to ids on this host.
 #[derive(Debug)]
 struct Owners {
     apply: bool,
     users: HashMap<String, u32>,
     groups: HashMap<String, u32>,
-    map: HashMap<String, String>,
 }
 
 impl Owners {
+    /// Resolves every owner and group key of the tree on this host. A key is the source's
+    /// name, or `#N` for an id that had no name; `--map-owner` renames keys first. A nameless
+    /// id keeps its number, except 0: a file is given to root only if the bundle says `root`
+    /// by name, or the operator maps `#0` explicitly.
     fn resolve(
-        names: &(BTreeSet<String>, BTreeSet<String>),
+        keys: &(BTreeSet<String>, BTreeSet<String>),
         options: &ExtractOptions,
     ) -> Result<Self, Error> {
         let map: HashMap<String, String> = options.owner_map.iter().cloned().collect();
@@ -381,29 +387,37 @@ impl Owners {
             apply: rustix::process::geteuid().is_root(),
             users: HashMap::new(),
             groups: HashMap::new(),
-            map,
         };
         if !owners.apply {
             return Ok(owners);
         }
         let mut missing_users = Vec::new();
         let mut missing_groups = Vec::new();
-        for name in &names.0 {
-            let local = owners.map.get(name).unwrap_or(name).clone();
-            match uzers::get_user_by_name(&local) {
-                Some(user) => {
-                    owners.users.insert(name.clone(), user.uid());
+        for (keys, ids, missing, lookup) in [
+            (
+                &keys.0,
+                &mut owners.users,
+                &mut missing_users,
+                user_id as fn(&str) -> Option<u32>,
+            ),
+            (&keys.1, &mut owners.groups, &mut missing_groups, group_id),
+        ] {
+            for key in keys {
+                let mapped = map.get(key);
+                let local = mapped.unwrap_or(key);
+                let id = match local.strip_prefix('#') {
+                    Some(number) => number
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|&n| n != 0 || mapped.is_some()),
+                    None => lookup(local),
+                };
+                match id {
+                    Some(id) => {
+                        ids.insert(key.clone(), id);
+                    }
+                    None => missing.push(local.clone()),
                 }
-                None => missing_users.push(local),
-            }
-        }
-        for name in &names.1 {
-            let local = owners.map.get(name).unwrap_or(name).clone();
-            match uzers::get_group_by_name(&local) {
-                Some(group) => {
-                    owners.groups.insert(name.clone(), group.gid());
-                }
-                None => missing_groups.push(local),
             }
         }
         if !missing_users.is_empty() || !missing_groups.is_empty() {
@@ -416,19 +430,35 @@ impl Owners {
         Ok(owners)
     }
 
-    /// The ids to give an entry here: by name when the source had one, else the same number.
+    /// The ids to give an entry here, and whether its owner or group had no name.
     fn ids(&self, meta: &Meta) -> (u32, u32, bool) {
-        let uid = meta.owner.as_ref().and_then(|n| self.users.get(n).copied());
-        let gid = meta
-            .group
-            .as_ref()
-            .and_then(|n| self.groups.get(n).copied());
+        let (user, group) = owner_keys(meta);
         (
-            uid.unwrap_or(meta.uid),
-            gid.unwrap_or(meta.gid),
+            self.users.get(&user).copied().unwrap_or(meta.uid),
+            self.groups.get(&group).copied().unwrap_or(meta.gid),
             meta.owner.is_none() || meta.group.is_none(),
         )
     }
+}
+
+fn user_id(name: &str) -> Option<u32> {
+    uzers::get_user_by_name(name).map(|u| u.uid())
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    uzers::get_group_by_name(name).map(|g| g.gid())
+}
+
+/// The owner and group keys of an entry: names, or `#N` for ids without one.
+fn owner_keys(meta: &Meta) -> (String, String) {
+    (
+        meta.owner
+            .clone()
+            .unwrap_or_else(|| format!("#{}", meta.uid)),
+        meta.group
+            .clone()
+            .unwrap_or_else(|| format!("#{}", meta.gid)),
+    )
 }
 
 struct Extractor<'o> {
@@ -518,6 +548,19 @@ impl Extractor<'_> {
     /// Creates the deferred symlinks, then applies directory metadata, deepest first, then
     /// the root's.
     fn finish(&mut self, root_meta: &Meta) -> Result<(), Error> {
+        if !self.options.allow_outside_symlinks {
+            let links: HashSet<&[u8]> =
+                self.symlinks.iter().map(|(p, _, _)| p.as_bytes()).collect();
+            for (path, target, _) in &self.symlinks {
+                if passes_through_link(path, target, &links) {
+                    return Err(ExtractError::OutsideSymlink {
+                        path: path.to_string(),
+                        target: target.escape_ascii().to_string(),
+                    }
+                    .into());
+                }
+            }
+        }
         for (path, target, meta) in std::mem::take(&mut self.symlinks) {
             let name = OsString::from_vec(path.file_name().to_vec());
             let (uid, gid, numeric) = self.owners.ids(&meta);
@@ -640,20 +683,18 @@ impl TreeSink for Extractor<'_> {
 }
 
 impl Bundle<Authenticated> {
-    /// Owner and group names used in the tree, from the authenticated index.
-    fn owner_names(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), Error> {
+    /// Owner and group keys used in the tree, from the authenticated index.
+    fn owner_keys(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), Error> {
         let mut users = BTreeSet::new();
         let mut groups = BTreeSet::new();
-        if let Some(owner) = &self.header().files.root.owner {
-            users.insert(owner.clone());
-        }
-        if let Some(group) = &self.header().files.root.group {
-            groups.insert(group.clone());
-        }
+        let (user, group) = owner_keys(&self.header().files.root);
+        users.insert(user);
+        groups.insert(group);
         self.for_each_index_entry(|entry| {
             if let Some(meta) = entry.meta() {
-                users.extend(meta.owner.clone());
-                groups.extend(meta.group.clone());
+                let (user, group) = owner_keys(meta);
+                users.insert(user);
+                groups.insert(group);
             }
         })?;
         Ok((users, groups))
@@ -678,6 +719,30 @@ fn stays_inside(link: &EntryPath, target: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// Whether resolving `target` from the link's directory goes *through* another symlink of
+/// the tree (`self -> .` then `up -> self/..`): each link is inside on its own, but the
+/// combination may not be, so any such path is refused. A link to a link (the last
+/// component) is fine: that link is judged by itself.
+fn passes_through_link(link: &EntryPath, target: &[u8], links: &HashSet<&[u8]>) -> bool {
+    let mut stack: Vec<&[u8]> = link.components().collect();
+    stack.pop();
+    let components: Vec<&[u8]> = target
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
+    for (i, component) in components.iter().enumerate() {
+        if *component == b".." {
+            stack.pop();
+            continue;
+        }
+        stack.push(component);
+        if i + 1 < components.len() && links.contains(stack.join(&b'/').as_slice()) {
+            return true;
+        }
+    }
+    false
 }
 
 fn times(meta: &Meta) -> Timestamps {
@@ -849,6 +914,23 @@ fn list_tree(dir: &Path, prefix: &[u8], out: &mut BTreeSet<Vec<u8>>) -> Result<(
 mod tests {
     use super::stays_inside;
     use crate::index::EntryPath;
+
+    #[test]
+    fn targets_through_other_links_are_caught() {
+        let at = |p: &str| EntryPath::new(p.as_bytes().to_vec()).unwrap();
+        let links: std::collections::HashSet<&[u8]> = [&b"self"[..], b"a/b/up"].into();
+        assert!(super::passes_through_link(&at("esc"), b"self/..", &links));
+        assert!(super::passes_through_link(
+            &at("esc"),
+            b"a/b/up/../x",
+            &links
+        ));
+        assert!(
+            !super::passes_through_link(&at("ok"), b"self", &links),
+            "a link to a link"
+        );
+        assert!(!super::passes_through_link(&at("ok"), b"a/b/file", &links));
+    }
 
     #[test]
     fn symlink_targets_are_judged_lexically_from_the_link() {

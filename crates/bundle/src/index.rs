@@ -11,7 +11,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
-use crate::layout::MAX_PATH_BYTES;
+use crate::layout::{MAX_NAME_BYTES, MAX_PATH_BYTES};
 
 /// `bundle.json`: what the bundle is, whose, and the sizes and hashes of its parts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +98,9 @@ impl EntryPath {
             return Err(PathError::Absolute);
         }
         for component in bytes.split(|&b| b == b'/') {
+            if component.len() > MAX_NAME_BYTES {
+                return Err(PathError::NameTooLong(component.len()));
+            }
             match component {
                 b"" => return Err(PathError::EmptyComponent),
                 b"." => return Err(PathError::DotComponent),
@@ -157,6 +160,8 @@ pub enum PathError {
     Empty,
     #[error("path of {0} bytes exceeds the limit")]
     TooLong(usize),
+    #[error("a path component of {0} bytes exceeds the 255-byte limit")]
+    NameTooLong(usize),
     #[error("path contains a NUL byte")]
     Nul,
     #[error("absolute path")]

@@ -53,6 +53,8 @@ pub const MAX_PAX_HEADER: u64 = 64 * 1024;
 /// Most data extents of one sparse file. A file with more is archived whole (its holes
 /// read as zeros), so that its index line stays under `MAX_INDEX_LINE`.
 pub const MAX_SPARSE_SEGMENTS: usize = 2048;
+/// Longest path component accepted, in bytes (Linux NAME_MAX).
+pub const MAX_NAME_BYTES: usize = 255;
 /// Longest path accepted, in bytes (Linux PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;
 /// zstd window cap: 2^27 is the default limit of the `zstd` CLI, so stock tools can decode.

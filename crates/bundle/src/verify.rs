@@ -483,21 +483,22 @@ impl Bundle<Authenticated> {
                 path: entry.path.to_string(),
             })?;
             compare(line, &entry, &tar_entry)?;
+            // Before the sink sees it: an extractor links to the target as soon as it begins.
+            if let EntryKind::Hardlink { target, .. } = &entry.kind {
+                if !files.contains(&path_key(target)) {
+                    return Err(Invalid::Hardlink {
+                        line,
+                        path: entry.path.to_string(),
+                        target: target.to_string(),
+                    }
+                    .into());
+                }
+            }
             entries += 1;
             sink.begin(&entry)?;
             match &entry.kind {
                 EntryKind::Dir { .. } => {
                     dirs.insert(key);
-                }
-                EntryKind::Hardlink { target, .. } => {
-                    if !files.contains(&path_key(target)) {
-                        return Err(Invalid::Hardlink {
-                            line,
-                            path: entry.path.to_string(),
-                            target: target.to_string(),
-                        }
-                        .into());
-                    }
                 }
                 EntryKind::File {
                     sha256,
@@ -526,7 +527,9 @@ impl Bundle<Authenticated> {
                     content = content.saturating_add(*size);
                     changed += u64::from(c.is_some());
                 }
-                EntryKind::Symlink { .. } | EntryKind::Skipped { .. } => {}
+                EntryKind::Symlink { .. }
+                | EntryKind::Hardlink { .. }
+                | EntryKind::Skipped { .. } => {}
             }
             sink.end(&entry)?;
         }

@@ -3,11 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use baluchon_bundle::{export_tree, Bundle, ExportOptions, Policy, Progress};
+use baluchon_bundle::{
+    export_tree, Bundle, Destination, ExportOptions, ExtractOptions, Policy, Progress, Switched,
+};
 use baluchon_signature::{SigningKey, TrustedSigners};
 use clap::Args;
 
-/// Run the demo: build a small tenant, export it, verify it, inspect it
+/// Run the demo: build a small tenant, export it, verify it, inspect it, import it elsewhere
 ///
 /// Everything happens in a new directory (printed at the start); nothing else is touched.
 ///
@@ -88,6 +90,34 @@ pub fn run(args: &DemoArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         inspection.header.format,
         inspection.header.format_version
     );
+    let new_home = work.join("new-host/srv/www");
+    fs_err::create_dir_all(&new_home)?;
+    let dest = new_home.join("demo-shop");
+    let (_, staged) = Bundle::open(&bundle)?
+        .authenticate(&trust, &Policy::default(), progress)?
+        .extract(
+            Destination::lock(&dest)?,
+            &ExtractOptions::default(),
+            progress,
+        )
+        .context("demo import failed")?;
+    let entries = staged.report().entries;
+    let switched = staged.switch(false)?;
+    anyhow::ensure!(
+        switched == Switched::Created,
+        "the demo destination already existed"
+    );
+    let original = fs_err::read(tenant_dir.join("releases/1/index.html"))?;
+    let imported = fs_err::read(dest.join("current/index.html"))?;
+    anyhow::ensure!(
+        original == imported,
+        "the imported page differs from the original"
+    );
+    println!(
+        "6. imported {entries} entries into {}; the site's page reads the same through the `current` symlink",
+        dest.display()
+    );
+
     println!("\nCheck it again with stock tools only (see README.txt inside the bundle):");
     println!(
         "  mkdir bag && tar -xf {} -C bag && cd bag",

@@ -38,7 +38,8 @@ pub struct ImportArgs {
     /// Verify the bundle and list what would be created, replaced and removed; change nothing
     #[arg(long)]
     dry_run: bool,
-    /// Give files owned by OLD at the source to NEW here, by name (can be repeated)
+    /// Give files owned by OLD at the source to NEW here, by name; `#UID=NAME` maps an id
+    /// that had no name (nameless uid 0 is refused unless mapped) (can be repeated)
     #[arg(long, value_name = "OLD=NEW", value_parser = parse_mapping)]
     map_owner: Vec<(String, String)>,
     /// Keep setuid/setgid bits and world-writable modes
