@@ -25,7 +25,7 @@ pub use baluchon_bundle::{FILES_INDEX, FILES_PAYLOAD, SIGNATURE_NAMESPACE};
 // The other fixed member names (the crate exports only some of them).
 pub const BAGIT_TXT: &str = "bagit.txt";
 pub const README_TXT: &str = "README.txt";
-pub const FILES_SHA256: &str = "files-sha256.txt";
+pub const FILES_SHA256: &str = "files-sha256.txt.zst";
 pub const BUNDLE_JSON: &str = "bundle.json";
 pub const BAG_INFO: &str = "bag-info.txt";
 pub const MANIFEST: &str = "manifest-sha256.txt";
@@ -111,6 +111,17 @@ impl Forge {
     pub fn get_mut(&mut self, name: &str) -> &mut Vec<u8> {
         let i = self.position(name);
         &mut self.members[i].1
+    }
+
+    /// The index, decompressed.
+    pub fn index_text(&self) -> String {
+        String::from_utf8(zstd::decode_all(self.get(FILES_INDEX)).expect("index decompresses"))
+            .expect("UTF-8 index")
+    }
+
+    /// Replaces the index with `text`, compressed as the exporter does.
+    pub fn set_index_text(&mut self, text: &str) {
+        self.set(FILES_INDEX, compress(text.as_bytes()));
     }
 
     pub fn text(&self, name: &str) -> String {
@@ -270,8 +281,8 @@ impl Forge {
     /// `bundle.json`. Call [`Forge::reseal`] afterwards.
     pub fn set_tree(&mut self, tree: &InnerTree) {
         self.set_payload(compress(&tree.tar), tree.tar.len() as u64);
-        self.set(FILES_INDEX, tree.index.clone());
-        self.set(FILES_SHA256, tree.sums.clone());
+        self.set(FILES_INDEX, compress(&tree.index));
+        self.set(FILES_SHA256, compress(&tree.sums));
         let counts = tree.summary();
         self.edit_bundle_json(|v| {
             // Only the counts: other fields of `files` (the root's metadata) stay as exported.

@@ -4,6 +4,17 @@ pub mod fixture;
 pub mod forge;
 pub mod tree;
 
+/// The lines of a bundle's index, decompressed and parsed.
+pub fn index_of(bundle: &std::path::Path) -> Vec<baluchon_bundle::Entry> {
+    let bytes = zstd::decode_all(&outer_member(bundle, baluchon_bundle::FILES_INDEX)[..])
+        .expect("index decompresses");
+    bytes
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| baluchon_bundle::Entry::from_json_line(line).expect("valid index line"))
+        .collect()
+}
+
 /// Reads one member of a bundle's outer tar with the `tar` crate (an independent reader).
 pub fn outer_member(bundle: &std::path::Path, name: &str) -> Vec<u8> {
     use std::io::Read;

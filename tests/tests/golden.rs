@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use baluchon_bundle::{Entry, EntryKind, Extent, SkipReason, FILES_INDEX};
+use baluchon_bundle::{Entry, EntryKind, Extent, SkipReason};
 use baluchon_signature::TrustedSigners;
 
 fn fixture(name: &str) -> PathBuf {
@@ -34,11 +34,7 @@ fn golden_v1_bundle_still_verifies_and_reads_the_same() {
         vec!["golden@baluchon.test".to_owned()]
     );
 
-    let index: Vec<Entry> = baluchon_tests::outer_member(&fixture("golden.baluchon"), FILES_INDEX)
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|l| Entry::from_json_line(l).unwrap())
-        .collect();
+    let index: Vec<Entry> = baluchon_tests::index_of(&fixture("golden.baluchon"));
     let find = |path: &[u8]| {
         index
             .iter()

@@ -158,9 +158,9 @@ impl Case {
     /// The base bundle with the first line of `files-index.jsonl` replaced, re-signed.
     fn with_first_index_line(&self, line: &str) -> Outcome {
         let mut forge = self.forge();
-        let index = forge.text(FILES_INDEX);
+        let index = forge.index_text();
         let rest = index.split_once('\n').expect("two index lines").1;
-        forge.set(FILES_INDEX, format!("{line}\n{rest}"));
+        forge.set_index_text(&format!("{line}\n{rest}"));
         forge.resign(&self.keys);
         self.verify(&forge)
     }
@@ -1389,6 +1389,35 @@ fn d05_truncated_zstd_stream() {
         forge.reseal(&case.keys);
         expect!(fails, label, case.verify(&forge),
             Invalid::Decompress(e) if e.kind() == std::io::ErrorKind::UnexpectedEof);
+    }
+    fails.finish();
+}
+
+/// The index is zstd-compressed too: a truncated, bit-flipped or non-zstd index, signed as
+/// it is, is refused as an index that does not decompress.
+#[test]
+fn d05_index_that_does_not_decompress() {
+    let case = Case::new();
+    let mut fails = Failures::default();
+    let tree = tree_with_a();
+    let good = compress(&tree.index);
+    let mut flipped = good.clone();
+    *flipped.last_mut().expect("bytes") ^= 0x01;
+    for (label, bytes) in [
+        ("index cut in half", good[..good.len() / 2].to_vec()),
+        ("index frame checksum flipped", flipped),
+        ("index not zstd at all", tree.index.clone()),
+    ] {
+        let mut forge = case.forge();
+        forge.set_tree(&tree);
+        forge.set(FILES_INDEX, bytes);
+        forge.reseal(&case.keys);
+        expect!(
+            fails,
+            label,
+            case.verify(&forge),
+            Invalid::IndexDecompress(_)
+        );
     }
     fails.finish();
 }

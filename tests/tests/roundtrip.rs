@@ -4,18 +4,10 @@
 use std::collections::BTreeMap;
 use std::process::Command;
 
-use baluchon_bundle::{Entry, EntryKind, SkipReason, FILES_INDEX, FILES_PAYLOAD};
+use baluchon_bundle::{EntryKind, SkipReason, FILES_INDEX, FILES_PAYLOAD};
 use baluchon_tests::fixture::{export, verify, Keys};
-use baluchon_tests::outer_member;
 use baluchon_tests::tree::{build_fidelity_tree, differences, walk, Observed, FULL_HASH_LIMIT};
-
-fn index_of(bundle: &std::path::Path) -> Vec<Entry> {
-    outer_member(bundle, FILES_INDEX)
-        .split(|&b| b == b'\n')
-        .filter(|line| !line.is_empty())
-        .map(|line| Entry::from_json_line(line).expect("valid index line"))
-        .collect()
-}
+use baluchon_tests::{index_of, outer_member};
 
 #[test]
 fn fidelity_tree_round_trips_through_the_index_and_stock_tar() {

@@ -165,6 +165,7 @@ fn compress_worker(work: &Mutex<Receiver<Chunk>>, done: &SyncSender<Chunk>) -> i
     let mut compressor = zstd::bulk::Compressor::new(LEVEL)?;
     compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
     compressor.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+    compressor.set_parameter(zstd::zstd_safe::CParameter::HashLog(16))?;
     loop {
         // The lock is held only while waiting for the next chunk, never while compressing.
         let next = work

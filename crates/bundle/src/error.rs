@@ -102,6 +102,8 @@ pub enum Invalid {
         #[source]
         source: IndexError,
     },
+    #[error("{} does not decompress", crate::layout::FILES_INDEX)]
+    IndexDecompress(#[source] io::Error),
     #[error(
         "{}, line {line} is longer than {} bytes",
         crate::layout::FILES_INDEX,

@@ -8,8 +8,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const BAGIT_TXT: &str = "bagit.txt";
 pub const README_TXT: &str = "README.txt";
 pub const FILES_PAYLOAD: &str = "data/files.tar.zst";
-pub const FILES_INDEX: &str = "files-index.jsonl";
-pub const FILES_SHA256: &str = "files-sha256.txt";
+pub const FILES_INDEX: &str = "files-index.jsonl.zst";
+pub const FILES_SHA256: &str = "files-sha256.txt.zst";
 pub const BUNDLE_JSON: &str = "bundle.json";
 pub const BAG_INFO: &str = "bag-info.txt";
 pub const MANIFEST: &str = "manifest-sha256.txt";
@@ -45,7 +45,7 @@ pub fn tag_file_cap(name: &str) -> u64 {
     }
 }
 
-/// Longest line accepted in `files-index.jsonl`: a 4 KiB path in base64 plus the largest
+/// Longest line accepted in the index: a 4 KiB path in base64 plus the largest
 /// sparse map (`MAX_SPARSE_SEGMENTS` extents of up to 42 bytes each) fit.
 pub const MAX_INDEX_LINE: usize = 128 * 1024;
 /// Longest PAX extended header accepted in the inner tar.

@@ -26,12 +26,13 @@ tar, zstd, sha256sum and ssh-keygen (OpenSSH 8.1 or later) are enough.
      zstd -t {FILES_PAYLOAD}
      zstd -dc {FILES_PAYLOAD} | tar -tvf -
      mkdir tree && zstd -dc {FILES_PAYLOAD} | tar -xpf - -C tree
-4. Optionally check the extracted files (when the tree has any regular file):
-     [ ! -s {FILES_SHA256} ] || (cd tree && sha256sum --strict -c ../{FILES_SHA256})
+4. Optionally check every extracted file:
+     zstd -dc {FILES_SHA256} > sums.txt
+     [ ! -s sums.txt ] || (cd tree && sha256sum --strict -c ../sums.txt)
 
-{BUNDLE_JSON} describes the bundle; {FILES_INDEX} lists every entry of the tree (one JSON
-object per line) with its type, mode, owner, times and sha256, including the entries that
-could not be archived (sockets, FIFOs, devices). The format is specified in the baluchon
+{BUNDLE_JSON} describes the bundle; {FILES_INDEX} (read it with zstd -dc) lists every entry
+of the tree, one JSON object per line, with its type, mode, owner, times and sha256,
+including the entries that could not be archived (sockets, FIFOs, devices). The format is specified in the baluchon
 documentation, docs/bundle-format.md.
 "
     )

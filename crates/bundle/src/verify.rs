@@ -310,7 +310,7 @@ impl Bundle<Authenticated> {
 
     /// Calls `f` with each line of the (authenticated) index, in order.
     pub(crate) fn for_each_index_entry(&self, mut f: impl FnMut(&Entry)) -> Result<(), Error> {
-        let mut lines = IndexLines::new(self.region(self.member(layout::FILES_INDEX)?));
+        let mut lines = IndexLines::new(self.region(self.member(layout::FILES_INDEX)?))?;
         while let Some((_, entry)) = lines.next_entry()? {
             f(&entry);
         }
@@ -443,7 +443,7 @@ impl Bundle<Authenticated> {
     ) -> Result<(), Error> {
         let summary = &self.state.header.files;
         let mut tar = TarReader::new(stream);
-        let mut lines = IndexLines::new(index);
+        let mut lines = IndexLines::new(index)?;
         let mut seen = HashSet::new();
         let mut dirs = HashSet::new();
         let mut files = HashSet::new();
@@ -1114,27 +1114,34 @@ impl Read for ChannelReader {
     }
 }
 
-/// Reads `files-index.jsonl` line by line, with a line-length cap, hashing every byte.
+type IndexDecoder<'f> = zstd::stream::read::Decoder<'static, BufReader<HashingReader<Region<'f>>>>;
+
+/// Reads the index line by line, decompressing it with a window cap, with a line-length
+/// cap, hashing every compressed byte. Total output is bounded by the line cap times the
+/// signed entry count, which `check_tree` enforces.
 struct IndexLines<'f> {
-    reader: BufReader<HashingReader<Region<'f>>>,
+    reader: BufReader<IndexDecoder<'f>>,
     line: u64,
     buf: Vec<u8>,
 }
 
 impl<'f> IndexLines<'f> {
-    fn new(region: Region<'f>) -> Self {
-        Self {
-            reader: BufReader::with_capacity(1 << 20, HashingReader::new(region)),
+    fn new(region: Region<'f>) -> Result<Self, Error> {
+        let mut decoder = zstd::stream::read::Decoder::new(HashingReader::new(region))?;
+        decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+        Ok(Self {
+            reader: BufReader::with_capacity(1 << 20, decoder),
             line: 0,
             buf: Vec::new(),
-        }
+        })
     }
 
     fn next_entry(&mut self) -> Result<Option<(u64, Entry)>, Error> {
         self.buf.clear();
         let n = (&mut self.reader)
             .take(MAX_INDEX_LINE as u64 + 1)
-            .read_until(b'\n', &mut self.buf)?;
+            .read_until(b'\n', &mut self.buf)
+            .map_err(index_read_error)?;
         if n == 0 {
             return Ok(None);
         }
@@ -1158,9 +1165,23 @@ impl<'f> IndexLines<'f> {
     }
 
     fn finish(mut self) -> Result<Sha256Digest, Error> {
-        // Drain whatever the BufReader holds so the hash covers the whole member.
-        io::copy(&mut self.reader, &mut io::sink())?;
-        Ok(self.reader.into_inner().finish().0)
+        // Drain the decoder, then the compressed bytes it did not need, so that trailing
+        // data is decoded (and refused) and the hash covers the whole member.
+        io::copy(&mut self.reader, &mut io::sink()).map_err(index_read_error)?;
+        let mut compressed = self.reader.into_inner().finish();
+        io::copy(&mut compressed, &mut io::sink())?;
+        Ok(compressed.into_inner().finish().0)
+    }
+}
+
+/// A failed read of the bundle file is the machine's problem; anything else, the index's.
+fn index_read_error(e: io::Error) -> Error {
+    if e.get_ref()
+        .is_some_and(|inner| inner.is::<SourceReadError>())
+    {
+        Error::Io(e)
+    } else {
+        Invalid::IndexDecompress(e).into()
     }
 }
 
