@@ -69,6 +69,15 @@ fn index_for(tar: &[u8]) -> InnerTree {
             group: String::from_utf8(entry.group.clone()).ok().filter(|s| !s.is_empty()),
             mtime: entry.mtime,
             mtime_nsec: 0,
+            xattrs: entry
+                .xattrs
+                .iter()
+                .map(|(name, value)| baluchon_bundle::Xattr {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            xattrs_not_archived: Vec::new(),
         };
         let kind = match entry.kind {
             TarKind::Dir => EntryKind::Dir { meta },

@@ -106,6 +106,18 @@ pub fn build_fidelity_tree(root: &Path, with_huge_sparse: bool) {
     )
     .unwrap();
 
+    // Extended attributes: user.* travel (binary values too); trusted.* (root only) do not,
+    // and are recorded as not archived.
+    let set = |p: &str, name: &str, value: &[u8]| {
+        rustix::fs::setxattr(root.join(p), name, value, rustix::fs::XattrFlags::empty()).unwrap();
+    };
+    set("plain.txt", "user.mime_type", b"text/plain");
+    set("binary.bin", "user.checksum", &[0, 1, 2, 255, 254]);
+    set("empty-dir", "user.purpose", b"kept empty on purpose");
+    if rustix::process::geteuid().is_root() {
+        set("exactly-512", "trusted.baluchon-test", b"never exported");
+    }
+
     if rustix::process::geteuid().is_root() {
         // A user that has a name, and ids that have none.
         std::os::unix::fs::chown(root.join("plain.txt"), Some(1), Some(1)).unwrap();
@@ -159,6 +171,27 @@ pub struct Observed {
     /// Stands for the inode: entries sharing one get the same value.
     pub inode_group: Option<Vec<u8>>,
     pub sparse: bool,
+    /// `user.` extended attributes, sorted.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// The `user.` extended attributes of a path (not followed if a symlink), sorted.
+pub fn user_xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut names = vec![0u8; 64 * 1024];
+    let len = rustix::fs::llistxattr(path, &mut names[..]).unwrap_or(0);
+    let mut out: Vec<(String, Vec<u8>)> = names[..len]
+        .split(|&b| b == 0)
+        .filter_map(|n| std::str::from_utf8(n).ok())
+        .filter(|n| n.starts_with("user."))
+        .map(|name| {
+            let mut value = vec![0u8; 64 * 1024];
+            let n = rustix::fs::lgetxattr(path, name, &mut value[..]).unwrap();
+            value.truncate(n);
+            (name.to_owned(), value)
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Every entry below `root` (not `root` itself), keyed by relative path bytes.
@@ -212,6 +245,7 @@ pub fn walk(root: &Path) -> BTreeMap<Vec<u8>, Observed> {
                     }),
                     inode_group,
                     sparse: ft.is_file() && meta.blocks() * 512 < meta.size(),
+                    xattrs: user_xattrs(&path),
                 },
             );
         }

@@ -53,9 +53,8 @@
 //! `dest` removed the staging of `dest2` (b24).
 //!
 //! Parts of items that are not applicable or not testable here (no fake tests for these):
-//! * B21: the catalogue's "allow at most `user.*`" does not apply. The reader refuses every
-//!   unknown PAX key, so no xattr (not even `user.*`) can be carried; the test asserts that
-//!   refusal.
+//! * B21: `user.*` attributes are carried (`SCHILY.xattr.user.*` records that must match the
+//!   signed index); every other namespace, ACL and flag record is refused by the reader.
 //! * B22 "case-only twins on a case-insensitive target directory": needs a casefold
 //!   filesystem (ext4 `-O casefold` or a casefold tmpfs), not available to the suite. On the
 //!   case-sensitive test filesystem both twins are created, and that is asserted. (On a
@@ -2274,7 +2273,7 @@ fn b21_xattrs_and_acls_in_pax_records() {
         "SCHILY.xattr.security.selinux",
         "SCHILY.xattr.system.posix_acl_access",
         "SCHILY.xattr.system.posix_acl_default",
-        "SCHILY.xattr.user.mime_type",
+        "SCHILY.xattr.user.",
         "LIBARCHIVE.xattr.security.capability",
         "SCHILY.acl.access",
         "SCHILY.acl.default",
@@ -2299,6 +2298,21 @@ fn b21_xattrs_and_acls_in_pax_records() {
                 Error::Invalid(Invalid::Tar(TarError::PaxKey { key: k, .. })) if k == key);
         }
     }
+    // user.* attributes travel, but only as the signed index lists them.
+    let mut bytes = pax(&[("SCHILY.xattr.user.mime_type", &b"text/plain"[..])]);
+    bytes.extend(entry_tar(b"bin", File(b"#!/bin/sh\n"), Attrs::FILE));
+    let mut tree = InnerTree::new();
+    tree.add_raw(&bytes, b"bin", File(b"#!/bin/sh\n"), Attrs::FILE)
+        .end();
+    expect!(
+        fails,
+        "user.* xattr missing from the index",
+        case.run(&tree, &options(false)),
+        Error::Invalid(Invalid::EntryMismatch {
+            field: "xattrs",
+            ..
+        })
+    );
     fails.finish();
 }
 

@@ -63,6 +63,12 @@ fn fidelity_tree_round_trips_through_the_index_and_stock_tar() {
         if obs.kind != "symlink" {
             assert_eq!(meta.mode, obs.mode, "{}", entry.path);
         }
+        let xattrs: Vec<(String, Vec<u8>)> = meta
+            .xattrs
+            .iter()
+            .map(|x| (x.name.clone(), x.value.clone()))
+            .collect();
+        assert_eq!(xattrs, obs.xattrs, "{}", entry.path);
         match &entry.kind {
             EntryKind::File {
                 size,
@@ -96,6 +102,18 @@ fn fidelity_tree_round_trips_through_the_index_and_stock_tar() {
             EntryKind::Skipped { .. } => unreachable!("skipped entries have no metadata"),
         }
     }
+    // Attributes outside user.* are not archived, but recorded.
+    if rustix::process::geteuid().is_root() {
+        let e = index
+            .iter()
+            .find(|e| e.path.as_bytes() == b"exactly-512")
+            .unwrap();
+        assert_eq!(
+            e.meta().unwrap().xattrs_not_archived,
+            vec!["trusted.baluchon-test"]
+        );
+        assert!(e.meta().unwrap().xattrs.is_empty());
+    }
     // Names are recorded by owner name where the source host has one.
     let plain = index
         .iter()
@@ -112,7 +130,7 @@ fn fidelity_tree_round_trips_through_the_index_and_stock_tar() {
     fs_err::create_dir(&out).unwrap();
     let status = Command::new("sh")
         .arg("-c")
-        .arg("zstd -q -dc \"$1\" | tar -xpf - --numeric-owner -C \"$2\"")
+        .arg("zstd -q -dc \"$1\" | tar -xpf - --numeric-owner --xattrs --xattrs-include='user.*' -C \"$2\"")
         .arg("sh")
         .arg(&payload)
         .arg(&out)

@@ -23,7 +23,7 @@ use crate::digest::{Hasher, HashingWriter, Sha256Digest};
 use crate::error::{Error, ExportError};
 use crate::index::{
     is_valid_tenant, BundleHeader, Change, Entry, EntryKind, EntryPath, Extent, FilesSummary, Meta,
-    PayloadFile, Producer, SkipReason,
+    PayloadFile, Producer, SkipReason, Xattr,
 };
 use crate::layout::{self, MAX_SPARSE_SEGMENTS, SIGNATURE_NAMESPACE};
 use crate::outer::OuterWriter;
@@ -70,6 +70,9 @@ pub struct ExportReport {
     pub skipped: Vec<(EntryPath, SkipReason)>,
     /// The first entries that changed while read.
     pub changed: Vec<(EntryPath, Change)>,
+    /// Extended attributes outside `user.` that were not archived (each is named in the
+    /// index line of its entry).
+    pub xattrs_not_archived: u64,
 }
 
 /// Exports the tree at `options.source` into a new bundle at `options.output`.
@@ -144,6 +147,8 @@ pub fn export_tree(
                 group: None,
                 mtime: 0,
                 mtime_nsec: 0,
+                xattrs: Vec::new(),
+                xattrs_not_archived: Vec::new(),
             },
             entries: 0,
             skipped: 0,
@@ -152,10 +157,16 @@ pub fn export_tree(
         },
         skipped: Vec::new(),
         changed: Vec::new(),
+        xattrs_not_archived: 0,
         buf: vec![0; 1 << 20],
         progress,
     };
     walker.summary.root = walker.meta(&root_stat);
+    (
+        walker.summary.root.xattrs,
+        walker.summary.root.xattrs_not_archived,
+    ) = read_xattrs(root.as_fd()).map_err(|e| with_path(e, &options.source))?;
+    walker.xattrs_not_archived = walker.summary.root.xattrs_not_archived.len() as u64;
     let walked = walker.walk(root.as_fd(), None, 0);
     let Walker {
         tar,
@@ -164,6 +175,7 @@ pub fn export_tree(
         summary,
         skipped,
         changed,
+        xattrs_not_archived,
         ..
     } = walker;
     let finished = tar.finish();
@@ -272,6 +284,7 @@ pub fn export_tree(
         signer: key.fingerprint(),
         skipped,
         changed,
+        xattrs_not_archived,
     })
 }
 
@@ -301,6 +314,9 @@ fn spill(dir: &Path) -> Result<Spill, Error> {
     let mut encoder =
         zstd::stream::write::Encoder::new(HashingWriter::new(BufWriter::new(file)), 3)?;
     encoder.include_checksum(true)?;
+    // A small window: index lines repeat their field names, not long stretches of text,
+    // and two encoders with the default 2 MiB window would cost ~8 MiB of the memory budget.
+    encoder.window_log(17)?;
     Ok(encoder)
 }
 
@@ -369,6 +385,7 @@ struct Walker<'p> {
     summary: FilesSummary,
     skipped: Vec<(EntryPath, SkipReason)>,
     changed: Vec<(EntryPath, Change)>,
+    xattrs_not_archived: u64,
     buf: Vec<u8>,
     progress: &'p dyn Progress,
 }
@@ -476,7 +493,12 @@ impl Walker<'_> {
             }
             .into());
         }
-        let meta = self.meta(&stat);
+        let mut meta = self.meta(&stat);
+        (meta.xattrs, meta.xattrs_not_archived) =
+            read_xattrs(fd.as_fd()).map_err(|source| ExportError::Unreadable {
+                path: path.to_string(),
+                source,
+            })?;
         self.record(Entry {
             path: path.clone(),
             kind: EntryKind::Dir { meta },
@@ -536,7 +558,8 @@ impl Walker<'_> {
             }
             .into());
         }
-        let meta = self.meta(&stat);
+        let mut meta = self.meta(&stat);
+        (meta.xattrs, meta.xattrs_not_archived) = read_xattrs(fd.as_fd()).map_err(unreadable)?;
         let inode = (stat.st_dev, stat.st_ino);
         if let Some((first, digest)) = self.hardlinks.get(&inode).cloned() {
             self.sums
@@ -733,6 +756,9 @@ impl Walker<'_> {
     }
 
     fn index_line(&mut self, entry: &Entry) -> Result<(), Error> {
+        if let Some(meta) = entry.meta() {
+            self.xattrs_not_archived += meta.xattrs_not_archived.len() as u64;
+        }
         let mut line = entry.to_json_line().into_bytes();
         line.push(b'\n');
         self.index.write_all(&line)?;
@@ -764,6 +790,8 @@ impl Walker<'_> {
             group,
             mtime: stat.st_mtime,
             mtime_nsec: stat.st_mtime_nsec as u32,
+            xattrs: Vec::new(),
+            xattrs_not_archived: Vec::new(),
         }
     }
 }
@@ -781,7 +809,50 @@ fn tar_meta(meta: &Meta) -> TarMeta<'_> {
         owner: meta.owner.as_deref(),
         group: meta.group.as_deref(),
         mtime: meta.mtime,
+        xattrs: &meta.xattrs,
     }
+}
+
+/// The `user.` extended attributes of an open file or directory, sorted, and the names of
+/// the others (which are not archived). A filesystem without xattrs has none.
+fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<(Vec<Xattr>, Vec<String>)> {
+    let mut names = vec![0u8; 4096];
+    let len = loop {
+        match rustix::fs::flistxattr(fd, &mut names[..]) {
+            Ok(len) => break len,
+            Err(Errno::RANGE) if names.len() < (1 << 20) => names.resize(names.len() * 4, 0),
+            Err(Errno::NOTSUP) => return Ok((Vec::new(), Vec::new())),
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let mut archived = Vec::new();
+    let mut not_archived = Vec::new();
+    let mut value = vec![0u8; crate::index::MAX_XATTR_VALUE];
+    for raw in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        match std::str::from_utf8(raw) {
+            Ok(name) if Xattr::is_valid_name(name) => {
+                match rustix::fs::fgetxattr(fd, name, &mut value[..]) {
+                    Ok(n) => archived.push(Xattr {
+                        name: name.to_owned(),
+                        value: value[..n].to_vec(),
+                    }),
+                    // Removed since it was listed.
+                    Err(Errno::NODATA) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            _ => not_archived.push(String::from_utf8_lossy(raw).into_owned()),
+        }
+    }
+    if archived.len() > crate::index::MAX_XATTRS {
+        return Err(io::Error::other(format!(
+            "more than {} user extended attributes",
+            crate::index::MAX_XATTRS
+        )));
+    }
+    archived.sort();
+    not_archived.sort();
+    Ok((archived, not_archived))
 }
 
 fn hash_zeros(hasher: &mut Hasher, mut len: u64) {

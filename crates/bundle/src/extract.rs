@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{
     AtFlags, FileType, FlockOperation, Gid, Mode, OFlags, RenameFlags, ResolveFlags, Timespec,
-    Timestamps, Uid,
+    Timestamps, Uid, XattrFlags,
 };
 use rustix::io::Errno;
 
@@ -541,6 +541,11 @@ impl Extractor<'_> {
                 .map_err(self.fail(path))?;
         }
         rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(self.fail(path))?;
+        for xattr in &meta.xattrs {
+            // Only user.* names get this far (the index and the tar reader refuse others).
+            rustix::fs::fsetxattr(fd, xattr.name.as_str(), &xattr.value, XattrFlags::empty())
+                .map_err(self.fail(path))?;
+        }
         rustix::fs::futimens(fd, &times(meta)).map_err(self.fail(path))?;
         Ok(())
     }

@@ -189,6 +189,69 @@ pub struct Meta {
     pub group: Option<String>,
     pub mtime: i64,
     pub mtime_nsec: u32,
+    /// Extended attributes of the `user.` namespace, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
+    /// Names of extended attributes outside `user.` (security, trusted, system: SELinux
+    /// labels, capabilities, ACLs) that were not archived, so that their loss is visible.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs_not_archived: Vec<String>,
+}
+
+/// Most extended attributes one entry may carry.
+pub const MAX_XATTRS: usize = 128;
+/// Largest extended attribute value (the Linux limit).
+pub const MAX_XATTR_VALUE: usize = 64 * 1024;
+
+/// An extended attribute of the `user.` namespace. In JSON: `["user.name", "<base64>"]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Xattr {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+impl Xattr {
+    /// Only `user.` attributes travel: the others grant privileges (capabilities) or belong
+    /// to the source host's policy (SELinux labels, ACL ids).
+    pub fn is_valid_name(name: &str) -> bool {
+        name.len() > 5 && name.len() <= 255 && name.starts_with("user.") && !name.contains('\0')
+    }
+}
+
+impl Serialize for Xattr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (&self.name, BASE64.encode(&self.value)).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Xattr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let (name, value) = <(String, String)>::deserialize(d)?;
+        if !Xattr::is_valid_name(&name) {
+            return Err(D::Error::custom(
+                "xattr name must be user.* and at most 255 bytes",
+            ));
+        }
+        let value = BASE64
+            .decode(value.as_bytes())
+            .map_err(|_| D::Error::custom("xattr value is not base64"))?;
+        if value.len() > MAX_XATTR_VALUE {
+            return Err(D::Error::custom("xattr value over 64 KiB"));
+        }
+        Ok(Self { name, value })
+    }
+}
+
+/// Attributes must be few, sorted by name and unique (no "last one wins").
+pub(crate) fn validate_xattrs(xattrs: &[Xattr]) -> Result<(), &'static str> {
+    if xattrs.len() > MAX_XATTRS {
+        return Err("too many extended attributes");
+    }
+    if xattrs.windows(2).any(|w| w[0].name >= w[1].name) {
+        return Err("extended attributes must be sorted by name and unique");
+    }
+    Ok(())
 }
 
 /// A data extent of a sparse file: everything outside the extents reads as zeros.
@@ -299,6 +362,9 @@ impl Entry {
             wire.group.clone_from(&meta.group);
             wire.mtime = Some(meta.mtime);
             wire.mtime_nsec = Some(meta.mtime_nsec);
+            wire.xattrs = (!meta.xattrs.is_empty()).then(|| meta.xattrs.clone());
+            wire.xattrs_not_archived =
+                (!meta.xattrs_not_archived.is_empty()).then(|| meta.xattrs_not_archived.clone());
         }
         match &self.kind {
             EntryKind::Dir { .. } => {}
@@ -432,6 +498,10 @@ struct WireEntry {
     target_b64: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<SkipReason>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xattrs: Option<Vec<Xattr>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xattrs_not_archived: Option<Vec<String>>,
 }
 
 impl WireEntry {
@@ -478,6 +548,8 @@ impl WireEntry {
                 (self.sparse.is_some(), "sparse"),
                 (self.changed.is_some(), "changed"),
                 (self.target.is_some() || self.target_b64.is_some(), "target"),
+                (self.xattrs.is_some(), "xattrs"),
+                (self.xattrs_not_archived.is_some(), "xattrs_not_archived"),
             ] {
                 forbid(present, field)?;
             }
@@ -510,7 +582,13 @@ impl WireEntry {
             group: self.group,
             mtime: need(self.mtime, "mtime", kind)?,
             mtime_nsec,
+            xattrs: self.xattrs.unwrap_or_default(),
+            xattrs_not_archived: self.xattrs_not_archived.unwrap_or_default(),
         };
+        validate_xattrs(&meta.xattrs).map_err(|reason| IndexError::Invalid {
+            field: "xattrs",
+            reason,
+        })?;
         let is_file = kind == "file";
         forbid(!is_file && self.size.is_some(), "size")?;
         forbid(!is_file && self.sha256.is_some(), "sha256")?;
@@ -591,6 +669,11 @@ mod tests {
             group: None,
             mtime: 1_700_000_000,
             mtime_nsec: 5,
+            xattrs: vec![Xattr {
+                name: "user.mime_type".into(),
+                value: b"text/plain\0\xff".to_vec(),
+            }],
+            xattrs_not_archived: vec!["security.selinux".into()],
         }
     }
 

@@ -27,7 +27,7 @@ pub use export::{export_tree, ExportOptions, ExportReport};
 pub use extract::{Destination, ExtractOptions, ExtractReport, Plan, Staged, Switched};
 pub use index::{
     BundleHeader, Change, Entry, EntryKind, EntryPath, Extent, FilesSummary, IndexError, Meta,
-    PathError, PayloadFile, Producer, SkipReason,
+    PathError, PayloadFile, Producer, SkipReason, Xattr,
 };
 pub use layout::{FILES_INDEX, FILES_PAYLOAD, SIGNATURE_NAMESPACE};
 pub use outer::OuterError;

@@ -683,6 +683,21 @@ fn compare(line: u64, entry: &Entry, tar: &TarEntry) -> Result<(), Error> {
             return mismatch(field, index, in_tar);
         }
     }
+    let index_xattrs: Vec<(&str, &[u8])> = meta
+        .xattrs
+        .iter()
+        .map(|x| (x.name.as_str(), x.value.as_slice()))
+        .collect();
+    let tar_xattrs: Vec<(&str, &[u8])> = tar
+        .xattrs
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_slice()))
+        .collect();
+    if index_xattrs != tar_xattrs {
+        let names =
+            |list: &[(&str, &[u8])]| list.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(",");
+        return mismatch("xattrs", names(&index_xattrs), names(&tar_xattrs));
+    }
     match (&entry.kind, &tar.kind) {
         (
             EntryKind::File { size, extents, .. },
@@ -765,9 +780,13 @@ fn parse_header(bytes: &[u8]) -> Result<BundleHeader, Error> {
     }
     let header: BundleHeader = serde_json::from_slice(bytes).map_err(Invalid::BundleJson)?;
     let root = &header.files.root;
-    if root.mode > 0o7777 || root.mtime_nsec >= 1_000_000_000 {
+    if root.mode > 0o7777
+        || root.mtime_nsec >= 1_000_000_000
+        || crate::index::validate_xattrs(&root.xattrs).is_err()
+    {
         return Err(Invalid::Inconsistent {
-            reason: "files.root has a mode beyond permission bits or nanoseconds over a second"
+            reason: "files.root has a mode beyond permission bits, nanoseconds over a second, \
+                     or unsorted extended attributes"
                 .to_owned(),
         }
         .into());

@@ -75,6 +75,7 @@ pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {
             "skipped_count": files.skipped,
             "changed": report.changed.iter().map(|(p, c)| serde_json::json!({"path": p.to_string(), "change": c})).collect::<Vec<_>>(),
             "changed_count": files.changed,
+            "xattrs_not_archived": report.xattrs_not_archived,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -100,6 +101,12 @@ pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {
         for (path, reason) in &report.skipped {
             println!("  skipped {path}: {reason}");
         }
+    }
+    if report.xattrs_not_archived > 0 {
+        println!(
+            "{} extended attributes outside user.* (SELinux labels, capabilities, ACLs) were not archived; each is named in the bundle's index",
+            report.xattrs_not_archived
+        );
     }
     if files.changed > 0 {
         println!(

@@ -114,6 +114,13 @@ pub fn run(args: &ImportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    // Fail before the long extraction rather than at the switch.
+    if !args.replace && fs_err::symlink_metadata(&args.path).is_ok() {
+        bail!(
+            "{} already exists; pass --replace to replace it (its content is kept until you confirm)",
+            args.path.display()
+        );
+    }
     let mut options = ExtractOptions::default();
     options.keep_special_modes = args.keep_special_modes;
     options.allow_outside_symlinks = args.allow_outside_symlinks;

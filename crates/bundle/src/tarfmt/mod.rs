@@ -12,7 +12,7 @@ mod write;
 pub use read::{Content, TarEntry, TarError, TarKind, TarReader};
 pub use write::TarWriter;
 
-use crate::index::Extent;
+use crate::index::{Extent, Xattr};
 
 pub const BLOCK: usize = 512;
 const ZERO_BLOCK: [u8; BLOCK] = [0; BLOCK];
@@ -45,6 +45,8 @@ pub struct TarMeta<'a> {
     pub group: Option<&'a str>,
     /// Whole seconds; the index keeps the nanoseconds.
     pub mtime: i64,
+    /// `user.` extended attributes, written as `SCHILY.xattr.NAME` PAX records.
+    pub xattrs: &'a [Xattr],
 }
 
 /// Decodes a numeric header field strictly: octal digits (leading spaces, then NUL or space

@@ -109,6 +109,8 @@ pub struct TarEntry {
     pub owner: Vec<u8>,
     pub group: Vec<u8>,
     pub mtime: i64,
+    /// `user.` extended attributes, in the order of their PAX records.
+    pub xattrs: Vec<(String, Vec<u8>)>,
     /// Bytes of data that follow the header in the tar (the extents only, if sparse).
     stored: u64,
 }
@@ -138,6 +140,7 @@ struct Pax {
     uname: Option<Vec<u8>>,
     gname: Option<Vec<u8>>,
     mtime: Option<i64>,
+    xattrs: Vec<(String, Vec<u8>)>,
 }
 
 impl<R: Read> TarReader<R> {
@@ -353,6 +356,7 @@ impl<R: Read> TarReader<R> {
             owner,
             group,
             mtime,
+            xattrs: pax.xattrs,
             stored: header_size,
         })
     }
@@ -668,12 +672,18 @@ fn parse_pax(body: &[u8], offset: u64) -> Result<Pax, TarError> {
                         .map_err(|_| malformed("mtime must be whole seconds"))?,
                 )
             }
-            other => {
-                return Err(TarError::PaxKey {
-                    offset,
-                    key: other.to_owned(),
-                })
-            }
+            other => match other.strip_prefix("SCHILY.xattr.") {
+                // Only user.* attributes travel; security.capability and the like are refused.
+                Some(name) if crate::index::Xattr::is_valid_name(name) => {
+                    pax.xattrs.push((name.to_owned(), value.to_vec()));
+                }
+                _ => {
+                    return Err(TarError::PaxKey {
+                        offset,
+                        key: other.to_owned(),
+                    })
+                }
+            },
         }
     }
     // Without hdrcharset=BINARY, POSIX says values are UTF-8; a mismatch is a differential.

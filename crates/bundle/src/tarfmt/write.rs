@@ -26,7 +26,7 @@ impl<W: Write> TarWriter<W> {
     /// Writes the header(s) of one entry: an optional PAX header, then the ustar/GNU header
     /// and, for sparse files with more than four extents, GNU extension blocks.
     pub fn header(&mut self, path: &[u8], kind: &Kind<'_>, meta: &TarMeta<'_>) -> io::Result<()> {
-        let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
         let sparse = matches!(
             kind,
             Kind::File {
@@ -45,7 +45,7 @@ impl<W: Write> TarWriter<W> {
             name.push(b'/');
         }
         if name.len() > USTAR_NAME_LEN {
-            pax.push(("path", name.clone()));
+            pax.push(("path".into(), name.clone()));
             name.truncate(USTAR_NAME_LEN);
         }
         header.as_old_mut().name[..name.len()].copy_from_slice(&name);
@@ -66,11 +66,11 @@ impl<W: Write> TarWriter<W> {
         header.set_entry_type(type_flag);
         header.set_size(stored_size);
         if stored_size > OCTAL_11_MAX {
-            pax.push(("size", stored_size.to_string().into_bytes()));
+            pax.push(("size".into(), stored_size.to_string().into_bytes()));
         }
         if let Kind::Symlink { target } | Kind::Hardlink { target } = kind {
             if target.len() > USTAR_NAME_LEN {
-                pax.push(("linkpath", target.to_vec()));
+                pax.push(("linkpath".into(), target.to_vec()));
             }
             let cut = target.len().min(USTAR_NAME_LEN);
             header.as_old_mut().linkname[..cut].copy_from_slice(&target[..cut]);
@@ -82,7 +82,7 @@ impl<W: Write> TarWriter<W> {
             ("gid", meta.gid, Header::set_gid),
         ] {
             if u64::from(id) > OCTAL_7_MAX {
-                pax.push((key, id.to_string().into_bytes()));
+                pax.push((key.into(), id.to_string().into_bytes()));
                 set(&mut header, 0);
             } else {
                 set(&mut header, u64::from(id));
@@ -97,15 +97,19 @@ impl<W: Write> TarWriter<W> {
                     header.set_groupname(value).is_ok()
                 };
             if !fits {
-                pax.push((key, value.as_bytes().to_vec()));
+                pax.push((key.into(), value.as_bytes().to_vec()));
             }
         }
         match u64::try_from(meta.mtime) {
             Ok(secs) if secs <= OCTAL_11_MAX => header.set_mtime(secs),
             _ => {
-                pax.push(("mtime", meta.mtime.to_string().into_bytes()));
+                pax.push(("mtime".into(), meta.mtime.to_string().into_bytes()));
                 header.set_mtime(0);
             }
+        }
+
+        for xattr in meta.xattrs {
+            pax.push((format!("SCHILY.xattr.{}", xattr.name), xattr.value.clone()));
         }
 
         let mut extension_blocks = Vec::new();
@@ -159,9 +163,12 @@ impl<W: Write> TarWriter<W> {
         Ok(self.out)
     }
 
-    fn pax_header(&mut self, records: &[(&str, Vec<u8>)]) -> io::Result<()> {
+    fn pax_header(&mut self, records: &[(String, Vec<u8>)]) -> io::Result<()> {
         let mut body = Vec::new();
-        let binary = records.iter().any(|(_, v)| std::str::from_utf8(v).is_err());
+        // xattr values are binary by nature (GNU tar writes them raw, whatever hdrcharset).
+        let binary = records
+            .iter()
+            .any(|(k, v)| !k.starts_with("SCHILY.xattr.") && std::str::from_utf8(v).is_err());
         if binary {
             // Tells readers not to transcode the values from UTF-8 (POSIX pax, hdrcharset).
             body.extend(pax_record("hdrcharset", b"BINARY"));
