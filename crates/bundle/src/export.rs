@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, Write};
+use std::io::{self, BufWriter, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -158,7 +158,6 @@ pub fn export_tree(
         skipped: Vec::new(),
         changed: Vec::new(),
         xattrs_not_archived: 0,
-        buf: vec![0; 1 << 20],
         progress,
     };
     walker.summary.root = walker.meta(&root_stat);
@@ -386,7 +385,6 @@ struct Walker<'p> {
     skipped: Vec<(EntryPath, SkipReason)>,
     changed: Vec<(EntryPath, Change)>,
     xattrs_not_archived: u64,
-    buf: Vec<u8>,
     progress: &'p dyn Progress,
 }
 
@@ -643,30 +641,14 @@ impl Walker<'_> {
     /// and bytes a growing file gained are left out.
     fn copy_exact(
         &mut self,
-        mut file: &File,
+        file: &File,
         size: u64,
     ) -> Result<(Sha256Digest, Option<Change>), CopyError> {
         let mut hasher = Hasher::default();
-        let mut remaining = size;
-        let mut change = None;
-        while remaining > 0 {
-            let want = remaining.min(self.buf.len() as u64) as usize;
-            let n = match file.read(&mut self.buf[..want]) {
-                Ok(0) => {
-                    self.zeros(&mut hasher, remaining)?;
-                    change = Some(Change::Shrank);
-                    break;
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(CopyError::Read(e)),
-            };
-            hasher.update(&self.buf[..n]);
-            self.tar.data(&self.buf[..n]).map_err(CopyError::Write)?;
-            self.progress.advance(n as u64);
-            remaining -= n as u64;
-        }
-        if change.is_none() && file.read(&mut [0u8; 1]).map_err(CopyError::Read)? > 0 {
+        let mut change = self
+            .copy_range(file, 0, size, &mut hasher)?
+            .then_some(Change::Shrank);
+        if change.is_none() && file.read_at(&mut [0u8; 1], size).map_err(CopyError::Read)? > 0 {
             change = Some(Change::Grew);
         }
         Ok((hasher.finish().0, change))
@@ -685,23 +667,8 @@ impl Walker<'_> {
         for extent in extents {
             hash_zeros(&mut hasher, extent.offset - cursor);
             self.progress.advance(extent.offset - cursor);
-            let mut done = 0u64;
-            while done < extent.len {
-                let want = (extent.len - done).min(self.buf.len() as u64) as usize;
-                let n = match file.read_at(&mut self.buf[..want], extent.offset + done) {
-                    Ok(0) => {
-                        self.zeros(&mut hasher, extent.len - done)?;
-                        change = Some(Change::Shrank);
-                        break;
-                    }
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(CopyError::Read(e)),
-                };
-                hasher.update(&self.buf[..n]);
-                self.tar.data(&self.buf[..n]).map_err(CopyError::Write)?;
-                self.progress.advance(n as u64);
-                done += n as u64;
+            if self.copy_range(file, extent.offset, extent.len, &mut hasher)? {
+                change = Some(Change::Shrank);
             }
             cursor = extent.offset + extent.len;
         }
@@ -711,6 +678,44 @@ impl Walker<'_> {
             change = Some(Change::Grew);
         }
         Ok((hasher.finish().0, change))
+    }
+
+    /// Reads `len` bytes at `offset` straight into the compressor's buffer, hashing them.
+    /// If the file ends early, zeros stand in for the rest and the result is `true`.
+    fn copy_range(
+        &mut self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        hasher: &mut Hasher,
+    ) -> Result<bool, CopyError> {
+        let mut done = 0u64;
+        while done < len {
+            let want = (len - done).min(layout::FRAME_BYTES as u64) as usize;
+            let at = offset + done;
+            let n = {
+                let read = self
+                    .tar
+                    .sink()
+                    .fill_from(want, |dst| loop {
+                        match file.read_at(dst, at) {
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            other => return other,
+                        }
+                    })
+                    .map_err(CopyError::Write)?
+                    .map_err(CopyError::Read)?;
+                hasher.update(read);
+                read.len() as u64
+            };
+            if n == 0 {
+                self.zeros(hasher, len - done)?;
+                return Ok(true);
+            }
+            self.progress.advance(n);
+            done += n;
+        }
+        Ok(false)
     }
 
     fn zeros(&mut self, hasher: &mut Hasher, len: u64) -> Result<(), CopyError> {

@@ -167,7 +167,7 @@ pub fn run(args: &ImportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     }
     if report.skipped_in_bundle > 0 {
         println!(
-            "{} entries were not archived at the source (sockets, FIFOs, devices): see the bundle's files-index.jsonl",
+            "{} entries were not archived at the source (sockets, FIFOs, devices): see the bundle's files-index.jsonl.zst",
             report.skipped_in_bundle
         );
     }

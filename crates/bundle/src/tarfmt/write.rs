@@ -132,8 +132,9 @@ impl<W: Write> TarWriter<W> {
         Ok(())
     }
 
-    pub fn data(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.out.write_all(bytes)
+    /// The sink, for writing an entry's data in place (see `FrameCompressor::fill_from`).
+    pub fn sink(&mut self) -> &mut W {
+        &mut self.out
     }
 
     /// Writes `len` zero bytes of data.
