@@ -10,6 +10,7 @@
 #                  it must be missing, empty, or a workdir kept by an earlier run
 #   --keep         keep the workdir (a later run with --workdir DIR reuses the tree)
 #   --runs N       timed runs per command, the median is reported (default 3)
+#   --skip A,B     comparisons to leave out (names: export_durable verify_payload import)
 #
 # Environment: BALUCHON=/path/to/baluchon uses that binary instead of building
 # target/release/baluchon with cargo.
@@ -28,6 +29,7 @@ SCALE=1
 WORKDIR=
 KEEP=0
 RUNS=3
+SKIP=,
 SEED=20240101
 RSS_TARGET_MIB=64
 SIZE_TARGET=1.05
@@ -41,6 +43,7 @@ while (($#)); do
         --workdir) WORKDIR=${2:?--workdir needs a value}; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --runs) RUNS=${2:?--runs needs a value}; shift 2 ;;
+        --skip) SKIP=",${2:?--skip needs a value},"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; die "unknown option: $1" ;;
     esac
@@ -197,7 +200,10 @@ measure() {
 #   check_NAME              function run once after (not timed): check the outputs are right
 # Adding one (e.g. import) is defining these and appending NAME to COMPARISONS.
 # ---------------------------------------------------------------------------------------------
-COMPARISONS=(export export_durable verify verify_payload import)
+COMPARISONS=()
+for name in export export_durable verify verify_payload import; do
+    [[ $SKIP == *",$name,"* ]] || COMPARISONS+=("$name")
+done
 declare -A TITLE=() TARGET=() B_CMD=() S_CMD=() B_SAME=()
 
 # export: the tree into a signed bundle, vs tar | zstd -3 -T0 | sha256sum.
