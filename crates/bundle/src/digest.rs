@@ -72,6 +72,16 @@ impl Hasher {
         self.len += bytes.len() as u64;
     }
 
+    /// Hashes `len` zero bytes: the holes of a sparse file.
+    pub fn update_zeros(&mut self, mut len: u64) {
+        static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64) as usize;
+            self.update(&ZEROS[..n]);
+            len -= n as u64;
+        }
+    }
+
     pub fn finish(self) -> (Sha256Digest, u64) {
         (Sha256Digest(self.inner.finalize().into()), self.len)
     }

@@ -665,14 +665,14 @@ impl Walker<'_> {
         let mut change = None;
         let mut cursor = 0u64;
         for extent in extents {
-            hash_zeros(&mut hasher, extent.offset - cursor);
+            hasher.update_zeros(extent.offset - cursor);
             self.progress.advance(extent.offset - cursor);
             if self.copy_range(file, extent.offset, extent.len, &mut hasher)? {
                 change = Some(Change::Shrank);
             }
             cursor = extent.offset + extent.len;
         }
-        hash_zeros(&mut hasher, size - cursor);
+        hasher.update_zeros(size - cursor);
         self.progress.advance(size - cursor);
         if change.is_none() && file.read_at(&mut [0u8; 1], size).map_err(CopyError::Read)? > 0 {
             change = Some(Change::Grew);
@@ -719,7 +719,7 @@ impl Walker<'_> {
     }
 
     fn zeros(&mut self, hasher: &mut Hasher, len: u64) -> Result<(), CopyError> {
-        hash_zeros(hasher, len);
+        hasher.update_zeros(len);
         self.tar.zeros(len).map_err(CopyError::Write)
     }
 
@@ -858,15 +858,6 @@ fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<(Vec<Xattr>, Vec<String>)> {
     archived.sort();
     not_archived.sort();
     Ok((archived, not_archived))
-}
-
-fn hash_zeros(hasher: &mut Hasher, mut len: u64) {
-    static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
-    while len > 0 {
-        let n = len.min(ZEROS.len() as u64) as usize;
-        hasher.update(&ZEROS[..n]);
-        len -= n as u64;
-    }
 }
 
 /// Data extents from `SEEK_DATA`/`SEEK_HOLE`; `None` when the file has no hole after all or

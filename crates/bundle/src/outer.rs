@@ -226,19 +226,7 @@ pub fn scan(file: &mut File) -> Result<Vec<Member>, crate::Error> {
             }
             break;
         }
-        let header = Header::from_byte_slice(&block);
-        let computed: u32 = block
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    u32::from(b)
-                }
-            })
-            .sum();
-        if header.cksum().ok() != Some(computed) {
+        if !crate::tarfmt::checksum_ok(&block) {
             return Err(crate::Error::from(OuterError::Checksum { offset: pos }));
         }
         let name_end = block[..100].iter().position(|&b| b == 0).unwrap_or(100);

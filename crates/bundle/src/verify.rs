@@ -510,7 +510,7 @@ impl Bundle<Authenticated> {
                     tar.read_content(&tar_entry, |piece| {
                         match piece {
                             Content::Data { bytes, .. } => hasher.update(bytes),
-                            Content::Hole { len, .. } => hash_zeros(&mut hasher, len),
+                            Content::Hole { len, .. } => hasher.update_zeros(len),
                         }
                         sink.content(&piece)
                     })?;
@@ -751,15 +751,6 @@ impl DigestBytes for sha2::Sha256 {
         let mut out = [0u8; 16];
         out.copy_from_slice(&full[..16]);
         out
-    }
-}
-
-fn hash_zeros(hasher: &mut Hasher, mut len: u64) {
-    static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
-    while len > 0 {
-        let n = len.min(ZEROS.len() as u64) as usize;
-        hasher.update(&ZEROS[..n]);
-        len -= n as u64;
     }
 }
 

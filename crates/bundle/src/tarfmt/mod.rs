@@ -86,6 +86,23 @@ pub(crate) fn parse_number(field: &[u8]) -> Option<u64> {
     (value <= i64::MAX as u64).then_some(value)
 }
 
+/// Whether a header's checksum field holds the unsigned sum of its bytes (the checksum
+/// field counted as spaces). The signed variant some old tars wrote is refused.
+pub(crate) fn checksum_ok(block: &[u8; BLOCK]) -> bool {
+    let computed: u32 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(b)
+            }
+        })
+        .sum();
+    tar::Header::from_byte_slice(block).cksum().ok() == Some(computed)
+}
+
 /// One PAX record: `"<len> <key>=<value>\n"`, where `<len>` counts the whole record.
 fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
     let body = key.len() + value.len() + 3; // space, '=', newline

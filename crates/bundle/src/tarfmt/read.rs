@@ -571,22 +571,11 @@ fn numeric(raw: &[u8], offset: u64, field: &'static str) -> Result<u64, TarError
     parse_number(raw).ok_or(TarError::Numeric { offset, field })
 }
 
-/// Only unsigned checksums are valid: the signed variant some old tars wrote is refused.
 fn check_checksum(block: &[u8; BLOCK], offset: u64) -> Result<(), TarError> {
-    let computed: u32 = block
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u32::from(b)
-            }
-        })
-        .sum();
-    match Header::from_byte_slice(block).cksum() {
-        Ok(stored) if stored == computed => Ok(()),
-        _ => Err(TarError::Checksum { offset }),
+    if super::checksum_ok(block) {
+        Ok(())
+    } else {
+        Err(TarError::Checksum { offset })
     }
 }
 
