@@ -129,8 +129,8 @@ fi
 N_FILES=$(find tree -type f | wc -l)
 N_DIRS=$(find tree -mindepth 1 -type d | wc -l)
 N_ENTRIES=$(find tree -mindepth 1 | wc -l)
-TREE_BYTES=$(find tree -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%d", s }')
-part_bytes() { find "tree/$1" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%d", s }'; }
+TREE_BYTES=$(find tree -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%.0f", s }')
+part_bytes() { find "tree/$1" -type f -printf '%s\n' | awk '{ s += $1 } END { printf "%.0f", s }'; }
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 echo "bench: tree: $N_FILES files and $N_DIRS directories, $TREE_BYTES bytes ($(mib "$TREE_BYTES") MiB):"
 echo "         www/ $(find tree/www -type f | wc -l) small text files, $(mib "$(part_bytes www)") MiB;" \

@@ -407,17 +407,17 @@ impl Walker<'_> {
             path: shown(),
             source,
         };
-        let mut names: Vec<CString> = Vec::new();
+        let mut names: Vec<(CString, FileType, u64)> = Vec::new();
         for item in rustix::fs::Dir::read_from(dir).map_err(|e| unreadable(e.into()))? {
             let item = item.map_err(|e| unreadable(e.into()))?;
             let name = item.file_name();
             if name != c"." && name != c".." {
-                names.push(name.to_owned());
+                names.push((name.to_owned(), item.file_type(), item.ino()));
             }
         }
         // Sorted, so that two exports of the same tree list entries in the same order.
-        names.sort();
-        for name in names {
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, listed_type, listed_ino) in names {
             let path = match prefix {
                 Some(p) => p.join(name.to_bytes()),
                 None => EntryPath::new(name.to_bytes().to_vec()),
@@ -427,6 +427,12 @@ impl Walker<'_> {
                 name: name.to_bytes().escape_ascii().to_string(),
                 source,
             })?;
+            // Regular files are the bulk of a tree: the directory listing says what they are,
+            // and `file` checks what it opened against it, so no separate lstat is needed.
+            if listed_type == FileType::RegularFile {
+                self.file(dir, &name, &path, listed_ino)?;
+                continue;
+            }
             let stat = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(stat) => stat,
                 // Deleted since the directory was listed: it is not part of the tree any more.
@@ -441,7 +447,7 @@ impl Walker<'_> {
             };
             match FileType::from_raw_mode(stat.st_mode) {
                 FileType::Directory => self.directory(dir, &name, &path, &stat, depth)?,
-                FileType::RegularFile => self.file(dir, &name, &path, &stat)?,
+                FileType::RegularFile => self.file(dir, &name, &path, stat.st_ino)?,
                 FileType::Symlink => self.symlink(dir, &name, &path, &stat)?,
                 FileType::Socket => self.skip(path, SkipReason::Socket)?,
                 FileType::Fifo => self.skip(path, SkipReason::Fifo)?,
@@ -529,7 +535,7 @@ impl Walker<'_> {
         dir: BorrowedFd<'_>,
         name: &CString,
         path: &EntryPath,
-        listed: &Stat,
+        listed_ino: u64,
     ) -> Result<(), Error> {
         let unreadable = |source: io::Error| ExportError::Unreadable {
             path: path.to_string(),
@@ -548,9 +554,12 @@ impl Walker<'_> {
             Err(e) => return Err(unreadable(e.into()).into()),
         };
         let stat = rustix::fs::fstat(&fd).map_err(|e| unreadable(e.into()))?;
-        if (stat.st_dev, stat.st_ino) != (listed.st_dev, listed.st_ino)
-            || FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile
-        {
+        // A file bind-mounted over the name has another inode than the listing says: ask
+        // lstat, which sees the mount, before calling it replaced.
+        let same = stat.st_ino == listed_ino
+            || rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|l| (l.st_dev, l.st_ino) == (stat.st_dev, stat.st_ino));
+        if !same || FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
             return Err(ExportError::Replaced {
                 path: path.to_string(),
             }
@@ -598,18 +607,13 @@ impl Walker<'_> {
             .map_or(size, |list| list.iter().map(|e| e.len).sum());
         self.tar.end(stored)?;
         if change.is_none() {
+            // Bytes a growing file gained are left out (the header said `size`); a change in
+            // place shows in the times.
             let after = rustix::fs::fstat(&file).map_err(|e| unreadable(e.into()))?;
-            if (
-                after.st_mtime,
-                after.st_mtime_nsec,
-                after.st_ctime,
-                after.st_ctime_nsec,
-            ) != (
-                stat.st_mtime,
-                stat.st_mtime_nsec,
-                stat.st_ctime,
-                stat.st_ctime_nsec,
-            ) {
+            let times = |s: &Stat| (s.st_mtime, s.st_mtime_nsec, s.st_ctime, s.st_ctime_nsec);
+            if after.st_size as u64 > size {
+                change = Some(Change::Grew);
+            } else if times(&after) != times(&stat) {
                 change = Some(Change::Modified);
             }
         }
@@ -645,12 +649,9 @@ impl Walker<'_> {
         size: u64,
     ) -> Result<(Sha256Digest, Option<Change>), CopyError> {
         let mut hasher = Hasher::default();
-        let mut change = self
+        let change = self
             .copy_range(file, 0, size, &mut hasher)?
             .then_some(Change::Shrank);
-        if change.is_none() && file.read_at(&mut [0u8; 1], size).map_err(CopyError::Read)? > 0 {
-            change = Some(Change::Grew);
-        }
         Ok((hasher.finish().0, change))
     }
 
@@ -674,9 +675,6 @@ impl Walker<'_> {
         }
         hasher.update_zeros(size - cursor);
         self.progress.advance(size - cursor);
-        if change.is_none() && file.read_at(&mut [0u8; 1], size).map_err(CopyError::Read)? > 0 {
-            change = Some(Change::Grew);
-        }
         Ok((hasher.finish().0, change))
     }
 
