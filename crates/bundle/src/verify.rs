@@ -5,7 +5,7 @@
 //! was checked. Tag files are authenticated before any of them is parsed, and nothing in the
 //! payload is parsed before the metadata that bounds it (sizes, counts) is authenticated.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::fs::FileExt;
@@ -444,13 +444,12 @@ impl Bundle<Authenticated> {
         let summary = &self.state.header.files;
         let mut tar = TarReader::new(stream);
         let mut lines = IndexLines::new(index)?;
-        let mut seen = HashSet::new();
-        let mut dirs = HashSet::new();
-        let mut files = HashSet::new();
+        // One map for the duplicate, parent and hardlink-target checks: ~32 bytes an entry.
+        let mut seen: HashMap<u128, Seen> = HashMap::new();
         let (mut entries, mut skipped, mut changed, mut content) = (0u64, 0u64, 0u64, 0u64);
         while let Some((line, entry)) = lines.next_entry()? {
             let key = path_key(&entry.path);
-            if !seen.insert(key) {
+            if seen.insert(key, Seen::Other).is_some() {
                 return Err(Invalid::Duplicate {
                     line,
                     path: entry.path.to_string(),
@@ -466,7 +465,7 @@ impl Bundle<Authenticated> {
                 .into());
             }
             if let Some(parent) = entry.path.parent() {
-                if !dirs.contains(&path_key(&parent)) {
+                if seen.get(&path_key(&parent)) != Some(&Seen::Dir) {
                     return Err(Invalid::Orphan {
                         line,
                         path: entry.path.to_string(),
@@ -485,7 +484,7 @@ impl Bundle<Authenticated> {
             compare(line, &entry, &tar_entry)?;
             // Before the sink sees it: an extractor links to the target as soon as it begins.
             if let EntryKind::Hardlink { target, .. } = &entry.kind {
-                if !files.contains(&path_key(target)) {
+                if seen.get(&path_key(target)) != Some(&Seen::File) {
                     return Err(Invalid::Hardlink {
                         line,
                         path: entry.path.to_string(),
@@ -498,7 +497,7 @@ impl Bundle<Authenticated> {
             sink.begin(&entry)?;
             match &entry.kind {
                 EntryKind::Dir { .. } => {
-                    dirs.insert(key);
+                    seen.insert(key, Seen::Dir);
                 }
                 EntryKind::File {
                     sha256,
@@ -523,7 +522,7 @@ impl Bundle<Authenticated> {
                         }
                         .into());
                     }
-                    files.insert(key);
+                    seen.insert(key, Seen::File);
                     content = content.saturating_add(*size);
                     changed += u64::from(c.is_some());
                 }
@@ -734,7 +733,16 @@ fn compare(line: u64, entry: &Entry, tar: &TarEntry) -> Result<(), Error> {
     Ok(())
 }
 
-/// 128 bits of SHA-256 per path: bounded memory for duplicate and parent checks.
+/// What an earlier index line was, for the parent and hardlink-target rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Dir,
+    File,
+    Other,
+}
+
+/// 128 bits of SHA-256 per path: a fixed, small cost per entry for the duplicate, parent and
+/// hardlink checks, whatever the path's length.
 fn path_key(path: &EntryPath) -> u128 {
     let digest = sha2::Sha256::digest_bytes(path.as_bytes());
     u128::from_le_bytes(digest)
