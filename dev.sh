@@ -38,6 +38,7 @@ case "${1:-}" in
     test)
         install_packages
         need_cargo
+        cargo build --workspace --locked
         cargo test --workspace --locked
         ;;
     *)

@@ -56,20 +56,37 @@ pub fn verify(bundle: &Path, keys: &Keys) -> Result<Bundle<Verified>, baluchon_b
     baluchon_bundle::verify(bundle, &keys.trust(), &Policy::default(), &NoProgress)
 }
 
-/// The `baluchon` binary built by `cargo test --workspace` (or `cargo build`).
+/// The `baluchon` binary, built from the current sources on first use: `cargo test` builds
+/// binaries only for their own package's tests, so it would otherwise be stale or missing.
 pub fn baluchon_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps");
-    let bin = dir.join("baluchon");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p baluchon-cli` or `cargo test --workspace`",
-        bin.display()
-    );
-    bin
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test executable path");
+            // target/<profile>/deps/<test> → target/<profile>
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>/deps");
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build.args([
+                "build",
+                "--quiet",
+                "-p",
+                "baluchon-cli",
+                "--bin",
+                "baluchon",
+            ]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("cargo runs");
+            assert!(status.success(), "building the baluchon binary failed");
+            let bin = profile_dir.join("baluchon");
+            assert!(bin.exists(), "{} is missing after the build", bin.display());
+            bin
+        })
+        .clone()
 }
 
 /// A small tree with a few files, a directory, a symlink and a hardlink.

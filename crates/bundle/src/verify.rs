@@ -444,8 +444,8 @@ impl Bundle<Authenticated> {
         let summary = &self.state.header.files;
         let mut tar = TarReader::new(stream);
         let mut lines = IndexLines::new(index)?;
-        // One map for the duplicate, parent and hardlink-target checks: ~32 bytes an entry.
-        let mut seen: HashMap<u128, Seen> = HashMap::new();
+        // One map for the duplicate, parent and hardlink-target checks: ~17 bytes an entry.
+        let mut seen: HashMap<u64, Seen> = HashMap::new();
         let (mut entries, mut skipped, mut changed, mut content) = (0u64, 0u64, 0u64, 0u64);
         while let Some((line, entry)) = lines.next_entry()? {
             let key = path_key(&entry.path);
@@ -741,25 +741,17 @@ enum Seen {
     Other,
 }
 
-/// 128 bits of SHA-256 per path: a fixed, small cost per entry for the duplicate, parent and
-/// hardlink checks, whatever the path's length.
-fn path_key(path: &EntryPath) -> u128 {
-    let digest = sha2::Sha256::digest_bytes(path.as_bytes());
-    u128::from_le_bytes(digest)
-}
-
-trait DigestBytes {
-    fn digest_bytes(bytes: &[u8]) -> [u8; 16];
-}
-
-impl DigestBytes for sha2::Sha256 {
-    fn digest_bytes(bytes: &[u8]) -> [u8; 16] {
-        use sha2::Digest as _;
-        let full = sha2::Sha256::digest(bytes);
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&full[..16]);
-        out
-    }
+/// 64 bits of SHA-256 per path: a fixed, small cost per entry for the duplicate, parent and
+/// hardlink checks, whatever the path's length. Equal paths always collide, so duplicates
+/// are always caught; a chance collision of different paths (about n²/2⁶⁵) could only make
+/// a parent or hardlink target look present, and the extractor's `openat2`/`linkat` would
+/// then fail on the missing one.
+fn path_key(path: &EntryPath) -> u64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(path.as_bytes());
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(key)
 }
 
 fn parse_header(bytes: &[u8]) -> Result<BundleHeader, Error> {
