@@ -270,6 +270,7 @@ impl Staged {
             .ok_or_else(|| std::io::Error::other("staging already switched"))?;
         let dest = &self.dest;
         let staging_path = dest.parent_path().join(&name);
+        let exchanged = std::cell::Cell::new(false);
         let result = (|| {
             rustix::fs::syncfs(&fd).map_err(|e| io_at(e, &staging_path))?;
             let Some(_) = dest.current()? else {
@@ -299,6 +300,7 @@ impl Staged {
             write_journal(&dest.parent, &journal, &name, inode)
                 .map_err(|e| io_at(e, &dest.parent_path().join(&journal)))?;
             exchange_or_move(&dest.parent, &name, &dest.name).map_err(|e| io_at(e, &dest.path))?;
+            exchanged.set(true);
             rename(&dest.parent, &name, &previous, RenameFlags::NOREPLACE)
                 .map_err(|e| io_at(e, &dest.previous_path()))?;
             rustix::fs::unlinkat(&dest.parent, &journal, AtFlags::empty())
@@ -308,8 +310,10 @@ impl Staged {
                 previous: dest.previous_path(),
             })
         })();
-        if result.is_err() && exists_at(&dest.parent, &name) {
-            // Not switched: the staging directory still holds the new tree; drop it.
+        // Before the exchange, the staging name holds the new tree: drop it. After it, the
+        // staging name holds the *old* tree: keep it, and the journal, for the next run's
+        // recovery to make it the previous tree.
+        if result.is_err() && !exchanged.get() && exists_at(&dest.parent, &name) {
             let _ = fs_err::remove_dir_all(&staging_path);
         }
         result
