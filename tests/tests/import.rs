@@ -336,3 +336,50 @@ fn import_killed_mid_extraction_is_cleaned_up_by_the_next_run() {
     );
     assert!(!dest.join("live.txt").exists());
 }
+
+/// A run killed during the switch leaves a journal naming the staging directory and its
+/// inode. If the destination has that inode, the exchange happened: the next run keeps the
+/// old tree as the previous one. Otherwise nothing was switched: the staging is dropped.
+#[test]
+fn journal_left_by_a_killed_switch_is_recovered() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let parent = dir.path();
+    let dest = parent.join("site");
+    let staging_name = ".baluchon-staging.site.0123456789abcdef0123456789abcdef";
+    let journal = parent.join(".baluchon-journal.site");
+
+    // Killed after the exchange: dest is the new tree, the staging name holds the old one.
+    fs_err::create_dir(&dest).unwrap();
+    fs_err::write(dest.join("new.txt"), "new").unwrap();
+    fs_err::create_dir(parent.join(staging_name)).unwrap();
+    fs_err::write(parent.join(staging_name).join("old.txt"), "old").unwrap();
+    let inode = fs_err::metadata(&dest).unwrap().ino();
+    fs_err::write(&journal, format!("{staging_name}\n{inode}\n")).unwrap();
+    let locked = Destination::lock(&dest).unwrap();
+    assert_eq!(fs_err::read_to_string(dest.join("new.txt")).unwrap(), "new");
+    let previous = locked.previous_path();
+    assert_eq!(
+        fs_err::read_to_string(previous.join("old.txt")).unwrap(),
+        "old"
+    );
+    assert!(!journal.exists());
+    assert!(leftovers(parent).is_empty());
+    // And the operator can still roll back to it.
+    locked.roll_back().unwrap();
+    assert_eq!(fs_err::read_to_string(dest.join("old.txt")).unwrap(), "old");
+
+    // Killed before the exchange: the staging holds the new tree, dest is untouched.
+    fs_err::create_dir(parent.join(staging_name)).unwrap();
+    fs_err::write(parent.join(staging_name).join("new.txt"), "new").unwrap();
+    let staging_inode = fs_err::metadata(parent.join(staging_name)).unwrap().ino();
+    fs_err::write(&journal, format!("{staging_name}\n{staging_inode}\n")).unwrap();
+    let locked = Destination::lock(&dest).unwrap();
+    assert_eq!(fs_err::read_to_string(dest.join("old.txt")).unwrap(), "old");
+    assert!(!locked.previous_path().exists());
+    assert!(!journal.exists());
+    assert!(
+        leftovers(parent).is_empty(),
+        "the unswitched staging is dropped"
+    );
+}
