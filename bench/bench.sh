@@ -152,40 +152,42 @@ echo "bench: tools: $("$BALUCHON" --version); $(zstd --version | head -1); $(tar
 #   wall seconds), RSS[KEY] (max RSS in KiB, the largest over the runs; for a pipeline, the
 #   largest over its processes, see STAGE_RSS), and for CMDs that time their own stages with
 #   $(stage NAME), STAGE_RSS[KEY] / STAGE_NAME[KEY] (the biggest stage's max RSS).
-declare -A WALL=() RSS=() STAGE_RSS=() STAGE_NAME=()
+declare -A WALL=() WALLS=() RSS=() STAGE_RSS=() STAGE_NAME=()
 export OUT TREE BALUCHON
 
 # stage NAME: prefix for one process of a pipeline, recording its own max RSS.
 stage() { printf '/usr/bin/time -f %%M -o "$OUT/stage.$KEY.$RUN.%s"' "$1"; }
 
-measure() {
-    local key=$1 prep=$2 cmd=$3 run wall rss walls=() max_rss=0 f name
-    for ((run = 1; run <= RUNS; run++)); do
-        "$prep"
-        sync
-        if ! KEY=$key RUN=$run /usr/bin/time -f '%e %M' -o "$OUT/time.$key.$run" \
-            bash -c "$cmd" >"$OUT/log.$key.$run" 2>&1; then
-            echo "bench: FAILED ($key, run $run): $cmd" >&2
-            tail -n 20 "$OUT/log.$key.$run" "$OUT/time.$key.$run" >&2 || true
-            exit 1
+# One timed run of KEY: its wall time is added to WALLS[KEY], its peak RSS to RSS[KEY].
+run_once() {
+    local key=$1 prep=$2 cmd=$3 run=$4 wall rss f name
+    "$prep"
+    sync
+    if ! KEY=$key RUN=$run /usr/bin/time -f '%e %M' -o "$OUT/time.$key.$run" \
+        bash -c "$cmd" >"$OUT/log.$key.$run" 2>&1; then
+        echo "bench: FAILED ($key, run $run): $cmd" >&2
+        tail -n 20 "$OUT/log.$key.$run" "$OUT/time.$key.$run" >&2 || true
+        exit 1
+    fi
+    read -r wall rss <"$OUT/time.$key.$run"
+    WALLS[$key]="${WALLS[$key]:-} $wall"
+    ((rss > ${RSS[$key]:-0})) && RSS[$key]=$rss
+    for f in "$OUT/stage.$key.$run".*; do
+        [[ -e $f ]] || continue
+        rss=$(tail -n 1 "$f")
+        name=${f##*.}
+        if ((rss > ${STAGE_RSS[$key]:-0})); then
+            STAGE_RSS[$key]=$rss
+            STAGE_NAME[$key]=$name
         fi
-        read -r wall rss <"$OUT/time.$key.$run"
-        walls+=("$wall")
-        ((rss > max_rss)) && max_rss=$rss
-        for f in "$OUT/stage.$key.$run".*; do
-            [[ -e $f ]] || continue
-            rss=$(tail -n 1 "$f")
-            name=${f##*.}
-            if ((rss > ${STAGE_RSS[$key]:-0})); then
-                STAGE_RSS[$key]=$rss
-                STAGE_NAME[$key]=$name
-            fi
-        done
-        printf 'bench:   %-16s run %d: %6.2f s, max RSS %6.1f MiB\n' "$key" "$run" "$wall" \
-            "$(awk -v k="$max_rss" 'BEGIN { print k / 1024 }')"
     done
-    WALL[$key]=$(printf '%s\n' "${walls[@]}" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
-    RSS[$key]=$max_rss
+    printf 'bench:   %-16s run %d: %6.2f s, max RSS %6.1f MiB\n' "$key" "$run" "$wall" \
+        "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')"
+}
+
+# The median of KEY's runs.
+median() {
+    printf '%s\n' ${WALLS[$1]} | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -311,13 +313,19 @@ sizes() {
     [[ -n $PAYLOAD_BYTES ]] || die "no data/files.tar.zst in the bundle"
 }
 
+# baluchon and stock runs alternate, so that a slow spell of the machine (another tenant,
+# writeback) weighs on both sides alike rather than on whichever ran then.
 for name in "${COMPARISONS[@]}"; do
     echo "bench: ${TITLE[$name]}"
     "setup_$name"
-    if [[ -z ${B_SAME[$name]:-} ]]; then
-        measure "${name}_b" "prep_${name}_b" "${B_CMD[$name]}"
-    fi
-    measure "${name}_s" "prep_${name}_s" "${S_CMD[$name]}"
+    for ((run = 1; run <= RUNS; run++)); do
+        if [[ -z ${B_SAME[$name]:-} ]]; then
+            run_once "${name}_b" "prep_${name}_b" "${B_CMD[$name]}" "$run"
+        fi
+        run_once "${name}_s" "prep_${name}_s" "${S_CMD[$name]}" "$run"
+    done
+    [[ -n ${B_SAME[$name]:-} ]] || WALL[${name}_b]=$(median "${name}_b")
+    WALL[${name}_s]=$(median "${name}_s")
     "check_$name"
     if [[ $name == export ]]; then sizes; fi
 done
