@@ -517,40 +517,43 @@ impl Extractor<'_> {
             .map_or_else(|| self.root.as_fd(), |(_, fd)| fd.as_fd()))
     }
 
-    fn mode(&mut self, path: &EntryPath, mode: u32) -> u32 {
+    /// The mode to apply; `path` is `None` for the tree's root.
+    fn mode(&mut self, path: Option<&EntryPath>, mode: u32) -> u32 {
         if self.options.keep_special_modes {
             return mode;
         }
         let allowed = mode & !0o6000 & !0o002;
         if allowed != mode && self.report.modes_adjusted.len() < 1000 {
-            self.report
-                .modes_adjusted
-                .push((path.to_string(), mode, allowed));
+            let shown = path.map_or_else(|| ".".to_owned(), ToString::to_string);
+            self.report.modes_adjusted.push((shown, mode, allowed));
         }
         allowed
     }
 
     /// Owner, then mode (chown clears setuid bits), then times; all through the descriptor.
+    /// `path` is `None` for the tree's root.
     fn apply_meta(
         &mut self,
         fd: BorrowedFd<'_>,
-        path: &EntryPath,
+        path: Option<&EntryPath>,
         meta: &Meta,
     ) -> Result<(), Error> {
         let mode = self.mode(path, meta.mode);
         let (uid, gid, numeric) = self.owners.ids(meta);
         self.report.numeric_owners += u64::from(numeric);
+        let at = path.map_or_else(|| self.staging_path.clone(), |p| self.at(p));
+        let fail = |e: Errno| Error::from(io_at(e, &at));
         if self.owners.apply {
             rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-                .map_err(self.fail(path))?;
+                .map_err(fail)?;
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(self.fail(path))?;
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(fail)?;
         for xattr in &meta.xattrs {
             // Only user.* names get this far (the index and the tar reader refuse others).
             rustix::fs::fsetxattr(fd, xattr.name.as_str(), &xattr.value, XattrFlags::empty())
-                .map_err(self.fail(path))?;
+                .map_err(fail)?;
         }
-        rustix::fs::futimens(fd, &times(meta)).map_err(self.fail(path))?;
+        rustix::fs::futimens(fd, &times(meta)).map_err(fail)?;
         Ok(())
     }
 
@@ -598,14 +601,13 @@ impl Extractor<'_> {
         self.parent = None;
         for (path, meta) in std::mem::take(&mut self.dirs).into_iter().rev() {
             let fd = self.open_dir(&path)?;
-            self.apply_meta(fd.as_fd(), &path, &meta)?;
+            self.apply_meta(fd.as_fd(), Some(&path), &meta)?;
         }
         let root = self
             .root
             .try_clone()
             .map_err(|e| io_at(e, &self.staging_path))?;
-        let root_path = EntryPath::new(b"staging-root".to_vec()).map_err(std::io::Error::other)?;
-        self.apply_meta(root.as_fd(), &root_path, root_meta)
+        self.apply_meta(root.as_fd(), None, root_meta)
     }
 }
 
@@ -684,7 +686,7 @@ impl TreeSink for Extractor<'_> {
                 .ok_or_else(|| std::io::Error::other("file content without a file"))?;
             // Holes were never written: setting the length keeps them holes.
             rustix::fs::ftruncate(&file, *size).map_err(self.fail(&entry.path))?;
-            self.apply_meta(file.as_fd(), &entry.path, meta)?;
+            self.apply_meta(file.as_fd(), Some(&entry.path), meta)?;
             self.report.content_bytes += size;
         }
         Ok(())
