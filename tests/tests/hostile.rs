@@ -208,15 +208,16 @@ fn forge_control_resealed_export_verifies() {
 #[test]
 fn forge_control_built_tree_verifies() {
     let mut tree = InnerTree::new();
+    // In the index's order: depth first, names in byte order.
     tree.dir("d")
         .file(b"d/f", b"content")
-        .file(b"\xffraw name", b"non-UTF-8 path, path_b64 in the index")
         .symlink("d/l", "f")
         .hardlink("h", "d/f")
         // A long name goes through a PAX path record, as the exporter writes it.
         .tar(&pax(&[("path", "p".repeat(150).as_bytes())]))
         .tar(&tar_file(b"p", b"long"))
         .file_line_only("p".repeat(150).as_bytes(), b"long")
+        .file(b"\xffraw name", b"non-UTF-8 path, path_b64 in the index")
         .end();
     let case = Case::with_tree(&tree);
     let mut fails = Failures::default();
@@ -1651,6 +1652,31 @@ fn e06_hostile_paths_in_json() {
         case.with_bundle_json(serde_json::to_vec(&value).expect("JSON")),
         Invalid::Absent { name, listing }
             if name == "data/../data/files.tar.zst" && listing == BUNDLE_JSON);
+    fails.finish();
+}
+
+/// The index's order is a format rule (depth first, siblings in byte order of their names):
+/// it is what lets a verifier catch duplicates and orphans with memory that does not grow
+/// with the tree. Entries out of that order are refused, even when tar and index agree.
+#[test]
+fn e07_entries_out_of_the_index_order() {
+    let case = Case::new();
+    let mut fails = Failures::default();
+    let mut tree = InnerTree::new();
+    tree.file(b"b", b"2").file(b"a", b"1").end();
+    expect!(fails, "siblings not in byte order", case.resealed_tree(&tree),
+        Invalid::Order { line: 2, path } if path == "b" || path == "a");
+    let mut tree = InnerTree::new();
+    tree.file(b"a", b"1")
+        .file(b"b", b"2")
+        .file(b"a", b"3")
+        .end();
+    expect!(fails, "a duplicate further down", case.resealed_tree(&tree),
+        Invalid::Order { line: 3, path } if path == "a");
+    let mut tree = InnerTree::new();
+    tree.dir("d").file(b"e", b"1").file(b"d/late", b"2").end();
+    expect!(fails, "back into a closed directory", case.resealed_tree(&tree),
+        Invalid::Orphan { line: 3, path } if path == "d/late");
     fails.finish();
 }
 

@@ -135,7 +135,9 @@ pub enum Invalid {
     ExtraInTar { path: String },
     #[error("entry {path} (index line {line}) appears twice")]
     Duplicate { line: u64, path: String },
-    #[error("entry {path} (index line {line}) comes before its parent directory")]
+    #[error("entry {path} (index line {line}) is out of order: entries go depth first, each directory before its content, siblings in byte order of their names")]
+    Order { line: u64, path: String },
+    #[error("entry {path} (index line {line}) is not inside the directory listed before it (its parent is missing, not a directory, or already closed)")]
     Orphan { line: u64, path: String },
     #[error(
         "hardlink {path} (index line {line}) must point to an earlier regular file, not {target}"

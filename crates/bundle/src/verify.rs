@@ -443,19 +443,19 @@ impl Bundle<Authenticated> {
     ) -> Result<(), Error> {
         let summary = &self.state.header.files;
         let mut tar = TarReader::new(stream);
+        // Hardlink targets are the only entries that must be remembered: a first, cheap pass
+        // over the index finds them, so memory stays flat however large the tree.
+        let mut targets: HashMap<u64, bool> = HashMap::new();
+        self.for_each_index_entry(|entry| {
+            if let EntryKind::Hardlink { target, .. } = &entry.kind {
+                targets.insert(path_key(target), false);
+            }
+        })?;
         let mut lines = IndexLines::new(index)?;
-        // One map for the duplicate, parent and hardlink-target checks: ~17 bytes an entry.
-        let mut seen: HashMap<u64, Seen> = HashMap::new();
+        let mut order = TreeOrder::default();
         let (mut entries, mut skipped, mut changed, mut content) = (0u64, 0u64, 0u64, 0u64);
         while let Some((line, entry)) = lines.next_entry()? {
-            let key = path_key(&entry.path);
-            if seen.insert(key, Seen::Other).is_some() {
-                return Err(Invalid::Duplicate {
-                    line,
-                    path: entry.path.to_string(),
-                }
-                .into());
-            }
+            order.place(line, &entry)?;
             if entries + skipped >= summary.entries + summary.skipped {
                 return Err(Invalid::Count {
                     what: "index lines",
@@ -463,15 +463,6 @@ impl Bundle<Authenticated> {
                     actual: entries + skipped + 1,
                 }
                 .into());
-            }
-            if let Some(parent) = entry.path.parent() {
-                if seen.get(&path_key(&parent)) != Some(&Seen::Dir) {
-                    return Err(Invalid::Orphan {
-                        line,
-                        path: entry.path.to_string(),
-                    }
-                    .into());
-                }
             }
             if matches!(entry.kind, EntryKind::Skipped { .. }) {
                 skipped += 1;
@@ -484,7 +475,7 @@ impl Bundle<Authenticated> {
             compare(line, &entry, &tar_entry)?;
             // Before the sink sees it: an extractor links to the target as soon as it begins.
             if let EntryKind::Hardlink { target, .. } = &entry.kind {
-                if seen.get(&path_key(target)) != Some(&Seen::File) {
+                if targets.get(&path_key(target)) != Some(&true) {
                     return Err(Invalid::Hardlink {
                         line,
                         path: entry.path.to_string(),
@@ -496,9 +487,6 @@ impl Bundle<Authenticated> {
             entries += 1;
             sink.begin(&entry)?;
             match &entry.kind {
-                EntryKind::Dir { .. } => {
-                    seen.insert(key, Seen::Dir);
-                }
                 EntryKind::File {
                     sha256,
                     changed: c,
@@ -522,11 +510,14 @@ impl Bundle<Authenticated> {
                         }
                         .into());
                     }
-                    seen.insert(key, Seen::File);
+                    if let Some(seen) = targets.get_mut(&path_key(&entry.path)) {
+                        *seen = true;
+                    }
                     content = content.saturating_add(*size);
                     changed += u64::from(c.is_some());
                 }
-                EntryKind::Symlink { .. }
+                EntryKind::Dir { .. }
+                | EntryKind::Symlink { .. }
                 | EntryKind::Hardlink { .. }
                 | EntryKind::Skipped { .. } => {}
             }
@@ -733,19 +724,62 @@ fn compare(line: u64, entry: &Entry, tar: &TarEntry) -> Result<(), Error> {
     Ok(())
 }
 
-/// What an earlier index line was, for the parent and hardlink-target rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seen {
-    Dir,
-    File,
-    Other,
+/// The order rule of the index (docs/bundle-format.md §5): depth first, each directory
+/// right before its content, siblings in strictly increasing byte order of their names.
+/// It makes duplicates and orphans detectable with memory proportional to the depth only.
+#[derive(Debug, Default)]
+struct TreeOrder {
+    /// Open directories from the root down, each with the name of its last child so far.
+    /// The root is the implicit bottom, with `None` as its path.
+    open: Vec<(EntryPath, Option<Vec<u8>>)>,
+    root_last: Option<Vec<u8>>,
 }
 
-/// 64 bits of SHA-256 per path: a fixed, small cost per entry for the duplicate, parent and
-/// hardlink checks, whatever the path's length. Equal paths always collide, so duplicates
-/// are always caught; a chance collision of different paths (about n²/2⁶⁵) could only make
-/// a parent or hardlink target look present, and the extractor's `openat2`/`linkat` would
-/// then fail on the missing one.
+impl TreeOrder {
+    fn place(&mut self, line: u64, entry: &Entry) -> Result<(), Error> {
+        let parent = entry.path.parent();
+        // Close the directories this entry is not in.
+        while self.open.last().map(|(dir, _)| dir) != parent.as_ref() {
+            if self.open.pop().is_none() {
+                // The parent is not an open directory: missing, not a directory, or closed.
+                return Err(Invalid::Orphan {
+                    line,
+                    path: entry.path.to_string(),
+                }
+                .into());
+            }
+        }
+        let last = match self.open.last_mut() {
+            Some((_, last)) => last,
+            None => &mut self.root_last,
+        };
+        let name = entry.path.file_name();
+        match last.as_deref() {
+            Some(previous) if previous == name => {
+                return Err(Invalid::Duplicate {
+                    line,
+                    path: entry.path.to_string(),
+                }
+                .into())
+            }
+            Some(previous) if previous > name => {
+                return Err(Invalid::Order {
+                    line,
+                    path: entry.path.to_string(),
+                }
+                .into())
+            }
+            _ => *last = Some(name.to_vec()),
+        }
+        if matches!(entry.kind, EntryKind::Dir { .. }) {
+            self.open.push((entry.path.clone(), None));
+        }
+        Ok(())
+    }
+}
+
+/// 64 bits of SHA-256 per path: a small key for the hardlink-target check. A chance
+/// collision could only make a target look present; the extractor's `linkat` would then fail.
 fn path_key(path: &EntryPath) -> u64 {
     use sha2::Digest as _;
     let digest = sha2::Sha256::digest(path.as_bytes());
