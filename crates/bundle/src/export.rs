@@ -886,7 +886,7 @@ fn sparse_extents(file: &File, size: u64) -> io::Result<Option<Vec<Extent>>> {
     Ok((covered < size).then_some(extents))
 }
 
-/// One line of `files-sha256.txt`, escaped as GNU coreutils does: a name with a backslash
+/// One line of the checksum list (`files-sha256.txt.zst`), escaped as GNU coreutils does: a name with a backslash
 /// or a newline gets a leading backslash, and those two characters are escaped.
 fn sha256sum_line(digest: &Sha256Digest, path: &[u8]) -> Vec<u8> {
     let escape = path.iter().any(|&b| b == b'\\' || b == b'\n');

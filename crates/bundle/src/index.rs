@@ -1,4 +1,4 @@
-//! The typed metadata of a bundle: `bundle.json` and the lines of `files-index.jsonl`.
+//! The typed metadata of a bundle: `bundle.json` and the lines of the index (`files-index.jsonl.zst`).
 //!
 //! Parsing is strict on purpose (hostile-input catalogue, group E): typed structs only, unknown
 //! fields and duplicate keys rejected, every path validated, each field required or forbidden
@@ -52,7 +52,7 @@ pub struct PayloadFile {
     pub uncompressed_size: Option<u64>,
 }
 
-/// Counts describing `files-index.jsonl` and the tar it indexes.
+/// Counts describing the index (`files-index.jsonl.zst`) and the tar it indexes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesSummary {
@@ -321,7 +321,7 @@ pub enum EntryKind {
     },
 }
 
-/// One line of `files-index.jsonl`.
+/// One line of the index (`files-index.jsonl.zst`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub path: EntryPath,
@@ -394,7 +394,7 @@ impl Entry {
         serde_json::to_string(&wire).unwrap_or_default()
     }
 
-    /// Parses and validates one line of `files-index.jsonl`.
+    /// Parses and validates one line of the index (`files-index.jsonl.zst`).
     pub fn from_json_line(line: &[u8]) -> Result<Self, IndexError> {
         let wire: WireEntry = serde_json::from_slice(line).map_err(IndexError::Json)?;
         wire.into_entry()
