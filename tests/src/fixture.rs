@@ -98,3 +98,24 @@ pub fn small_tree(root: &Path) {
     fs_err::os::unix::fs::symlink("site/index.html", root.join("home")).expect("symlink");
     fs_err::hard_link(root.join("notes.txt"), root.join("notes-link.txt")).expect("link");
 }
+
+/// A fresh temporary directory holding a signing key and a bundle of [`small_tree`].
+#[derive(Debug)]
+pub struct SmallBundle {
+    pub dir: tempfile::TempDir,
+    pub keys: Keys,
+    pub bundle: PathBuf,
+}
+
+impl SmallBundle {
+    /// Builds the tree, generates the key and exports the bundle.
+    pub fn create() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let source = dir.path().join("tree");
+        small_tree(&source);
+        let keys = Keys::new(dir.path());
+        let bundle = dir.path().join("small.baluchon");
+        export(&source, &bundle, &keys);
+        Self { dir, keys, bundle }
+    }
+}

@@ -1,16 +1,11 @@
 //! One flipped byte anywhere in a bundle makes verification fail, as a verification failure.
 
 use baluchon_bundle::Error;
-use baluchon_tests::fixture::{export, small_tree, verify, Keys};
+use baluchon_tests::fixture::{verify, SmallBundle};
 
 #[test]
 fn every_flipped_byte_fails_verification() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("tree");
-    small_tree(&source);
-    let keys = Keys::new(dir.path());
-    let bundle = dir.path().join("good.baluchon");
-    export(&source, &bundle, &keys);
+    let SmallBundle { dir, keys, bundle } = SmallBundle::create();
     verify(&bundle, &keys).expect("the untouched bundle verifies");
 
     let original = fs_err::read(&bundle).unwrap();
@@ -40,12 +35,7 @@ fn every_flipped_byte_fails_verification() {
 
 #[test]
 fn truncation_at_any_block_boundary_fails_verification() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("tree");
-    small_tree(&source);
-    let keys = Keys::new(dir.path());
-    let bundle = dir.path().join("good.baluchon");
-    export(&source, &bundle, &keys);
+    let SmallBundle { dir, keys, bundle } = SmallBundle::create();
     let original = fs_err::read(&bundle).unwrap();
     let cut = dir.path().join("cut.baluchon");
     for len in (0..original.len()).step_by(512) {

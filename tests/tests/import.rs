@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use baluchon_bundle::{
     Bundle, Destination, Error, ExtractError, ExtractOptions, NoProgress, Policy, Switched,
 };
-use baluchon_tests::fixture::{baluchon_bin, export, small_tree, Keys};
+use baluchon_tests::fixture::{baluchon_bin, export, small_tree, Keys, SmallBundle};
 use baluchon_tests::tree::{build_fidelity_tree, differences, walk, Observed};
 
 fn import(
@@ -121,12 +121,7 @@ fn defaults_drop_special_modes_and_refuse_outside_symlinks() {
 
 #[test]
 fn replace_keeps_the_previous_tree_until_confirmed_or_rolled_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = Keys::new(dir.path());
-    let source = dir.path().join("source");
-    small_tree(&source);
-    let bundle = dir.path().join("b.baluchon");
-    export(&source, &bundle, &keys);
+    let SmallBundle { dir, keys, bundle } = SmallBundle::create();
     let dest = dir.path().join("dest");
     fs_err::create_dir(&dest).unwrap();
     fs_err::write(dest.join("old.txt"), "old").unwrap();
@@ -167,12 +162,7 @@ fn replace_keeps_the_previous_tree_until_confirmed_or_rolled_back() {
 
 #[test]
 fn dry_run_lists_changes_and_touches_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = Keys::new(dir.path());
-    let source = dir.path().join("source");
-    small_tree(&source);
-    let bundle = dir.path().join("b.baluchon");
-    export(&source, &bundle, &keys);
+    let SmallBundle { dir, keys, bundle } = SmallBundle::create();
     let dest = dir.path().join("dest");
     fs_err::create_dir_all(dest.join("site")).unwrap();
     fs_err::write(dest.join("site/index.html"), "old").unwrap();

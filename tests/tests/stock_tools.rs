@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use baluchon_bundle::SIGNATURE_NAMESPACE;
-use baluchon_tests::fixture::{export, small_tree, verify, Keys};
+use baluchon_tests::fixture::{verify, SmallBundle};
 
 /// The shell block that follows `<!-- runnable: NAME -->` in a docs/ file.
 fn runnable_block(doc: &str, name: &str) -> String {
@@ -28,12 +28,7 @@ fn runnable_block(doc: &str, name: &str) -> String {
 
 #[test]
 fn documented_stock_tools_recipe_verifies_lists_and_extracts_a_bundle() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("tree");
-    small_tree(&source);
-    let keys = Keys::new(dir.path());
-    let bundle = dir.path().join("demo.baluchon");
-    export(&source, &bundle, &keys);
+    let SmallBundle { dir, keys, bundle } = SmallBundle::create();
 
     let script = runnable_block("bundle-format.md", "stock-verify");
     let work = dir.path().join("work");
@@ -89,12 +84,7 @@ fn documented_stock_tools_recipe_verifies_lists_and_extracts_a_bundle() {
 
 #[test]
 fn ssh_keygen_signature_over_our_tag_manifest_verifies_in_baluchon() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("tree");
-    small_tree(&source);
-    let keys = Keys::new(dir.path());
-    let bundle = dir.path().join("demo.baluchon");
-    export(&source, &bundle, &keys);
+    let SmallBundle { dir, keys, bundle } = SmallBundle::create();
 
     // Re-sign the tag manifest with ssh-keygen, using the same key, and swap the signature.
     let tag_manifest = dir.path().join("tagmanifest-sha256.txt");
