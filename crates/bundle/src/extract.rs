@@ -337,22 +337,25 @@ impl Bundle<Authenticated> {
         options: &ExtractOptions,
         progress: &dyn Progress,
     ) -> Result<(Bundle<Verified>, Staged), Error> {
-        let owners = Owners::resolve(&self.owner_keys()?, options)?;
         let (name, root) = dest.new_staging()?;
         let staging_path = dest.parent_path().join(&name);
         let mut staged = Staged {
             dest,
             staging: None,
-            report: ExtractReport {
-                owners_applied: owners.apply,
-                ..ExtractReport::default()
-            },
+            report: ExtractReport::default(),
         };
+        let (root_user, root_group) = owner_keys(&self.header().files.root);
         let mut extractor = Extractor {
             root: root.try_clone().map_err(|e| io_at(e, &staging_path))?,
             staging_path,
             options,
-            owners,
+            owner_keys: (BTreeSet::from([root_user]), BTreeSet::from([root_group])),
+            // Resolved once the first pass over the index has listed every owner.
+            owners: Owners {
+                apply: false,
+                users: HashMap::new(),
+                groups: HashMap::new(),
+            },
             parent: None,
             file: None,
             dirs: Vec::new(),
@@ -469,6 +472,8 @@ struct Extractor<'o> {
     root: OwnedFd,
     staging_path: PathBuf,
     options: &'o ExtractOptions,
+    /// Owner and group keys met in the index, resolved into `owners` before any entry.
+    owner_keys: (BTreeSet<String>, BTreeSet<String>),
     owners: Owners,
     /// The directory of the last entry, which is usually the next one's too.
     parent: Option<(EntryPath, OwnedFd)>,
@@ -612,6 +617,21 @@ impl Extractor<'_> {
 }
 
 impl TreeSink for Extractor<'_> {
+    fn prepare(&mut self, entry: &Entry) {
+        if let Some(meta) = entry.meta() {
+            let (user, group) = owner_keys(meta);
+            self.owner_keys.0.insert(user);
+            self.owner_keys.1.insert(group);
+        }
+    }
+
+    /// Every owner must exist here before the first file is created.
+    fn prepared(&mut self) -> Result<(), Error> {
+        self.owners = Owners::resolve(&self.owner_keys, self.options)?;
+        self.report.owners_applied = self.owners.apply;
+        Ok(())
+    }
+
     fn begin(&mut self, entry: &Entry) -> Result<(), Error> {
         let name = OsString::from_vec(entry.path.file_name().to_vec());
         match &entry.kind {
@@ -690,25 +710,6 @@ impl TreeSink for Extractor<'_> {
             self.report.content_bytes += size;
         }
         Ok(())
-    }
-}
-
-impl Bundle<Authenticated> {
-    /// Owner and group keys used in the tree, from the authenticated index.
-    fn owner_keys(&self) -> Result<(BTreeSet<String>, BTreeSet<String>), Error> {
-        let mut users = BTreeSet::new();
-        let mut groups = BTreeSet::new();
-        let (user, group) = owner_keys(&self.header().files.root);
-        users.insert(user);
-        groups.insert(group);
-        self.for_each_index_entry(|entry| {
-            if let Some(meta) = entry.meta() {
-                let (user, group) = owner_keys(meta);
-                users.insert(user);
-                groups.insert(group);
-            }
-        })?;
-        Ok((users, groups))
     }
 }
 

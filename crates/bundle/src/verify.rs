@@ -446,11 +446,14 @@ impl Bundle<Authenticated> {
         // Hardlink targets are the only entries that must be remembered: a first, cheap pass
         // over the index finds them, so memory stays flat however large the tree.
         let mut targets: HashMap<u64, bool> = HashMap::new();
+        // The sink gets the same pass (the importer collects owner names from it).
         self.for_each_index_entry(|entry| {
             if let EntryKind::Hardlink { target, .. } = &entry.kind {
                 targets.insert(path_key(target), false);
             }
+            sink.prepare(entry);
         })?;
+        sink.prepared()?;
         let mut lines = IndexLines::new(index)?;
         let mut order = TreeOrder::default();
         let (mut entries, mut skipped, mut changed, mut content) = (0u64, 0u64, 0u64, 0u64);
@@ -560,6 +563,12 @@ impl Bundle<Authenticated> {
 
 /// Receives each entry during the payload pass; extraction writes them into staging.
 pub(crate) trait TreeSink {
+    /// Each index line, during the first pass over the index (before any content).
+    fn prepare(&mut self, _entry: &Entry) {}
+    /// The first pass is over; the payload pass starts.
+    fn prepared(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
     /// The entry's header matched its index line.
     fn begin(&mut self, entry: &Entry) -> Result<(), Error>;
     /// The next piece of the current file's content, not yet hash-checked.
