@@ -161,6 +161,12 @@ pub enum Invalid {
 pub enum ExportError {
     #[error("{path} is not a directory (symlinks are not followed)")]
     NotADirectory { path: PathBuf },
+    #[error("{name:?} cannot name an extra payload file: use data/ then letters, digits, '.', '_', '-' (100 bytes at most), once")]
+    PayloadName { name: String },
+    #[error("the tree was added twice to one bundle")]
+    TreeTwice,
+    #[error("a bundle needs its tree (data/files.tar.zst) before it is sealed")]
+    NoTree,
     #[error("{path} already exists; choose another output or remove it")]
     OutputExists { path: PathBuf },
     #[error("invalid tenant name {name:?}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")]

@@ -39,6 +39,7 @@ const REPORT_LIST_CAP: usize = 1000;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ExportOptions {
+    /// The directory whose tree becomes `data/files.tar.zst`.
     pub source: PathBuf,
     pub tenant: String,
     pub sequence: u64,
@@ -73,6 +74,37 @@ pub struct ExportReport {
     /// Extended attributes outside `user.` that were not archived (each is named in the
     /// index line of its entry).
     pub xattrs_not_archived: u64,
+    /// Entries the [`Selection`] excluded, with its reason: every one of them, since the
+    /// caller must be able to record them all.
+    pub excluded: Vec<(EntryPath, String)>,
+}
+
+/// Which entries of the source tree go into the bundle.
+pub trait Selection {
+    /// Decides for `path` (relative to the source directory) before it is read. A directory
+    /// that is archived is descended into, and each of its entries is asked about in turn.
+    fn select(&self, path: &EntryPath, is_dir: bool) -> Select;
+}
+
+/// A [`Selection`]'s answer for one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Select {
+    Archive,
+    /// Not part of what is exported (say, a sibling of a selected directory): left out
+    /// without a word.
+    Omit,
+    /// Part of what is exported but deliberately left out: listed in the report.
+    Exclude(String),
+}
+
+/// The whole tree.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WholeTree;
+
+impl Selection for WholeTree {
+    fn select(&self, _: &EntryPath, _: bool) -> Select {
+        Select::Archive
+    }
 }
 
 /// Exports the tree at `options.source` into a new bundle at `options.output`.
@@ -81,210 +113,394 @@ pub fn export_tree(
     key: &SigningKey,
     progress: &dyn Progress,
 ) -> Result<ExportReport, Error> {
-    if !is_valid_tenant(&options.tenant) {
-        return Err(ExportError::InvalidTenant {
-            name: options.tenant.clone(),
-        }
-        .into());
+    BundleWriter::create(options, key)?
+        .add_tree(&WholeTree, progress)?
+        .finish()
+}
+
+/// A bundle being written: the tree and any extra payload files (database dumps, say), in
+/// the order they are added, then the tag files and the signature. Dropping it before
+/// [`BundleWriter::finish`] leaves nothing behind.
+#[derive(Debug)]
+pub struct BundleWriter<'k> {
+    options: ExportOptions,
+    key: &'k SigningKey,
+    root: OwnedFd,
+    out_dir: PathBuf,
+    /// Removed on drop: any early return leaves nothing behind, under any name.
+    partial: tempfile::NamedTempFile,
+    outer: OuterWriter,
+    created_at: jiff::Timestamp,
+    mtime: u64,
+    bundle_id: String,
+    readme: String,
+    payload: Vec<PayloadFile>,
+    tree: Option<Tree>,
+}
+
+/// What archiving the tree leaves for the tag files and the report.
+struct Tree {
+    index: Spill,
+    sums: Spill,
+    summary: FilesSummary,
+    skipped: Vec<(EntryPath, SkipReason)>,
+    changed: Vec<(EntryPath, Change)>,
+    excluded: Vec<(EntryPath, String)>,
+    xattrs_not_archived: u64,
+}
+
+impl std::fmt::Debug for Tree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tree")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
     }
-    if options.output.symlink_metadata().is_ok() {
-        return Err(ExportError::OutputExists {
-            path: options.output.clone(),
+}
+
+impl<'k> BundleWriter<'k> {
+    /// Checks the options and writes the leading tag files to a temporary file.
+    pub fn create(options: &ExportOptions, key: &'k SigningKey) -> Result<Self, Error> {
+        if !is_valid_tenant(&options.tenant) {
+            return Err(ExportError::InvalidTenant {
+                name: options.tenant.clone(),
+            }
+            .into());
         }
-        .into());
+        if options.output.symlink_metadata().is_ok() {
+            return Err(ExportError::OutputExists {
+                path: options.output.clone(),
+            }
+            .into());
+        }
+        let root = open_source(&options.source)?;
+        let out_dir = match options.output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let out_name = options
+            .output
+            .file_name()
+            .map_or_else(|| "bundle".into(), |n| n.to_string_lossy().into_owned());
+        let partial = tempfile::Builder::new()
+            .prefix(&format!(".{out_name}."))
+            .suffix(".partial")
+            .tempfile_in(&out_dir)
+            .map_err(|e| with_path(e, &out_dir))?;
+
+        let created_at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        let mtime = u64::try_from(created_at.as_second()).unwrap_or(0);
+        let bundle_id = uuid::Uuid::new_v4().to_string();
+
+        let mut outer = OuterWriter::new(partial.as_file().try_clone()?, mtime);
+        outer.append(layout::BAGIT_TXT, layout::BAGIT_TXT_CONTENT.as_bytes())?;
+        let readme = crate::readme::render(
+            &options.tenant,
+            &bundle_id,
+            &created_at.to_string(),
+            &key.fingerprint(),
+        );
+        outer.append(layout::README_TXT, readme.as_bytes())?;
+        Ok(Self {
+            options: options.clone(),
+            key,
+            root,
+            out_dir,
+            partial,
+            outer,
+            created_at,
+            mtime,
+            bundle_id,
+            readme,
+            payload: Vec::new(),
+            tree: None,
+        })
     }
-    let root = open_source(&options.source)?;
-    let out_dir = match options.output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let out_name = options
-        .output
-        .file_name()
-        .map_or_else(|| "bundle".into(), |n| n.to_string_lossy().into_owned());
-    // Removed on drop: any early return leaves nothing behind, under any name.
-    let partial = tempfile::Builder::new()
-        .prefix(&format!(".{out_name}."))
-        .suffix(".partial")
-        .tempfile_in(&out_dir)
-        .map_err(|e| with_path(e, &out_dir))?;
 
-    let created_at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
-        .unwrap_or_else(|_| jiff::Timestamp::now());
-    let mtime = u64::try_from(created_at.as_second()).unwrap_or(0);
-    let bundle_id = uuid::Uuid::new_v4().to_string();
+    /// Streams `data` into a payload file `name` (`data/…`, §2.3 of the format), compressed
+    /// with zstd when `compress` is set. The data is read to its end. On error the writer is
+    /// gone, with its temporary file: a half-written member cannot end up in a bundle.
+    pub fn add_payload(
+        mut self,
+        name: &str,
+        media_type: &str,
+        compress: bool,
+        data: &mut dyn io::Read,
+    ) -> Result<(Self, PayloadFile), Error> {
+        if !crate::outer::is_payload_name(name)
+            || name.len() > 100
+            || name == layout::FILES_PAYLOAD
+            || self.payload.iter().any(|p| p.path == name)
+        {
+            return Err(ExportError::PayloadName {
+                name: name.to_owned(),
+            }
+            .into());
+        }
+        let (member, out) = self.outer.begin_member(name)?;
+        let (out, size, sha256, uncompressed_size) = if compress {
+            let mut compressor =
+                FrameCompressor::new(EarlyWriteback::new(out), self.options.threads);
+            let copied = io::copy(data, &mut compressor);
+            let compressed = compressor.finish();
+            copied?;
+            let compressed = compressed?;
+            (
+                compressed.sink.into_inner(),
+                compressed.compressed,
+                compressed.sha256,
+                Some(compressed.uncompressed),
+            )
+        } else {
+            let mut hashing = HashingWriter::new(out);
+            io::copy(data, &mut hashing)?;
+            let (out, sha256, size) = hashing.into_parts();
+            (out, size, sha256, None)
+        };
+        let outer = OuterWriter::end_member(out, member, size, self.mtime)?;
+        let file = PayloadFile {
+            path: name.to_owned(),
+            media_type: media_type.to_owned(),
+            size,
+            sha256,
+            uncompressed_size,
+        };
+        self.payload.push(file.clone());
+        Ok((Self { outer, ..self }, file))
+    }
 
-    let mut outer = OuterWriter::new(partial.as_file().try_clone()?, mtime);
-    let bagit = layout::BAGIT_TXT_CONTENT.as_bytes();
-    outer.append(layout::BAGIT_TXT, bagit)?;
-    let readme = crate::readme::render(
-        &options.tenant,
-        &bundle_id,
-        &created_at.to_string(),
-        &key.fingerprint(),
-    );
-    outer.append(layout::README_TXT, readme.as_bytes())?;
-
-    progress.phase(Phase::Archiving, None);
-    let (member, payload_out) = outer.begin_member(layout::FILES_PAYLOAD)?;
-    let root_stat = rustix::fs::fstat(&root).map_err(|e| with_path(e.into(), &options.source))?;
-    let mut walker = Walker {
-        tar: TarWriter::new(FrameCompressor::new(
-            EarlyWriteback::new(payload_out),
-            options.threads,
-        )),
-        index: spill(&out_dir)?,
-        sums: spill(&out_dir)?,
-        owners: HashMap::new(),
-        groups: HashMap::new(),
-        hardlinks: HashMap::new(),
-        summary: FilesSummary {
-            root: Meta {
-                mode: 0,
-                uid: 0,
-                gid: 0,
-                owner: None,
-                group: None,
-                mtime: 0,
-                mtime_nsec: 0,
-                xattrs: Vec::new(),
-                xattrs_not_archived: Vec::new(),
+    /// Archives the entries of the source tree that `selection` keeps, as
+    /// `data/files.tar.zst`. Once per bundle.
+    pub fn add_tree(
+        mut self,
+        selection: &dyn Selection,
+        progress: &dyn Progress,
+    ) -> Result<Self, Error> {
+        if self.tree.is_some() {
+            return Err(ExportError::TreeTwice.into());
+        }
+        progress.phase(Phase::Archiving, None);
+        let (member, payload_out) = self.outer.begin_member(layout::FILES_PAYLOAD)?;
+        let root_stat =
+            rustix::fs::fstat(&self.root).map_err(|e| with_path(e.into(), &self.options.source))?;
+        let mut walker = Walker {
+            tar: TarWriter::new(FrameCompressor::new(
+                EarlyWriteback::new(payload_out),
+                self.options.threads,
+            )),
+            index: spill(&self.out_dir)?,
+            sums: spill(&self.out_dir)?,
+            owners: HashMap::new(),
+            groups: HashMap::new(),
+            hardlinks: HashMap::new(),
+            summary: FilesSummary {
+                root: Meta {
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    owner: None,
+                    group: None,
+                    mtime: 0,
+                    mtime_nsec: 0,
+                    xattrs: Vec::new(),
+                    xattrs_not_archived: Vec::new(),
+                },
+                entries: 0,
+                skipped: 0,
+                changed: 0,
+                content_bytes: 0,
             },
-            entries: 0,
-            skipped: 0,
-            changed: 0,
-            content_bytes: 0,
-        },
-        skipped: Vec::new(),
-        changed: Vec::new(),
-        xattrs_not_archived: 0,
-        progress,
-    };
-    walker.summary.root = walker.meta(&root_stat);
-    (
-        walker.summary.root.xattrs,
-        walker.summary.root.xattrs_not_archived,
-    ) = read_xattrs(root.as_fd()).map_err(|e| with_path(e, &options.source))?;
-    walker.xattrs_not_archived = walker.summary.root.xattrs_not_archived.len() as u64;
-    let walked = walker.walk(root.as_fd(), None, 0);
-    let Walker {
-        tar,
-        index,
-        sums,
-        summary,
-        skipped,
-        changed,
-        xattrs_not_archived,
-        ..
-    } = walker;
-    let finished = tar.finish();
-    let compressed = match (walked, finished) {
-        (Ok(()), Ok(compressor)) => compressor.finish()?,
-        (walked, finished) => {
-            // The compressor's own error (say, a full disk) explains a broken pipe upstream.
-            let compressor_error = finished.and_then(FrameCompressor::finish).err();
-            return Err(match (walked, compressor_error) {
-                (Err(Error::Io(e)), Some(cause)) if e.kind() == io::ErrorKind::BrokenPipe => {
-                    cause.into()
-                }
-                (Err(e), _) => e,
-                (Ok(()), Some(cause)) => cause.into(),
-                (Ok(()), None) => io::Error::other("archive writer failed").into(),
-            });
-        }
-    };
-    let mut outer = OuterWriter::end_member(
-        compressed.sink.into_inner(),
-        member,
-        compressed.compressed,
-        mtime,
-    )?;
-
-    let index_sha = append_spill(&mut outer, layout::FILES_INDEX, index)?;
-    let sums_sha = append_spill(&mut outer, layout::FILES_SHA256, sums)?;
-
-    let header = BundleHeader {
-        format: layout::FORMAT.to_owned(),
-        format_version: layout::FORMAT_VERSION,
-        bundle_id: bundle_id.clone(),
-        tenant: options.tenant.clone(),
-        sequence: options.sequence,
-        created_at,
-        producer: Producer {
-            tool: "baluchon".to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            host: rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned(),
-            source_path: options.source.to_string_lossy().into_owned(),
-        },
-        payload: vec![PayloadFile {
+            skipped: Vec::new(),
+            changed: Vec::new(),
+            excluded: Vec::new(),
+            xattrs_not_archived: 0,
+            selection,
+            progress,
+        };
+        walker.summary.root = walker.meta(&root_stat);
+        (
+            walker.summary.root.xattrs,
+            walker.summary.root.xattrs_not_archived,
+        ) = read_xattrs(self.root.as_fd()).map_err(|e| with_path(e, &self.options.source))?;
+        walker.xattrs_not_archived = walker.summary.root.xattrs_not_archived.len() as u64;
+        let walked = walker.walk(self.root.as_fd(), None, 0);
+        let Walker {
+            tar,
+            index,
+            sums,
+            summary,
+            skipped,
+            changed,
+            excluded,
+            xattrs_not_archived,
+            ..
+        } = walker;
+        let finished = tar.finish();
+        let compressed = match (walked, finished) {
+            (Ok(()), Ok(compressor)) => compressor.finish()?,
+            (walked, finished) => {
+                // The compressor's own error (say, a full disk) explains a broken pipe upstream.
+                let compressor_error = finished.and_then(FrameCompressor::finish).err();
+                return Err(match (walked, compressor_error) {
+                    (Err(Error::Io(e)), Some(cause)) if e.kind() == io::ErrorKind::BrokenPipe => {
+                        cause.into()
+                    }
+                    (Err(e), _) => e,
+                    (Ok(()), Some(cause)) => cause.into(),
+                    (Ok(()), None) => io::Error::other("archive writer failed").into(),
+                });
+            }
+        };
+        let outer = OuterWriter::end_member(
+            compressed.sink.into_inner(),
+            member,
+            compressed.compressed,
+            self.mtime,
+        )?;
+        self.payload.push(PayloadFile {
             path: layout::FILES_PAYLOAD.to_owned(),
             media_type: layout::FILES_MEDIA_TYPE.to_owned(),
             size: compressed.compressed,
             sha256: compressed.sha256,
             uncompressed_size: Some(compressed.uncompressed),
-        }],
-        files: summary,
-    };
-    let mut bundle_json = serde_json::to_vec_pretty(&header).map_err(io::Error::other)?;
-    bundle_json.push(b'\n');
-    outer.append(layout::BUNDLE_JSON, &bundle_json)?;
-
-    let bag_info = format!(
-        "Bagging-Date: {date}\nBag-Software-Agent: baluchon {version}\n\
-         External-Identifier: {tenant}\nBundle-Id: {bundle_id}\n\
-         Bundle-Format: {format}/{format_version}\nPayload-Oxum: {octets}.{count}\n",
-        date = created_at.strftime("%Y-%m-%d"),
-        version = env!("CARGO_PKG_VERSION"),
-        tenant = options.tenant,
-        format = layout::FORMAT,
-        format_version = layout::FORMAT_VERSION,
-        octets = compressed.compressed,
-        count = 1,
-    );
-    outer.append(layout::BAG_INFO, bag_info.as_bytes())?;
-    let manifest = format!("{}  {}\n", compressed.sha256, layout::FILES_PAYLOAD);
-    outer.append(layout::MANIFEST, manifest.as_bytes())?;
-
-    let mut tag_manifest = String::new();
-    for (name, digest) in [
-        (layout::BAGIT_TXT, Sha256Digest::of(bagit)),
-        (layout::README_TXT, Sha256Digest::of(readme.as_bytes())),
-        (layout::FILES_INDEX, index_sha),
-        (layout::FILES_SHA256, sums_sha),
-        (layout::BUNDLE_JSON, Sha256Digest::of(&bundle_json)),
-        (layout::BAG_INFO, Sha256Digest::of(bag_info.as_bytes())),
-        (layout::MANIFEST, Sha256Digest::of(manifest.as_bytes())),
-    ] {
-        tag_manifest.push_str(&format!("{digest}  {name}\n"));
-    }
-    outer.append(layout::TAG_MANIFEST, tag_manifest.as_bytes())?;
-    // The signature is the commit marker: it is written only once everything it covers is.
-    let signature = key.sign(SIGNATURE_NAMESPACE, tag_manifest.as_bytes())?;
-    outer.append(layout::SIGNATURE, signature.as_bytes())?;
-    let (_, bundle_size) = outer.finish()?;
-
-    partial
-        .persist_noclobber(&options.output)
-        .map_err(|e| match e.error.kind() {
-            io::ErrorKind::AlreadyExists => Error::from(ExportError::OutputExists {
-                path: options.output.clone(),
+        });
+        Ok(Self {
+            outer,
+            tree: Some(Tree {
+                index,
+                sums,
+                summary,
+                skipped,
+                changed,
+                excluded,
+                xattrs_not_archived,
             }),
-            _ => with_path(e.error, &options.output).into(),
-        })?;
-    fs_err::File::open(&out_dir)?.sync_all()?;
+            ..self
+        })
+    }
 
-    Ok(ExportReport {
-        output: options.output.clone(),
-        bundle_size,
-        header,
-        signer: key.fingerprint(),
-        skipped,
-        changed,
-        xattrs_not_archived,
-    })
+    /// Entries the tree's [`Selection`] excluded, with its reasons (empty before
+    /// [`BundleWriter::add_tree`]).
+    pub fn excluded(&self) -> &[(EntryPath, String)] {
+        self.tree.as_ref().map_or(&[], |t| &t.excluded)
+    }
+
+    /// Writes the index, the manifests and the signature, and moves the bundle into place.
+    pub fn finish(self) -> Result<ExportReport, Error> {
+        let Self {
+            options,
+            key,
+            out_dir,
+            partial,
+            mut outer,
+            created_at,
+            bundle_id,
+            readme,
+            payload,
+            tree,
+            ..
+        } = self;
+        let Some(Tree {
+            index,
+            sums,
+            summary,
+            skipped,
+            changed,
+            excluded,
+            xattrs_not_archived,
+        }) = tree
+        else {
+            return Err(ExportError::NoTree.into());
+        };
+
+        let index_sha = append_spill(&mut outer, layout::FILES_INDEX, index)?;
+        let sums_sha = append_spill(&mut outer, layout::FILES_SHA256, sums)?;
+
+        let header = BundleHeader {
+            format: layout::FORMAT.to_owned(),
+            format_version: layout::FORMAT_VERSION,
+            bundle_id: bundle_id.clone(),
+            tenant: options.tenant.clone(),
+            sequence: options.sequence,
+            created_at,
+            producer: Producer {
+                tool: "baluchon".to_owned(),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                host: rustix::system::uname()
+                    .nodename()
+                    .to_string_lossy()
+                    .into_owned(),
+                source_path: options.source.to_string_lossy().into_owned(),
+            },
+            payload,
+            files: summary,
+        };
+        let mut bundle_json = serde_json::to_vec_pretty(&header).map_err(io::Error::other)?;
+        bundle_json.push(b'\n');
+        outer.append(layout::BUNDLE_JSON, &bundle_json)?;
+
+        let octets: u64 = header.payload.iter().map(|p| p.size).sum();
+        let bag_info = format!(
+            "Bagging-Date: {date}\nBag-Software-Agent: baluchon {version}\n\
+             External-Identifier: {tenant}\nBundle-Id: {bundle_id}\n\
+             Bundle-Format: {format}/{format_version}\nPayload-Oxum: {octets}.{count}\n",
+            date = created_at.strftime("%Y-%m-%d"),
+            version = env!("CARGO_PKG_VERSION"),
+            tenant = options.tenant,
+            format = layout::FORMAT,
+            format_version = layout::FORMAT_VERSION,
+            count = header.payload.len(),
+        );
+        outer.append(layout::BAG_INFO, bag_info.as_bytes())?;
+        let manifest: String = header
+            .payload
+            .iter()
+            .map(|p| format!("{}  {}\n", p.sha256, p.path))
+            .collect();
+        outer.append(layout::MANIFEST, manifest.as_bytes())?;
+
+        let mut tag_manifest = String::new();
+        for (name, digest) in [
+            (
+                layout::BAGIT_TXT,
+                Sha256Digest::of(layout::BAGIT_TXT_CONTENT.as_bytes()),
+            ),
+            (layout::README_TXT, Sha256Digest::of(readme.as_bytes())),
+            (layout::FILES_INDEX, index_sha),
+            (layout::FILES_SHA256, sums_sha),
+            (layout::BUNDLE_JSON, Sha256Digest::of(&bundle_json)),
+            (layout::BAG_INFO, Sha256Digest::of(bag_info.as_bytes())),
+            (layout::MANIFEST, Sha256Digest::of(manifest.as_bytes())),
+        ] {
+            tag_manifest.push_str(&format!("{digest}  {name}\n"));
+        }
+        outer.append(layout::TAG_MANIFEST, tag_manifest.as_bytes())?;
+        // The signature is the commit marker: it is written only once everything it covers is.
+        let signature = key.sign(SIGNATURE_NAMESPACE, tag_manifest.as_bytes())?;
+        outer.append(layout::SIGNATURE, signature.as_bytes())?;
+        let (_, bundle_size) = outer.finish()?;
+
+        partial
+            .persist_noclobber(&options.output)
+            .map_err(|e| match e.error.kind() {
+                io::ErrorKind::AlreadyExists => Error::from(ExportError::OutputExists {
+                    path: options.output.clone(),
+                }),
+                _ => with_path(e.error, &options.output).into(),
+            })?;
+        fs_err::File::open(&out_dir)?.sync_all()?;
+
+        Ok(ExportReport {
+            output: options.output.clone(),
+            bundle_size,
+            header,
+            signer: key.fingerprint(),
+            skipped,
+            changed,
+            xattrs_not_archived,
+            excluded,
+        })
+    }
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {
@@ -384,7 +600,9 @@ struct Walker<'p> {
     summary: FilesSummary,
     skipped: Vec<(EntryPath, SkipReason)>,
     changed: Vec<(EntryPath, Change)>,
+    excluded: Vec<(EntryPath, String)>,
     xattrs_not_archived: u64,
+    selection: &'p dyn Selection,
     progress: &'p dyn Progress,
 }
 
@@ -430,7 +648,9 @@ impl Walker<'_> {
             // Regular files are the bulk of a tree: the directory listing says what they are,
             // and `file` checks what it opened against it, so no separate lstat is needed.
             if listed_type == FileType::RegularFile {
-                self.file(dir, &name, &path, listed_ino)?;
+                if self.selected(&path, false) {
+                    self.file(dir, &name, &path, listed_ino)?;
+                }
                 continue;
             }
             let stat = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -445,7 +665,11 @@ impl Walker<'_> {
                     .into())
                 }
             };
-            match FileType::from_raw_mode(stat.st_mode) {
+            let file_type = FileType::from_raw_mode(stat.st_mode);
+            if !self.selected(&path, file_type == FileType::Directory) {
+                continue;
+            }
+            match file_type {
                 FileType::Directory => self.directory(dir, &name, &path, &stat, depth)?,
                 FileType::RegularFile => self.file(dir, &name, &path, stat.st_ino)?,
                 FileType::Symlink => self.symlink(dir, &name, &path, &stat)?,
@@ -463,6 +687,17 @@ impl Walker<'_> {
             }
         }
         Ok(())
+    }
+
+    fn selected(&mut self, path: &EntryPath, is_dir: bool) -> bool {
+        match self.selection.select(path, is_dir) {
+            Select::Archive => true,
+            Select::Omit => false,
+            Select::Exclude(reason) => {
+                self.excluded.push((path.clone(), reason));
+                false
+            }
+        }
     }
 
     fn directory(

@@ -23,7 +23,9 @@ mod verify;
 
 pub use digest::Sha256Digest;
 pub use error::{Error, ExportError, ExtractError, Invalid};
-pub use export::{export_tree, ExportOptions, ExportReport};
+pub use export::{
+    export_tree, BundleWriter, ExportOptions, ExportReport, Select, Selection, WholeTree,
+};
 pub use extract::{Destination, ExtractOptions, ExtractReport, Plan, Staged, Switched};
 pub use index::{
     BundleHeader, Change, Entry, EntryKind, EntryPath, Extent, FilesSummary, IndexError, Meta,

@@ -26,7 +26,7 @@ pub struct OuterWriter {
 /// A member whose header is written before its size is known.
 #[derive(Debug)]
 pub struct OpenMember {
-    name: &'static str,
+    name: String,
     header_at: u64,
 }
 
@@ -41,7 +41,8 @@ impl OuterWriter {
 
     fn header(&self, name: &str, size: u64) -> Header {
         let mut header = Header::new_gnu();
-        // Member names are this crate's constants, all far below the 100-byte field.
+        // Tag file names are constants; payload names are checked against 100 bytes by the
+        // bundle writer.
         let cut = name.len().min(100);
         header.as_old_mut().name[..cut].copy_from_slice(&name.as_bytes()[..cut]);
         header.set_entry_type(EntryType::Regular);
@@ -52,17 +53,12 @@ impl OuterWriter {
         header
     }
 
-    pub fn append(&mut self, name: &'static str, bytes: &[u8]) -> io::Result<()> {
+    pub fn append(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         self.append_from(name, bytes.len() as u64, &mut &bytes[..])
     }
 
     /// Appends a member of known size whose content comes from `data`.
-    pub fn append_from(
-        &mut self,
-        name: &'static str,
-        size: u64,
-        data: &mut dyn Read,
-    ) -> io::Result<()> {
+    pub fn append_from(&mut self, name: &str, size: u64, data: &mut dyn Read) -> io::Result<()> {
         let header = self.header(name, size);
         self.out.write_all(header.as_bytes())?;
         let copied = io::copy(&mut data.take(size), &mut self.out)?;
@@ -78,10 +74,16 @@ impl OuterWriter {
 
     /// Starts a member of unknown size: the caller streams its data to the returned file,
     /// then calls [`OuterWriter::end_member`].
-    pub fn begin_member(mut self, name: &'static str) -> io::Result<(OpenMember, BufWriter<File>)> {
+    pub fn begin_member(mut self, name: &str) -> io::Result<(OpenMember, BufWriter<File>)> {
         let header_at = self.pos;
         self.out.write_all(&ZERO_BLOCK)?;
-        Ok((OpenMember { name, header_at }, self.out))
+        Ok((
+            OpenMember {
+                name: name.to_owned(),
+                header_at,
+            },
+            self.out,
+        ))
     }
 
     pub fn end_member(
@@ -96,7 +98,7 @@ impl OuterWriter {
             mtime,
         };
         me.out.flush()?;
-        let header = me.header(member.name, size);
+        let header = me.header(&member.name, size);
         me.out
             .get_ref()
             .write_all_at(header.as_bytes(), member.header_at)?;
@@ -170,7 +172,7 @@ pub enum OuterError {
 }
 
 /// Whether `name` may name a payload file: `data/` then safe ASCII components.
-fn is_payload_name(name: &str) -> bool {
+pub fn is_payload_name(name: &str) -> bool {
     let Some(rest) = name.strip_prefix("data/") else {
         return false;
     };

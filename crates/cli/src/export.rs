@@ -8,29 +8,49 @@ use baluchon_bundle::{export_tree, ExportOptions, ExportReport, Progress};
 use baluchon_signature::SigningKey;
 use clap::Args;
 
-/// Export a directory tree into a new signed bundle
+/// Export an app instance, or a directory tree, into a new signed bundle
 ///
-/// The tree is read once and streamed into OUTPUT; symlinks are stored as links and never
+/// With --app and --instance, the app's recipe says what to capture: its files by role,
+/// consistent dumps of its databases, the packages and services it needs (see `baluchon
+/// detect`). With --path, one directory tree is exported as it is.
+///
+/// The files are read once and streamed into OUTPUT; symlinks are stored as links and never
 /// followed. Sockets, FIFOs and devices cannot be archived: they are listed in the bundle
 /// and in this command's report. Nothing is left under OUTPUT if the export fails.
 ///
-/// Example:
+/// Examples:
+///   baluchon export --app wordpress --instance blog.example.org --sign-key ~/.ssh/baluchon_ed25519 -o blog.baluchon
+///   baluchon export --app wordpress --instance blog.example.org --plan
 ///   baluchon export --path /srv/www/shop --tenant shop --sign-key ~/.ssh/baluchon_ed25519 -o shop.baluchon
 #[derive(Debug, Args)]
 pub struct ExportArgs {
+    /// App whose instance to export (a recipe name: wordpress, dokuwiki, custom, or one of
+    /// the host's own in /etc/baluchon/recipes)
+    #[arg(long, requires = "instance", conflicts_with = "path")]
+    app: Option<String>,
+    /// The instance of --app to export, as `baluchon detect` names it
+    #[arg(long, requires = "app")]
+    instance: Option<String>,
+    /// Use this recipe file for --app instead of the installed one
+    #[arg(long, requires = "app")]
+    recipe: Option<PathBuf>,
+    /// Show what would be captured, with sizes, and write nothing
+    #[arg(long, requires = "app")]
+    plan: bool,
     /// Directory to export; its contents become the bundle's tree
+    #[arg(long, required_unless_present = "app", requires = "tenant")]
+    path: Option<PathBuf>,
+    /// Tenant name recorded in the bundle (letters, digits, '.', '_', '-') [default with
+    /// --app: the instance name]
     #[arg(long)]
-    path: PathBuf,
-    /// Tenant name recorded in the bundle (letters, digits, '.', '_', '-')
-    #[arg(long)]
-    tenant: String,
+    tenant: Option<String>,
     /// OpenSSH ed25519 private key that signs the bundle (passphrase from
     /// BALUCHON_SIGN_KEY_PASSPHRASE, or asked on the terminal)
-    #[arg(long, env = "BALUCHON_SIGN_KEY")]
-    sign_key: PathBuf,
+    #[arg(long, env = "BALUCHON_SIGN_KEY", required_unless_present = "plan")]
+    sign_key: Option<PathBuf>,
     /// Bundle file to create; it must not exist yet
-    #[arg(short, long)]
-    output: PathBuf,
+    #[arg(short, long, required_unless_present = "plan")]
+    output: Option<PathBuf>,
     /// Sequence number of this bundle for the tenant [default: one more than the last
     /// export of this tenant recorded on this machine]
     #[arg(long)]
@@ -41,22 +61,56 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: &ExportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
-    let key = load_signing_key(&args.sign_key)?;
-    let counter = SequenceFile::for_tenant(&args.tenant);
-    let sequence = match args.sequence {
+    if let (Some(app), Some(instance)) = (&args.app, &args.instance) {
+        let recipe = crate::app::load_recipe(app, args.recipe.as_deref())?;
+        let resolved = crate::app::resolve(&recipe, instance)?;
+        if args.plan {
+            return crate::app::print_plan(&resolved, args.json);
+        }
+        let (Some(sign_key), Some(output)) = (&args.sign_key, &args.output) else {
+            anyhow::bail!("--sign-key and --output are needed to write a bundle");
+        };
+        let key = load_signing_key(sign_key)?;
+        let tenant = args.tenant.clone().unwrap_or_else(|| instance.clone());
+        return with_sequence(&tenant, args.sequence, |sequence| {
+            crate::app::capture(
+                &recipe, &resolved, &tenant, sequence, output, &key, progress, args.json,
+            )
+        });
+    }
+    let (Some(path), Some(tenant), Some(sign_key), Some(output)) =
+        (&args.path, &args.tenant, &args.sign_key, &args.output)
+    else {
+        anyhow::bail!("--path, --tenant, --sign-key and --output are needed to export a tree");
+    };
+    let key = load_signing_key(sign_key)?;
+    with_sequence(tenant, args.sequence, |sequence| {
+        let mut options = ExportOptions::new(path.clone(), tenant.clone(), output.clone());
+        options.sequence = sequence;
+        let report = export_tree(&options, &key, progress)
+            .with_context(|| format!("exporting {} failed", path.display()))?;
+        print_report(&report, args.json)
+    })
+}
+
+/// Runs `export` with the tenant's next sequence number (or `explicit`), and records it
+/// once the export succeeded.
+fn with_sequence(
+    tenant: &str,
+    explicit: Option<u64>,
+    export: impl FnOnce(u64) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let counter = SequenceFile::for_tenant(tenant);
+    let sequence = match explicit {
         Some(n) => n,
         None => counter.as_ref().map_or(Ok(1), |c| c.next())?,
     };
-    let mut options =
-        ExportOptions::new(args.path.clone(), args.tenant.clone(), args.output.clone());
-    options.sequence = sequence;
-    let report = export_tree(&options, &key, progress)
-        .with_context(|| format!("exporting {} failed", args.path.display()))?;
+    export(sequence)?;
     if let Some(counter) = counter {
         // Never move the counter backwards, even after an explicit lower --sequence.
         counter.record(sequence.max(counter.next()?.saturating_sub(1)))?;
     }
-    print_report(&report, args.json)
+    Ok(())
 }
 
 pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 // This crate talks to the user: printing and exiting are its job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod app;
 mod demo;
 mod export;
 mod import;
@@ -34,6 +35,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Detect(app::DetectArgs),
     Export(export::ExportArgs),
     Verify(verify::VerifyArgs),
     Inspect(inspect::InspectArgs),
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let progress = progress::CliProgress::new(!cli.no_progress);
     let result = match cli.command {
+        Command::Detect(args) => app::detect(&args),
         Command::Export(args) => export::run(&args, &progress),
         Command::Verify(args) => verify::run(&args, &progress),
         Command::Inspect(args) => inspect::run(&args),

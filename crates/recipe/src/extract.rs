@@ -1,0 +1,227 @@
+//! Reading one value out of a config file's text. Pure functions over text: nothing from
+//! the host is ever evaluated, only matched.
+
+use regex::Regex;
+
+/// A PHP single- or double-quoted string literal; the content is in group `s` or `d`.
+const PHP_STRING: &str = r#"(?:'(?P<s>(?:[^'\\]|\\.)*)'|"(?P<d>(?:[^"\\]|\\.)*)")"#;
+
+/// The value of `define('NAME', '…')`; the first definition wins, as in PHP.
+pub fn php_define(text: &str, name: &str) -> Option<String> {
+    let re = Regex::new(&format!(
+        r#"define\s*\(\s*['"]{}['"]\s*,\s*{PHP_STRING}\s*\)"#,
+        regex::escape(name)
+    ))
+    .ok()?;
+    live_matches(text, &re).into_iter().next()
+}
+
+/// The value of `$name = '…';`; the last assignment wins, as in PHP.
+pub fn php_variable(text: &str, name: &str) -> Option<String> {
+    let re = Regex::new(&format!(
+        r"\${}\s*=\s*{PHP_STRING}\s*;",
+        regex::escape(name)
+    ))
+    .ok()?;
+    live_matches(text, &re).pop()
+}
+
+/// The value of `$array['key'] = '…';` for `spec` = `array.key`; the last one wins.
+pub fn php_array(text: &str, spec: &str) -> Option<String> {
+    let (array, key) = spec.split_once('.')?;
+    let re = Regex::new(&format!(
+        r#"\${}\s*\[\s*['"]{}['"]\s*\]\s*=\s*{PHP_STRING}\s*;"#,
+        regex::escape(array),
+        regex::escape(key)
+    ))
+    .ok()?;
+    live_matches(text, &re).pop()
+}
+
+/// Matches outside PHP comments, unescaped.
+fn live_matches(text: &str, re: &Regex) -> Vec<String> {
+    let code = blank_php_comments(text);
+    re.captures_iter(&code)
+        .filter_map(|c| {
+            if let Some(s) = c.name("s") {
+                Some(unescape_single(s.as_str()))
+            } else {
+                c.name("d").map(|d| unescape_double(d.as_str()))
+            }
+        })
+        .collect()
+}
+
+/// The text with every PHP comment (`//`, `#`, `/* */`) replaced by spaces, string
+/// literals left alone: a commented-out `define` must not be read as the live one.
+fn blank_php_comments(text: &str) -> String {
+    #[derive(PartialEq)]
+    enum State {
+        Code,
+        Single,
+        Double,
+        Line,
+        Block,
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut state = State::Code;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match state {
+            State::Code => match c {
+                '\'' => state = State::Single,
+                '"' => state = State::Double,
+                '#' => state = State::Line,
+                '/' if chars.peek() == Some(&'/') => state = State::Line,
+                '/' if chars.peek() == Some(&'*') => {
+                    chars.next();
+                    out.push_str("  ");
+                    state = State::Block;
+                    continue;
+                }
+                _ => {}
+            },
+            State::Single | State::Double => {
+                let quote = if state == State::Single { '\'' } else { '"' };
+                if c == '\\' {
+                    out.push(c);
+                    if let Some(n) = chars.next() {
+                        out.push(n);
+                    }
+                    continue;
+                }
+                if c == quote {
+                    state = State::Code;
+                }
+            }
+            State::Line => {
+                if c == '\n' {
+                    state = State::Code;
+                }
+            }
+            State::Block => {
+                if c == '*' && chars.peek() == Some(&'/') {
+                    chars.next();
+                    out.push_str("  ");
+                    state = State::Code;
+                    continue;
+                }
+            }
+        }
+        let commented = matches!(state, State::Line | State::Block) && c != '\n';
+        out.push(if commented { ' ' } else { c });
+    }
+    out
+}
+
+fn unescape_single(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some(n @ ('\'' | '\\')) => out.push(n),
+                Some(n) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Double-quoted strings: the common escapes. A `$` would interpolate a variable in PHP;
+/// such a value is taken literally, which the recipe documentation warns about.
+fn unescape_double(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(n @ ('"' | '\\' | '$')) => out.push(n),
+                Some(n) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The first capture group of the first match.
+pub fn regex_capture(text: &str, re: &Regex) -> Option<String> {
+    re.captures(text)?.get(1).map(|m| m.as_str().to_owned())
+}
+
+/// A scalar under a dotted key of a TOML document.
+pub fn toml_key(text: &str, key: &str) -> Result<Option<String>, String> {
+    let doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let mut parts = key.split('.');
+    let Some(first) = parts.next() else {
+        return Ok(None);
+    };
+    let mut value = match doc.get(first) {
+        Some(v) => v,
+        None => return Ok(None),
+    };
+    for part in parts {
+        value = match value.get(part) {
+            Some(v) => v,
+            None => return Ok(None),
+        };
+    }
+    Ok(match value {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Boolean(b) => Some(b.to_string()),
+        _ => return Err(format!("{key} is not a string, an integer or a boolean")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn php_values() {
+        let text = "<?php\n// define('DB_NAME', 'commented');\n/* define('DB_NAME', 'x'); */\n\
+                    # define('DB_NAME', 'y');\ndefine( 'DB_NAME', 'wp_a' ); // 'z'\n\
+                    define(\"DB_PASSWORD\", \"p\\\"w'd\");\n$table_prefix = 'wp_';\n\
+                    $table_prefix  = 'new_';\n$conf['savedir'] = '/var/lib/dokuwiki/data';\n\
+                    define('DB_USER', 'it\\'s');";
+        assert_eq!(php_define(text, "DB_NAME").as_deref(), Some("wp_a"));
+        assert_eq!(php_define(text, "DB_PASSWORD").as_deref(), Some("p\"w'd"));
+        assert_eq!(php_define(text, "DB_USER").as_deref(), Some("it's"));
+        assert_eq!(php_define(text, "DB_HOST"), None);
+        assert_eq!(php_variable(text, "table_prefix").as_deref(), Some("new_"));
+        assert_eq!(
+            php_array(text, "conf.savedir").as_deref(),
+            Some("/var/lib/dokuwiki/data")
+        );
+    }
+
+    #[test]
+    fn toml_values() {
+        let text = "domain = \"app.test\"\n[database]\nname = \"app\"\nport = 5432\n";
+        assert_eq!(
+            toml_key(text, "database.name").unwrap().as_deref(),
+            Some("app")
+        );
+        assert_eq!(
+            toml_key(text, "database.port").unwrap().as_deref(),
+            Some("5432")
+        );
+        assert_eq!(toml_key(text, "database.user").unwrap(), None);
+        assert!(toml_key(text, "database").is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! Which host paths a recipe may read or capture.
+
+use std::path::{Component, Path};
+
+/// Roots under which app files may live. A recipe path must lie strictly below one of them
+/// once its placeholders are filled, so a value read from a tenant's config cannot widen an
+/// export to `/`, to `/etc` as a whole, or to another system area.
+pub const ALLOWED_ROOTS: [&str; 9] = [
+    "/etc",
+    "/home",
+    "/opt",
+    "/run/php",
+    "/srv",
+    "/usr/local",
+    "/var/lib",
+    "/var/spool/cron",
+    "/var/www",
+];
+
+/// Files no recipe may name, whatever root they are under: host credentials.
+const FORBIDDEN: [&str; 6] = [
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/ssh",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/var/lib/baluchon",
+];
+
+/// `Ok` if `path` is absolute, has no `.`/`..` component, lies strictly below an allowed
+/// root and is not a host credential; otherwise the reason.
+pub fn check_allowed(path: &str) -> Result<(), String> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err("is not absolute".to_owned());
+    }
+    if p.components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+        || path.contains("//")
+    {
+        return Err("has a '.', '..' or empty component".to_owned());
+    }
+    if FORBIDDEN.iter().any(|f| p.starts_with(f)) {
+        return Err("is a host credential, which no recipe may capture".to_owned());
+    }
+    let below_root = ALLOWED_ROOTS
+        .iter()
+        .any(|root| p.starts_with(root) && p != Path::new(root));
+    if below_root {
+        Ok(())
+    } else {
+        Err(format!(
+            "is outside the allowed roots (strictly below one of {})",
+            ALLOWED_ROOTS.join(", ")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_strictly_below_a_root_are_allowed() {
+        assert!(check_allowed("/etc/wordpress/config-a.php").is_ok());
+        assert!(check_allowed("/var/lib/dokuwiki/data").is_ok());
+        for bad in [
+            "/etc",
+            "/",
+            "relative/path",
+            "/var/lib/../../root",
+            "/root/.ssh",
+            "/etc/shadow",
+            "/etc/ssh/ssh_host_ed25519_key",
+            "/usr/share/wordpress",
+            "/var/lib//x",
+        ] {
+            assert!(check_allowed(bad).is_err(), "{bad} was allowed");
+        }
+    }
+}
