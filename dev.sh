@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The two entry points of the README:
 #   ./dev.sh demo   install what is missing, build, and run the built-in demo
-#   ./dev.sh test   install what is missing, and run the whole test suite
+#   ./dev.sh test   install what is missing (with the apps the app tests capture: nginx,
+#                   PHP-FPM, MariaDB, PostgreSQL, WordPress, DokuWiki), and run the whole
+#                   test suite. The app tests configure sites on this machine and leave
+#                   the services running: use a throwaway VM or container.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -37,6 +40,8 @@ case "${1:-}" in
         ;;
     test)
         install_packages
+        ((EUID == 0)) || { echo "the app tests configure services: run as root" >&2; exit 1; }
+        bash tests/apps/install.sh >/dev/null
         need_cargo
         cargo build --workspace --locked
         cargo test --workspace --locked

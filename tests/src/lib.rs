@@ -1,5 +1,6 @@
 //! Shared helpers for the end-to-end suites in `tests/tests/`.
 
+pub mod apps;
 pub mod fixture;
 pub mod forge;
 pub mod tree;
