@@ -142,6 +142,22 @@ fn run_ok(command: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Output bytes as text, for assertions.
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A name no other test of this process, nor an earlier run, uses.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// `baluchon args…` with its sequence counters in `state`.
 pub fn baluchon(args: &[&dyn AsRef<std::ffi::OsStr>], state: &Path) -> Output {
     Command::new(baluchon_bin())

@@ -5,24 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use baluchon_tests::apps::{baluchon, http_get, payload, services, tree_file, Site};
+use baluchon_tests::apps::{baluchon, http_get, payload, services, text, tree_file, unique, Site};
 use baluchon_tests::fixture::Keys;
 use serde_json::Value;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A name no other test (or earlier run) uses.
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 struct Work {
     dir: tempfile::TempDir,

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -593,6 +593,52 @@ impl TreeSink for () {
 impl Bundle<Verified> {
     pub fn header(&self) -> &BundleHeader {
         &self.state.header
+    }
+
+    /// Copies payload file `name` to `out`, decompressed if it is zstd-compressed, and
+    /// hashes it again on the way: the bundle file could have changed since it was
+    /// verified, and a copy that does not match the signed digest is an error (the caller
+    /// must then discard what it wrote). Returns the bytes written.
+    pub fn copy_payload(&self, name: &str, out: &mut dyn Write) -> Result<u64, Error> {
+        let described = self
+            .state
+            .header
+            .payload
+            .iter()
+            .find(|p| p.path == name)
+            .ok_or_else(|| Error::from(crate::outer::OuterError::Missing(static_name(name))))?;
+        let member = self.member(name)?;
+        let mut hashing = HashingReader::new(self.region(member));
+        let written = match described.uncompressed_size {
+            Some(limit) => {
+                let mut decoder = zstd::stream::read::Decoder::new(&mut hashing)?;
+                decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
+                let n = io::copy(&mut (&mut decoder).take(limit + 1), out)?;
+                // Drain what the decoder left unread, so the hash covers the whole member.
+                io::copy(&mut decoder.finish(), &mut io::sink())?;
+                if n != limit {
+                    return Err(Invalid::Size {
+                        name: name.to_owned(),
+                        declared: limit,
+                        actual: n,
+                    }
+                    .into());
+                }
+                n
+            }
+            None => io::copy(&mut hashing, out)?,
+        };
+        io::copy(&mut hashing, &mut io::sink())?;
+        let (actual, _) = hashing.finish();
+        if actual != described.sha256 {
+            return Err(Invalid::Checksum {
+                name: name.to_owned(),
+                expected: described.sha256,
+                actual,
+            }
+            .into());
+        }
+        Ok(written)
     }
 
     pub fn signer(&self) -> &VerifiedSigner {

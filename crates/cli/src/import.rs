@@ -7,25 +7,48 @@ use baluchon_bundle::{Bundle, Destination, ExtractOptions, Policy, Progress, Swi
 use baluchon_signature::TrustedSigners;
 use clap::Args;
 
-/// Install a bundle's tree at a destination directory
+/// Reinstall an app bundle on this host, or install a bundle's tree at a directory
 ///
-/// The bundle is verified while its tree is extracted into a new staging directory next to
-/// DEST; only when every check passed is the staging directory switched into place, in one
-/// atomic rename. A replaced DEST is kept (as .baluchon-previous.NAME beside it) until you run
+/// An app bundle (made by `export --app`) is verified and staged whole, then planned: new
+/// databases and their owners, values rewritten in the app's config (new credentials, the new
+/// --domain), files to place, services to reload, and a health check. Nothing changes before
+/// all of that succeeds; then each change is journaled before it is made, and any failure
+/// rolls the host back to where it was. `--plan` shows the plan and changes nothing.
+///
+/// With --path, the bundle's tree is installed as one directory: it is verified while
+/// extracted into a new staging directory next to DEST; only when every check passed is the
+/// staging directory switched into place, in one atomic rename. A replaced DEST is kept (as .baluchon-previous.NAME beside it) until you run
 /// `baluchon confirm` or `baluchon rollback`. Owners are mapped by name; setuid/setgid bits and
 /// world-writable modes are dropped unless --keep-special-modes. Nothing from the bundle is
 /// ever executed.
 ///
 /// Examples:
+///   baluchon import blog.baluchon --signer allowed_signers --domain blog.new.example --plan
+///   baluchon import blog.baluchon --signer allowed_signers --domain blog.new.example
 ///   baluchon import shop.baluchon --path /srv/www/shop --signer allowed_signers --dry-run
 ///   baluchon import shop.baluchon --path /srv/www/shop --signer allowed_signers --replace
 #[derive(Debug, Args)]
 pub struct ImportArgs {
     /// The bundle file
     bundle: PathBuf,
-    /// Directory to install the tree as (its parent must exist)
+    /// Directory to install the tree as (its parent must exist); without it, the bundle
+    /// must hold an app, which is reinstalled where its recipe says
     #[arg(long)]
-    path: PathBuf,
+    path: Option<PathBuf>,
+    /// App bundles: the instance's new domain
+    #[arg(long, conflicts_with = "path")]
+    domain: Option<String>,
+    /// App bundles: what to do with existing files that differ from the bundle's: refuse
+    /// (change nothing), replace (move them to the import's backup directory), rename
+    /// (keep them beside, as NAME.baluchon-old-ID)
+    #[arg(long, value_enum, default_value = "refuse", conflicts_with = "path")]
+    on_conflict: OnConflictArg,
+    /// App bundles: verify, stage and show what the import would do; change nothing
+    #[arg(long, conflicts_with = "path")]
+    plan: bool,
+    /// App bundles: where imports keep locks, journals, staging and backups
+    #[arg(long, default_value = baluchon_migrate::DEFAULT_WORK_DIR, conflicts_with = "path")]
+    work_dir: PathBuf,
     /// Trusted signers: an OpenSSH allowed_signers file, or public key file(s)
     #[arg(long)]
     signer: PathBuf,
@@ -62,25 +85,51 @@ fn parse_mapping(text: &str) -> Result<(String, String), String> {
     }
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OnConflictArg {
+    Refuse,
+    Replace,
+    Rename,
+}
+
 pub fn run(args: &ImportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     let trust = TrustedSigners::from_file(&args.signer)
         .with_context(|| format!("cannot use the signer file {}", args.signer.display()))?;
     let mut policy = Policy::default();
     policy.expected_tenant.clone_from(&args.tenant);
+    let Some(path) = &args.path else {
+        let mut options = baluchon_migrate::ImportOptions::new();
+        options.work_dir.clone_from(&args.work_dir);
+        options.domain.clone_from(&args.domain);
+        options.on_conflict = match args.on_conflict {
+            OnConflictArg::Refuse => baluchon_migrate::OnConflict::Refuse,
+            OnConflictArg::Replace => baluchon_migrate::OnConflict::Replace,
+            OnConflictArg::Rename => baluchon_migrate::OnConflict::Rename,
+        };
+        options.policy = policy;
+        return crate::app_import::run(
+            &args.bundle,
+            &trust,
+            &options,
+            args.plan,
+            args.json,
+            progress,
+        );
+    };
     let failed = || format!("importing {} failed", args.bundle.display());
     let bundle = Bundle::open(&args.bundle)
         .and_then(|b| b.authenticate(&trust, &policy, progress))
         .with_context(failed)?;
 
     if args.dry_run {
-        let plan = bundle.plan(&args.path).with_context(failed)?;
+        let plan = bundle.plan(path).with_context(failed)?;
         bundle.verify_payload(progress).with_context(failed)?;
         if args.json {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
                     "dry_run": true,
-                    "destination": args.path,
+                    "destination": path,
                     "destination_exists": plan.destination_exists,
                     "create": plan.create,
                     "replace": plan.replace,
@@ -102,12 +151,12 @@ pub fn run(args: &ImportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
                 plan.create.len(),
                 plan.replace.len(),
                 plan.remove.len(),
-                args.path.display()
+                path.display()
             );
             if plan.destination_exists && !args.replace {
                 println!(
                     "note: {} exists; the import needs --replace",
-                    args.path.display()
+                    path.display()
                 );
             }
         }
@@ -115,17 +164,17 @@ pub fn run(args: &ImportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     }
 
     // Fail before the long extraction rather than at the switch.
-    if !args.replace && fs_err::symlink_metadata(&args.path).is_ok() {
+    if !args.replace && fs_err::symlink_metadata(path).is_ok() {
         bail!(
             "{} already exists; pass --replace to replace it (its content is kept until you confirm)",
-            args.path.display()
+            path.display()
         );
     }
     let mut options = ExtractOptions::default();
     options.keep_special_modes = args.keep_special_modes;
     options.allow_outside_symlinks = args.allow_outside_symlinks;
     options.owner_map.clone_from(&args.map_owner);
-    let dest = Destination::lock(&args.path).with_context(failed)?;
+    let dest = Destination::lock(path).with_context(failed)?;
     let (verified, staged) = bundle
         .extract(dest, &options, progress)
         .with_context(failed)?;
@@ -136,7 +185,7 @@ pub fn run(args: &ImportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "destination": args.path,
+                "destination": path,
                 "bundle_id": header.bundle_id,
                 "tenant": header.tenant,
                 "entries": report.entries,
@@ -155,14 +204,14 @@ pub fn run(args: &ImportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         report.entries,
         report.content_bytes,
         header.tenant,
-        args.path.display()
+        path.display()
     );
     if let Switched::Replaced { previous } = &switched {
         println!(
             "the former content is kept at {}: `baluchon confirm --path {}` deletes it, `baluchon rollback --path {}` restores it",
             previous.display(),
-            args.path.display(),
-            args.path.display()
+            path.display(),
+            path.display()
         );
     }
     if report.skipped_in_bundle > 0 {

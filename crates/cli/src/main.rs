@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod app;
+mod app_import;
 mod demo;
 mod export;
 mod import;
@@ -40,6 +41,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     Inspect(inspect::InspectArgs),
     Import(import::ImportArgs),
+    Recover(app_import::RecoverArgs),
     Rollback(import::RollbackArgs),
     Confirm(import::ConfirmArgs),
     Keygen(export::KeygenArgs),
@@ -55,6 +57,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&args, &progress),
         Command::Inspect(args) => inspect::run(&args),
         Command::Import(args) => import::run(&args, &progress),
+        Command::Recover(args) => app_import::recover_command(&args),
         Command::Rollback(args) => import::rollback(&args),
         Command::Confirm(args) => import::confirm(&args),
         Command::Keygen(args) => export::keygen(&args),

@@ -44,3 +44,57 @@ pub enum CaptureError {
     #[error(transparent)]
     Io(#[from] io::Error),
 }
+
+/// Why an app import stopped. When it stops during apply, the host has been rolled back
+/// (the report says so, or says what could not be undone).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    #[error(transparent)]
+    Bundle(#[from] baluchon_bundle::Error),
+    #[error(transparent)]
+    Recipe(#[from] baluchon_recipe::RecipeError),
+    #[error(
+        "this bundle holds no app (no {}); import it with --path",
+        crate::APP_DESCRIPTION
+    )]
+    NotAnApp,
+    #[error("{member} in the bundle is not valid: {reason}")]
+    Description {
+        member: &'static str,
+        reason: String,
+    },
+    #[error("another baluchon import of tenant {tenant} is running (lock {lock})")]
+    Locked { tenant: String, lock: PathBuf },
+    #[error("journal {path}: {reason}")]
+    Journal { path: PathBuf, reason: String },
+    #[error("bundle {bundle_id} (sequence {sequence}) is older than the last one imported for tenant {tenant} (sequence {last}); refusing to go backwards")]
+    Backwards {
+        tenant: String,
+        bundle_id: String,
+        sequence: u64,
+        last: u64,
+    },
+    #[error("the import cannot proceed:\n  - {}", .0.join("\n  - "))]
+    Blocked(Vec<String>),
+    #[error("{what} failed ({status}): {stderr}")]
+    Tool {
+        what: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("cannot run {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the health check failed: {0}")]
+    Health(String),
+    #[error("stopped at step {step} as the test hook asked")]
+    Hook { step: String },
+    #[error("{failure}; then rolling back failed too: {rollback}")]
+    RollbackFailed { failure: String, rollback: String },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}

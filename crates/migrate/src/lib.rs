@@ -9,6 +9,8 @@ mod capture;
 mod collect;
 mod description;
 mod error;
+mod import;
+pub mod rewrite;
 mod selection;
 
 pub use capture::{
@@ -19,4 +21,8 @@ pub use description::{
     AppDescription, DatabaseDump, ExcludedEntry, FileSetRecord, PackageRecord, ServiceRecord,
     APP_DESCRIPTION, APP_FORMAT, APP_RECIPE,
 };
-pub use error::CaptureError;
+pub use error::{CaptureError, ImportError};
+pub use import::{
+    prepare_import, recover, Change, ImportOptions, ImportPlan, ImportReport, OnConflict,
+    PlannedDatabase, Prepared, PreparedImport, Rename, SetPlacement, DEFAULT_WORK_DIR,
+};

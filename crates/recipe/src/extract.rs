@@ -6,36 +6,92 @@ use regex::Regex;
 /// A PHP single- or double-quoted string literal; the content is in group `s` or `d`.
 const PHP_STRING: &str = r#"(?:'(?P<s>(?:[^'\\]|\\.)*)'|"(?P<d>(?:[^"\\]|\\.)*)")"#;
 
-/// The value of `define('NAME', '…')`; the first definition wins, as in PHP.
+/// Which PHP assignment holds a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhpSlot<'a> {
+    /// `define('NAME', '…')`; the first definition wins, as in PHP.
+    Define(&'a str),
+    /// `$name = '…';`; the last assignment wins.
+    Variable(&'a str),
+    /// `$array['key'] = '…';` given as `array.key`; the last one wins.
+    Array(&'a str),
+}
+
+impl PhpSlot<'_> {
+    fn regex(self) -> Option<Regex> {
+        let pattern = match self {
+            Self::Define(name) => format!(
+                r#"define\s*\(\s*['"]{}['"]\s*,\s*{PHP_STRING}\s*\)"#,
+                regex::escape(name)
+            ),
+            Self::Variable(name) => format!(r"\${}\s*=\s*{PHP_STRING}\s*;", regex::escape(name)),
+            Self::Array(spec) => {
+                let (array, key) = spec.split_once('.')?;
+                format!(
+                    r#"\${}\s*\[\s*['"]{}['"]\s*\]\s*=\s*{PHP_STRING}\s*;"#,
+                    regex::escape(array),
+                    regex::escape(key)
+                )
+            }
+        };
+        Regex::new(&pattern).ok()
+    }
+
+    fn first_wins(self) -> bool {
+        matches!(self, Self::Define(_))
+    }
+}
+
+/// The value a PHP config file gives to `slot`.
+pub fn php_value(text: &str, slot: PhpSlot<'_>) -> Option<String> {
+    let re = slot.regex()?;
+    let mut found = live_matches(text, &re);
+    if slot.first_wins() {
+        found.into_iter().next()
+    } else {
+        found.pop()
+    }
+}
+
+/// `text` with the live string literal of `slot` replaced by `value` (same quotes,
+/// escaped for them); `None` if the file does not assign `slot` with a literal.
+pub fn set_php_value(text: &str, slot: PhpSlot<'_>, value: &str) -> Option<String> {
+    let re = slot.regex()?;
+    let code = blank_php_comments(text);
+    let mut spans = re.captures_iter(&code).filter_map(|c| {
+        c.name("s")
+            .map(|m| (m.range(), '\''))
+            .or_else(|| c.name("d").map(|m| (m.range(), '"')))
+    });
+    let (range, quote) = if slot.first_wins() {
+        spans.next()?
+    } else {
+        spans.last()?
+    };
+    let escaped = match quote {
+        '\'' => value.replace('\\', "\\\\").replace('\'', "\\'"),
+        _ => value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('$', "\\$"),
+    };
+    Some(format!(
+        "{}{escaped}{}",
+        &text[..range.start],
+        &text[range.end..]
+    ))
+}
+
 pub fn php_define(text: &str, name: &str) -> Option<String> {
-    let re = Regex::new(&format!(
-        r#"define\s*\(\s*['"]{}['"]\s*,\s*{PHP_STRING}\s*\)"#,
-        regex::escape(name)
-    ))
-    .ok()?;
-    live_matches(text, &re).into_iter().next()
+    php_value(text, PhpSlot::Define(name))
 }
 
-/// The value of `$name = '…';`; the last assignment wins, as in PHP.
 pub fn php_variable(text: &str, name: &str) -> Option<String> {
-    let re = Regex::new(&format!(
-        r"\${}\s*=\s*{PHP_STRING}\s*;",
-        regex::escape(name)
-    ))
-    .ok()?;
-    live_matches(text, &re).pop()
+    php_value(text, PhpSlot::Variable(name))
 }
 
-/// The value of `$array['key'] = '…';` for `spec` = `array.key`; the last one wins.
 pub fn php_array(text: &str, spec: &str) -> Option<String> {
-    let (array, key) = spec.split_once('.')?;
-    let re = Regex::new(&format!(
-        r#"\${}\s*\[\s*['"]{}['"]\s*\]\s*=\s*{PHP_STRING}\s*;"#,
-        regex::escape(array),
-        regex::escape(key)
-    ))
-    .ok()?;
-    live_matches(text, &re).pop()
+    php_value(text, PhpSlot::Array(spec))
 }
 
 /// Matches outside PHP comments, unescaped.
@@ -109,7 +165,12 @@ fn blank_php_comments(text: &str) -> String {
             }
         }
         let commented = matches!(state, State::Line | State::Block) && c != '\n';
-        out.push(if commented { ' ' } else { c });
+        if commented {
+            // As many spaces as the character has bytes: offsets stay those of `text`.
+            out.extend(std::iter::repeat_n(' ', c.len_utf8()));
+        } else {
+            out.push(c);
+        }
     }
     out
 }
@@ -208,6 +269,22 @@ mod tests {
             php_array(text, "conf.savedir").as_deref(),
             Some("/var/lib/dokuwiki/data")
         );
+    }
+
+    #[test]
+    fn php_values_are_rewritten_in_place() {
+        let text = "<?php\n/* define('DB_NAME', 'old'); é */\ndefine('DB_NAME', 'wp_a');\n\
+                    define(\"DB_PASSWORD\", \"x\");\n";
+        let new = set_php_value(text, PhpSlot::Define("DB_NAME"), "it's").unwrap();
+        assert!(new.contains("define('DB_NAME', 'it\\'s');"), "{new}");
+        assert!(
+            new.contains("/* define('DB_NAME', 'old'); é */"),
+            "comment kept"
+        );
+        assert_eq!(php_define(&new, "DB_NAME").as_deref(), Some("it's"));
+        let new = set_php_value(&new, PhpSlot::Define("DB_PASSWORD"), "a\"$b").unwrap();
+        assert_eq!(php_define(&new, "DB_PASSWORD").as_deref(), Some("a\"$b"));
+        assert_eq!(set_php_value(text, PhpSlot::Define("DB_HOST"), "x"), None);
     }
 
     #[test]

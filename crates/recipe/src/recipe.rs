@@ -244,6 +244,11 @@ impl Recipe {
         &self.file
     }
 
+    /// Value names, each after the values its templates use.
+    pub fn value_order(&self) -> &[String] {
+        &self.order
+    }
+
     fn io(&self, what: impl fmt::Display, source: std::io::Error) -> RecipeError {
         RecipeError::Io {
             app: self.file.name.clone(),

@@ -1,0 +1,334 @@
+//! What an import does to the host besides files: databases and their owners, packages,
+//! service reloads, the health check. Programs get their arguments as a vector (no shell);
+//! passwords travel in 0600 files, never on a command line.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::ImportError;
+
+/// Runs a program to completion; its stdout, or its stderr in the error.
+pub fn run(what: &str, command: &mut Command) -> Result<String, ImportError> {
+    run_with_input(what, command, b"")
+}
+
+/// Like [`run`], with `input` on stdin: SQL that holds a password must not be an
+/// argument, which any user can read in `ps`.
+pub fn run_with_input(
+    what: &str,
+    command: &mut Command,
+    input: &[u8],
+) -> Result<String, ImportError> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let spawn_error = |source| ImportError::Spawn { program, source };
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(ImportError::Tool {
+            what: what.to_owned(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+/// SQL (on stdin) as MariaDB's root, through the local socket (Debian's default).
+pub fn mariadb_admin(sql: &str) -> Result<String, ImportError> {
+    run_with_input(
+        "mariadb (as root)",
+        Command::new("mariadb").args(["--batch", "--skip-column-names"]),
+        sql.as_bytes(),
+    )
+}
+
+/// SQL (on stdin) as PostgreSQL's superuser, through the local socket.
+pub fn postgres_admin(sql: &str) -> Result<String, ImportError> {
+    run_with_input(
+        "psql (as postgres)",
+        Command::new("runuser").args([
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "--no-psqlrc",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-d",
+            "postgres",
+        ]),
+        sql.as_bytes(),
+    )
+}
+
+pub fn mariadb_exists(kind: &str, name: &str) -> Result<bool, ImportError> {
+    let sql = match kind {
+        "database" => {
+            format!("SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = '{name}'")
+        }
+        _ => format!("SELECT COUNT(*) FROM mysql.user WHERE user = '{name}'"),
+    };
+    Ok(mariadb_admin(&sql)? != "0")
+}
+
+pub fn postgres_exists(kind: &str, name: &str) -> Result<bool, ImportError> {
+    let sql = match kind {
+        "database" => format!("SELECT COUNT(*) FROM pg_database WHERE datname = '{name}'"),
+        _ => format!("SELECT COUNT(*) FROM pg_roles WHERE rolname = '{name}'"),
+    };
+    Ok(postgres_admin(&sql)? != "0")
+}
+
+/// A `[client]` options file for the new database user.
+pub fn mariadb_credentials(
+    user: &str,
+    password: &str,
+) -> Result<tempfile::NamedTempFile, ImportError> {
+    let mut file = tempfile::Builder::new()
+        .prefix("baluchon-mariadb-")
+        .tempfile()?;
+    writeln!(file, "[client]\nuser=\"{user}\"\npassword=\"{password}\"")?;
+    file.flush()?;
+    Ok(file)
+}
+
+/// Streams `feed`'s output into `mariadb` as the new, unprivileged user, with client
+/// commands that touch the filesystem disabled (`--sandbox`): the dump is data from the
+/// bundle, and must be able to do no more than that user can in that database.
+pub fn mariadb_restore(
+    database: &str,
+    user: &str,
+    password: &str,
+    feed: impl FnOnce(&mut dyn Write) -> Result<(), ImportError> + Send,
+) -> Result<(), ImportError> {
+    let creds = mariadb_credentials(user, password)?;
+    let mut child = Command::new("mariadb")
+        .arg(format!("--defaults-extra-file={}", creds.path().display()))
+        .args(["--sandbox", "--batch", "--", database])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| ImportError::Spawn {
+            program: "mariadb".to_owned(),
+            source,
+        })?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let fed = feed(&mut stdin);
+    drop(stdin);
+    let status = child.wait()?;
+    let stderr = errors.join().unwrap_or_default();
+    if !status.success() {
+        return Err(ImportError::Tool {
+            what: format!("restoring database {database}"),
+            status: status.to_string(),
+            stderr: stderr.trim().to_owned(),
+        });
+    }
+    fed
+}
+
+/// `pg_restore` into a new database as its new owner: no ownership or privilege commands
+/// from the dump, all or nothing.
+pub fn postgres_restore(
+    dump: &Path,
+    database: &str,
+    role: &str,
+    password: &str,
+) -> Result<(), ImportError> {
+    let mut passfile = tempfile::Builder::new()
+        .prefix("baluchon-pgpass-")
+        .tempfile()?;
+    writeln!(passfile, "*:*:*:*:{password}")?;
+    passfile.flush()?;
+    run(
+        &format!("restoring database {database}"),
+        Command::new("pg_restore")
+            .args([
+                "--no-owner",
+                "--no-privileges",
+                "--single-transaction",
+                "--exit-on-error",
+                "--no-password",
+                "--host=127.0.0.1",
+            ])
+            .arg(format!("--username={role}"))
+            .arg(format!("--dbname={database}"))
+            .arg(dump)
+            .env("PGPASSFILE", passfile.path()),
+    )
+    .map(|_| ())
+}
+
+/// A random password: 32 hex digits from the system's random source.
+pub fn new_password() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// Whether systemd manages this host's services.
+fn systemd() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// Commands that check, then reload, the services an app relies on. Checks come first so
+/// that a bad config fails the import before any service sees it.
+pub fn reload_commands(
+    nginx: bool,
+    php_versions: &[String],
+) -> (Vec<Vec<String>>, Vec<Vec<String>>) {
+    let s = |v: &[&str]| v.iter().map(|x| (*x).to_owned()).collect::<Vec<_>>();
+    let mut checks = Vec::new();
+    let mut reloads = Vec::new();
+    if nginx {
+        checks.push(s(&["nginx", "-t", "-q"]));
+        reloads.push(if systemd() {
+            s(&["systemctl", "reload", "nginx"])
+        } else {
+            s(&["nginx", "-s", "reload"])
+        });
+    }
+    for version in php_versions {
+        checks.push(vec![format!("php-fpm{version}"), "-t".to_owned()]);
+        reloads.push(if systemd() {
+            vec![
+                "systemctl".to_owned(),
+                "reload".to_owned(),
+                format!("php{version}-fpm"),
+            ]
+        } else {
+            // Without systemd: USR2 to the master, whose pid the pidfile holds.
+            vec![
+                "pkill".to_owned(),
+                "-USR2".to_owned(),
+                "--pidfile".to_owned(),
+                format!("/run/php/php{version}-fpm.pid"),
+            ]
+        });
+    }
+    (checks, reloads)
+}
+
+pub fn run_all(commands: &[Vec<String>]) -> Result<(), ImportError> {
+    for command in commands {
+        if let Some((program, args)) = command.split_first() {
+            run(&command.join(" "), Command::new(program).args(args))?;
+        }
+    }
+    Ok(())
+}
+
+/// GETs `url` from this host's web server (port 80 of 127.0.0.1, with the URL's host as
+/// `Host`), until it answers `status` with `contains` in the body, or `within` elapses:
+/// a reload takes a moment to reach every worker.
+pub fn health_check(
+    url: &str,
+    status: u16,
+    contains: Option<&str>,
+    within: Duration,
+) -> Result<(), ImportError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| ImportError::Health(format!("{url}: only http:// is checked locally")))?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match get(host, &path) {
+            Ok((got, body)) => {
+                let body = String::from_utf8_lossy(&body);
+                if got == status && contains.is_none_or(|c| body.contains(c)) {
+                    return Ok(());
+                }
+                last = match contains {
+                    Some(c) if got == status => {
+                        format!("GET {url}: the page does not contain {c:?}")
+                    }
+                    _ => format!("GET {url}: status {got}, expected {status}"),
+                };
+            }
+            Err(e) => last = format!("GET {url}: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    Err(ImportError::Health(last))
+}
+
+fn get(host: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect_timeout(
+        &"127.0.0.1:80".parse().map_err(std::io::Error::other)?,
+        Duration::from_secs(5),
+    )?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: baluchon-health-check\r\nConnection: close\r\n\r\n")?;
+    let mut response = Vec::new();
+    stream.take(16 << 20).read_to_end(&mut response)?;
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP header"))?;
+    let status = String::from_utf8_lossy(&response[..head_end])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no HTTP status"))?;
+    Ok((status, response[head_end + 4..].to_vec()))
+}
+
+/// Installed version of a package, if any.
+pub fn installed_version(package: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status} ${Version}", package])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.strip_prefix("installed ").map(str::to_owned)
+}
+
+/// The version apt would install, if the package is known at all.
+pub fn candidate_version(package: &str) -> Option<String> {
+    let out = Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate: ").map(str::to_owned))
+        .filter(|v| v != "(none)")
+}
+
+/// `dpkg --compare-versions a gt b`.
+pub fn version_newer(a: &str, b: &str) -> bool {
+    Command::new("dpkg")
+        .args(["--compare-versions", a, "gt", b])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Bytes free for unprivileged use on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> Result<u64, ImportError> {
+    let st = rustix::fs::statvfs(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("statvfs {}: {e}", path.display())))?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}

@@ -1,0 +1,1260 @@
+//! Reinstalling an app bundle on this host: verify and stage everything, plan, then apply
+//! with a write-ahead journal, and roll back on any failure.
+//!
+//! Nothing on the host changes before the bundle is fully verified and staged, and every
+//! change after that is journaled first. The importer runs no code from the bundle: dumps
+//! are restored by the database clients as a new unprivileged user, and the recipe is read
+//! as data to know which values to rewrite.
+
+mod host;
+mod journal;
+mod place;
+
+use std::collections::BTreeMap;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baluchon_bundle::{
+    Bundle, Destination, ExtractOptions, Policy, Progress, Verified, FILES_PAYLOAD,
+};
+use baluchon_recipe::{
+    expand_template, set_php_value, template_placeholders, Engine, PhpSlot, Recipe, RehostSource,
+    ServiceKind,
+};
+use baluchon_signature::TrustedSigners;
+use serde::{Deserialize, Serialize};
+
+pub use self::journal::Change;
+use self::journal::Journal;
+pub use self::place::{OnConflict, SetPlacement};
+use crate::description::{AppDescription, DatabaseDump, APP_DESCRIPTION, APP_RECIPE};
+use crate::error::ImportError;
+use crate::rewrite::{rewrite_dump, DumpRewrite};
+
+/// Where imports keep their state, unless told otherwise.
+pub const DEFAULT_WORK_DIR: &str = "/var/lib/baluchon";
+
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ImportOptions {
+    /// Locks, journals, staging areas and backups live under `<work_dir>/imports/<tenant>`.
+    pub work_dir: PathBuf,
+    /// The instance's new domain (the bundle's when absent).
+    pub domain: Option<String>,
+    pub on_conflict: OnConflict,
+    pub policy: Policy,
+    /// How long the health check may take to pass after services are reloaded.
+    pub health_timeout: Duration,
+}
+
+impl ImportOptions {
+    pub fn new() -> Self {
+        Self {
+            work_dir: PathBuf::from(DEFAULT_WORK_DIR),
+            domain: None,
+            on_conflict: OnConflict::Refuse,
+            policy: Policy::default(),
+            health_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One database as it will be recreated here.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedDatabase {
+    pub id: String,
+    pub engine: Engine,
+    /// The name on the source host (the SQLite file, for SQLite).
+    pub from: String,
+    /// The new database and its new owner (a new password is generated).
+    pub to: Option<String>,
+    pub user: Option<String>,
+    /// Replacements applied to the dump while it is restored.
+    pub rewrites: Vec<String>,
+}
+
+/// What an import would do, computed without changing anything on the host.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportPlan {
+    pub bundle_id: String,
+    pub tenant: String,
+    pub sequence: u64,
+    pub app: String,
+    pub version: Option<String>,
+    pub instance: Rename,
+    pub domain: Rename,
+    pub packages_to_install: Vec<String>,
+    pub files: Vec<SetPlacement>,
+    pub databases: Vec<PlannedDatabase>,
+    /// Values rewritten in the app's config files, and where.
+    pub rewrites: Vec<String>,
+    /// Commands that check and reload services, in order.
+    pub services: Vec<String>,
+    pub on_conflict: OnConflict,
+    pub conflicts: Vec<PathBuf>,
+    /// Bytes the files and databases need, and bytes free where they go.
+    pub disk_needed: u64,
+    pub disk_free: u64,
+    pub health_check: Option<String>,
+    pub warnings: Vec<String>,
+    /// Why the import would be refused; empty when it can proceed.
+    pub blockers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rename {
+    pub from: String,
+    pub to: String,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportReport {
+    pub plan: ImportPlan,
+    /// Every step done, in order.
+    pub steps: Vec<String>,
+    /// Where displaced files were kept (`--on-conflict replace`).
+    pub backup_dir: Option<PathBuf>,
+}
+
+/// The outcome of preparing an import.
+#[derive(Debug)]
+pub enum Prepared {
+    /// This exact bundle was imported already; nothing to do.
+    AlreadyImported {
+        tenant: String,
+        bundle_id: String,
+    },
+    Ready(Box<PreparedImport>),
+}
+
+/// What was last imported for a tenant (`imported.json`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Imported {
+    bundle_id: String,
+    sequence: u64,
+    instance: String,
+}
+
+/// A database, ready to be created and restored.
+#[derive(Debug)]
+struct DatabaseTarget {
+    dump: DatabaseDump,
+    /// The decompressed dump in staging.
+    file: PathBuf,
+    name: String,
+    user: String,
+    password: String,
+    rewrite: Option<DumpRewrite>,
+}
+
+/// A value rewritten in a staged config file.
+#[derive(Debug)]
+struct ConfigRewrite {
+    file: PathBuf,
+    kind: RewriteKind,
+}
+
+#[derive(Debug)]
+enum RewriteKind {
+    Php {
+        slot: String,
+        how: &'static str,
+        value: String,
+    },
+    Text {
+        old: String,
+        new: String,
+    },
+}
+
+/// A verified, staged import with its plan; [`PreparedImport::apply`] makes it happen.
+#[derive(Debug)]
+pub struct PreparedImport {
+    _bundle: Bundle<Verified>,
+    _lock: fs_err::File,
+    tenant_dir: PathBuf,
+    staging: PathBuf,
+    tree: PathBuf,
+    plan: ImportPlan,
+    databases: Vec<DatabaseTarget>,
+    config_rewrites: Vec<ConfigRewrite>,
+    symlink_retargets: Vec<(PathBuf, PathBuf)>,
+    checks: Vec<Vec<String>>,
+    reloads: Vec<Vec<String>>,
+    health: Option<(String, u16, Option<String>)>,
+    options: ImportOptions,
+    new_instance: String,
+}
+
+fn tenant_dir(work_dir: &Path, tenant: &str) -> PathBuf {
+    work_dir.join("imports").join(tenant)
+}
+
+/// Takes the tenant's import lock (non-blocking: a concurrent run is refused).
+fn lock(dir: &Path, tenant: &str) -> Result<fs_err::File, ImportError> {
+    fs_err::create_dir_all(dir)?;
+    let path = dir.join("lock");
+    let file = fs_err::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(_) => Err(ImportError::Locked {
+            tenant: tenant.to_owned(),
+            lock: path,
+        }),
+    }
+}
+
+/// Verifies the bundle, stages its tree and dumps, and computes the plan. Changes nothing
+/// on the host outside `options.work_dir`, except rolling back an import of the same tenant
+/// that was interrupted (whose journal says what to undo).
+pub fn prepare_import(
+    bundle_path: &Path,
+    trust: &TrustedSigners,
+    options: &ImportOptions,
+    progress: &dyn Progress,
+) -> Result<Prepared, ImportError> {
+    let authenticated =
+        Bundle::open(bundle_path)?.authenticate(trust, &options.policy, progress)?;
+    let header = authenticated.header().clone();
+    if !header.payload.iter().any(|p| p.path == APP_DESCRIPTION) {
+        return Err(ImportError::NotAnApp);
+    }
+    let dir = tenant_dir(&options.work_dir, &header.tenant);
+    let lock = lock(&dir, &header.tenant)?;
+    let mut warnings = Vec::new();
+    if let Some(recovered) = recover_locked(&dir)? {
+        warnings.push(recovered);
+    }
+    if let Ok(text) = fs_err::read(dir.join("imported.json")) {
+        let last: Imported = serde_json::from_slice(&text).map_err(|e| ImportError::Journal {
+            path: dir.join("imported.json"),
+            reason: e.to_string(),
+        })?;
+        if last.bundle_id == header.bundle_id {
+            return Ok(Prepared::AlreadyImported {
+                tenant: header.tenant,
+                bundle_id: header.bundle_id,
+            });
+        }
+        if header.sequence < last.sequence {
+            return Err(ImportError::Backwards {
+                tenant: header.tenant,
+                bundle_id: header.bundle_id,
+                sequence: header.sequence,
+                last: last.sequence,
+            });
+        }
+    }
+
+    let staging = dir.join("staging");
+    if staging.exists() {
+        fs_err::remove_dir_all(&staging)?;
+    }
+    fs_err::create_dir_all(&staging)?;
+    let tree = staging.join("tree");
+    let mut extract = ExtractOptions::default();
+    // Apps link into their packaged code (/usr/share/…); such links are checked below
+    // against the file sets, and created as links only.
+    extract.allow_outside_symlinks = true;
+    let (bundle, staged) = authenticated.extract(Destination::lock(&tree)?, &extract, progress)?;
+    staged.switch(false)?;
+
+    let description: AppDescription = {
+        let mut bytes = Vec::new();
+        bundle.copy_payload(APP_DESCRIPTION, &mut bytes)?;
+        serde_json::from_slice(&bytes).map_err(|e| ImportError::Description {
+            member: APP_DESCRIPTION,
+            reason: e.to_string(),
+        })?
+    };
+    let recipe = {
+        let mut bytes = Vec::new();
+        bundle.copy_payload(APP_RECIPE, &mut bytes)?;
+        let text = String::from_utf8(bytes).map_err(|e| ImportError::Description {
+            member: APP_RECIPE,
+            reason: e.to_string(),
+        })?;
+        Recipe::parse(&text, &format!("{APP_RECIPE} of the bundle"))?
+    };
+    if recipe.name() != description.app {
+        return Err(ImportError::Description {
+            member: APP_RECIPE,
+            reason: format!(
+                "is for app {}, the bundle is {}",
+                recipe.name(),
+                description.app
+            ),
+        });
+    }
+
+    let mut planner = Planner {
+        recipe: &recipe,
+        description: &description,
+        options,
+        tree: &tree,
+        warnings,
+        blockers: Vec::new(),
+    };
+    let planned = planner.plan(&bundle, &staging, &header)?;
+    Ok(Prepared::Ready(Box::new(PreparedImport {
+        _bundle: bundle,
+        _lock: lock,
+        tenant_dir: dir,
+        staging,
+        tree,
+        plan: planned.plan,
+        databases: planned.databases,
+        config_rewrites: planned.config_rewrites,
+        symlink_retargets: planned.symlink_retargets,
+        checks: planned.checks,
+        reloads: planned.reloads,
+        health: planned.health,
+        options: options.clone(),
+        new_instance: planned.new_instance,
+    })))
+}
+
+/// What planning computes, beyond the plan shown to the user.
+struct Planned {
+    plan: ImportPlan,
+    databases: Vec<DatabaseTarget>,
+    config_rewrites: Vec<ConfigRewrite>,
+    symlink_retargets: Vec<(PathBuf, PathBuf)>,
+    checks: Vec<Vec<String>>,
+    reloads: Vec<Vec<String>>,
+    health: Option<(String, u16, Option<String>)>,
+    new_instance: String,
+}
+
+struct Planner<'a> {
+    recipe: &'a Recipe,
+    description: &'a AppDescription,
+    options: &'a ImportOptions,
+    tree: &'a Path,
+    warnings: Vec<String>,
+    blockers: Vec<String>,
+}
+
+/// A name for a new database or user: the instance's letters and digits, `_` for the
+/// rest, at most 32 bytes (MySQL's user name limit), unique on this host.
+fn free_name(
+    instance: &str,
+    taken: impl Fn(&str) -> Result<bool, ImportError>,
+) -> Result<String, ImportError> {
+    let mut base: String = instance
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !base.starts_with(|c: char| c.is_ascii_lowercase()) {
+        base.insert_str(0, "db_");
+    }
+    base.truncate(28);
+    let mut name = base.clone();
+    let mut n = 2;
+    while taken(&name)? {
+        name = format!("{base}_{n}");
+        n += 1;
+    }
+    Ok(name)
+}
+
+impl Planner<'_> {
+    fn plan(
+        &mut self,
+        bundle: &Bundle<Verified>,
+        staging: &Path,
+        header: &baluchon_bundle::BundleHeader,
+    ) -> Result<Planned, ImportError> {
+        let d = self.description;
+        let rules = &self.recipe.definition().values;
+        let domain_to = self
+            .options
+            .domain
+            .clone()
+            .unwrap_or_else(|| d.domain.clone());
+        let instance_to = if d.instance == d.domain {
+            domain_to.clone()
+        } else {
+            d.instance.clone()
+        };
+
+        // Values as they were, and as they will be.
+        let mut old: BTreeMap<String, String> = d.values.clone();
+        old.insert("instance".to_owned(), d.instance.clone());
+        let mut new = old.clone();
+        new.insert("instance".to_owned(), instance_to.clone());
+        let domain_value = self.recipe.definition().detect.domain.clone();
+        if let Some(v) = &domain_value {
+            new.insert(v.clone(), domain_to.clone());
+        }
+
+        // Databases: always new ones, named after the instance, with a new owner.
+        std::fs::create_dir_all(staging.join("db"))?;
+        let mut databases = Vec::new();
+        let mut planned_dbs = Vec::new();
+        for dump in &d.databases {
+            let rule = self
+                .recipe
+                .definition()
+                .databases
+                .iter()
+                .find(|r| r.id == dump.id)
+                .ok_or_else(|| ImportError::Description {
+                    member: APP_DESCRIPTION,
+                    reason: format!("database {} is not in the recipe", dump.id),
+                })?;
+            let single_value = |t: &Option<String>| {
+                t.as_deref()
+                    .and_then(|t| template_placeholders(t).ok())
+                    .filter(|p| p.len() == 1)
+                    .map(|p| p[0].to_owned())
+            };
+            let file = staging.join("db").join(&dump.id);
+            let mut out = BufWriter::new(fs_err::File::create(&file)?);
+            bundle.copy_payload(&dump.dump, &mut out)?;
+            std::io::Write::flush(&mut out)?;
+            match dump.engine {
+                Engine::Sqlite => {
+                    // The consistent snapshot replaces the file copy the tree may hold.
+                    let path = dump.path.clone().unwrap_or_default();
+                    let staged = self.tree.join(path.trim_start_matches('/'));
+                    if staged.parent().is_some_and(Path::exists) {
+                        fs_err::copy(&file, &staged)?;
+                    } else {
+                        self.blockers.push(format!(
+                            "SQLite database {path} is outside the bundle's file sets"
+                        ));
+                    }
+                    planned_dbs.push(PlannedDatabase {
+                        id: dump.id.clone(),
+                        engine: dump.engine,
+                        from: path,
+                        to: None,
+                        user: None,
+                        rewrites: Vec::new(),
+                    });
+                }
+                Engine::Mariadb | Engine::Postgresql => {
+                    let exists = |kind: &'static str| {
+                        move |name: &str| match dump.engine {
+                            Engine::Mariadb => host::mariadb_exists(kind, name),
+                            _ => host::postgres_exists(kind, name),
+                        }
+                    };
+                    let reachable = match dump.engine {
+                        Engine::Mariadb => host::mariadb_admin("SELECT 1").map(|_| ()),
+                        _ => host::postgres_admin("SELECT 1").map(|_| ()),
+                    };
+                    if let Err(e) = reachable {
+                        self.blockers.push(format!(
+                            "the {:?} server is not reachable: {e}",
+                            dump.engine
+                        ));
+                        continue;
+                    }
+                    let name = free_name(&instance_to, exists("database"))?;
+                    let user = free_name(&name, exists("user"))?;
+                    let password = host::new_password();
+                    if let Some(v) = single_value(&rule.name) {
+                        new.insert(v, name.clone());
+                    }
+                    if let Some(v) = single_value(&rule.user) {
+                        new.insert(v, user.clone());
+                    }
+                    if let Some(v) = single_value(&rule.password) {
+                        new.insert(v, password.clone());
+                    }
+                    databases.push(DatabaseTarget {
+                        dump: dump.clone(),
+                        file,
+                        name: name.clone(),
+                        user: user.clone(),
+                        password,
+                        rewrite: None,
+                    });
+                    planned_dbs.push(PlannedDatabase {
+                        id: dump.id.clone(),
+                        engine: dump.engine,
+                        from: dump.name.clone().unwrap_or_default(),
+                        to: Some(name),
+                        user: Some(user),
+                        rewrites: Vec::new(),
+                    });
+                }
+            }
+        }
+        // Values made from others (`from`) follow them: config-{instance}.php, say.
+        for name in self.recipe.value_order() {
+            if let Some(template) = rules.get(name).and_then(|r| r.from.as_deref()) {
+                if let Ok(value) = expand_template(template, &new) {
+                    new.insert(name.clone(), value);
+                }
+            }
+        }
+
+        // Rewrites: values written back where they were read, domains replaced in files
+        // and in database content.
+        let mut config_rewrites = Vec::new();
+        let mut rewrites = Vec::new();
+        let domain_changes = domain_to != d.domain;
+        for rule in &self.recipe.definition().rehost {
+            let secret = d.secret_values.contains(&rule.value);
+            // A secret's old text is not in the bundle's description: only its new one
+            // matters, written where the old one was.
+            let from = match old.get(&rule.value) {
+                Some(v) => v,
+                None if secret => &String::new(),
+                None => continue,
+            };
+            let Some(to) = new.get(&rule.value) else {
+                continue;
+            };
+            if rule.with == RehostSource::Keep || (!secret && from == to) {
+                continue;
+            }
+            if rule.with == RehostSource::Domain {
+                for template in &rule.files {
+                    let Ok(path) = expand_template(template, &old) else {
+                        continue;
+                    };
+                    if path.is_empty() {
+                        continue;
+                    }
+                    let staged = self.tree.join(path.trim_start_matches('/'));
+                    if fs_err::symlink_metadata(&staged).is_ok_and(|m| m.is_file()) {
+                        rewrites.push(format!("{path}: {from} → {to}"));
+                        config_rewrites.push(ConfigRewrite {
+                            file: staged,
+                            kind: RewriteKind::Text {
+                                old: from.clone(),
+                                new: to.clone(),
+                            },
+                        });
+                    }
+                }
+                for rewrite in &rule.database {
+                    let Some(target) = databases.iter_mut().find(|t| t.dump.id == rewrite.database)
+                    else {
+                        continue;
+                    };
+                    if target.dump.engine != Engine::Mariadb {
+                        self.blockers.push(format!(
+                            "database {}: rewriting content is supported for MariaDB dumps only",
+                            rewrite.database
+                        ));
+                        continue;
+                    }
+                    let fill = |t: &String| expand_template(t, &new).unwrap_or_else(|_| t.clone());
+                    let plan = planned_dbs
+                        .iter_mut()
+                        .find(|p| p.id == rewrite.database)
+                        .expect("planned with its target");
+                    plan.rewrites.push(format!(
+                        "{from} → {to} in {}{}",
+                        rewrite
+                            .tables
+                            .iter()
+                            .map(fill)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if rewrite.php_serialized {
+                            " (PHP-serialized values kept valid)"
+                        } else {
+                            ""
+                        }
+                    ));
+                    target.rewrite = Some(DumpRewrite {
+                        tables: rewrite.tables.iter().map(fill).collect(),
+                        skip_columns: rewrite
+                            .skip_columns
+                            .iter()
+                            .filter_map(|c| {
+                                fill(c)
+                                    .split_once('.')
+                                    .map(|(t, c)| (t.to_owned(), c.to_owned()))
+                            })
+                            .collect(),
+                        replacements: vec![(from.as_bytes().to_vec(), to.as_bytes().to_vec())],
+                        php_serialized: rewrite.php_serialized,
+                    });
+                }
+                continue;
+            }
+            // A value read from a file with an extractor is written back at the same place.
+            let Some(value_rule) = rules.get(&rule.value) else {
+                continue;
+            };
+            let Some(file_template) = value_rule.file.as_deref() else {
+                self.blockers.push(format!(
+                    "value {} must change but the recipe does not say which file holds it",
+                    rule.value
+                ));
+                continue;
+            };
+            let Ok(path) = expand_template(file_template, &old) else {
+                continue;
+            };
+            let (slot, how) = match (
+                &value_rule.php_define,
+                &value_rule.php_variable,
+                &value_rule.php_array,
+            ) {
+                (Some(s), _, _) => (s.clone(), "define"),
+                (_, Some(s), _) => (s.clone(), "variable"),
+                (_, _, Some(s)) => (s.clone(), "array"),
+                _ => {
+                    self.blockers.push(format!(
+                        "value {} must change, but only PHP config values can be rewritten",
+                        rule.value
+                    ));
+                    continue;
+                }
+            };
+            rewrites.push(format!(
+                "{path}: {} {}",
+                slot,
+                if secret || rule.with == RehostSource::Generate {
+                    "new secret".to_owned()
+                } else {
+                    format!("{from} → {to}")
+                }
+            ));
+            config_rewrites.push(ConfigRewrite {
+                file: self.tree.join(path.trim_start_matches('/')),
+                kind: RewriteKind::Php {
+                    slot,
+                    how,
+                    value: to.clone(),
+                },
+            });
+        }
+        if !domain_changes && self.options.domain.is_some() {
+            self.warnings
+                .push("--domain is the bundle's own domain: nothing to rename".to_owned());
+        }
+
+        // Where each file set goes: its recipe template filled with the new values.
+        let templates: Vec<&str> = self
+            .recipe
+            .definition()
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .chain(
+                self.recipe
+                    .definition()
+                    .services
+                    .iter()
+                    .map(|s| s.path.as_str()),
+            )
+            .collect();
+        let mut placements = Vec::new();
+        let mut conflicts = Vec::new();
+        let mut renamed = Vec::new();
+        let set_paths: Vec<&str> = d.files.iter().map(|f| f.path.as_str()).collect();
+        for set in &d.files {
+            let nested = set_paths
+                .iter()
+                .any(|other| *other != set.path && Path::new(&set.path).starts_with(other));
+            if nested {
+                continue;
+            }
+            let to = templates
+                .iter()
+                .find(|t| expand_template(t, &old).is_ok_and(|p| p == set.path))
+                .and_then(|t| expand_template(t, &new).ok())
+                .unwrap_or_else(|| set.path.clone());
+            if to != set.path {
+                renamed.push((PathBuf::from(&set.path), PathBuf::from(&to)));
+            }
+            let placement = place::survey(self.tree, Path::new(&set.path), Path::new(&to))?;
+            conflicts.extend(placement.conflicts.iter().cloned());
+            placements.push(placement);
+        }
+        let symlink_retargets = self.check_symlinks(&d.files, &renamed)?;
+
+        // Packages: what is missing, and whether this host's versions can run the app.
+        let mut packages_to_install = Vec::new();
+        for p in &d.needs_packages {
+            if host::installed_version(&p.name).is_none() {
+                if host::candidate_version(&p.name).is_none() {
+                    self.blockers.push(format!(
+                        "package {} is needed and not available here",
+                        p.name
+                    ));
+                } else {
+                    packages_to_install.push(p.name.clone());
+                }
+            }
+        }
+        for p in &d.code_packages {
+            let (Some(theirs), Some(ours)) = (
+                &p.version,
+                host::installed_version(&p.name).or_else(|| host::candidate_version(&p.name)),
+            ) else {
+                continue;
+            };
+            if host::version_newer(theirs, &ours) {
+                self.blockers.push(format!(
+                    "the bundle's {} is {theirs}, newer than this host's {ours}: upgrade {} here first",
+                    p.name, p.name
+                ));
+            }
+        }
+
+        let nginx = d.services.iter().any(|s| s.kind == ServiceKind::NginxSite);
+        let php: Vec<String> = d
+            .services
+            .iter()
+            .filter(|s| s.kind == ServiceKind::PhpFpmPool)
+            .filter_map(|s| {
+                s.path
+                    .strip_prefix("/etc/php/")?
+                    .split('/')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect();
+        let (checks, reloads) = host::reload_commands(nginx, &php);
+
+        let disk_needed = header
+            .payload
+            .iter()
+            .filter(|p| p.path != FILES_PAYLOAD)
+            .map(|p| p.uncompressed_size.unwrap_or(p.size))
+            .sum::<u64>()
+            + header.files.content_bytes;
+        let disk_free = host::free_bytes(Path::new("/"))?;
+        if disk_free < disk_needed {
+            self.blockers.push(format!(
+                "{disk_needed} bytes are needed, {disk_free} are free"
+            ));
+        }
+        if self.options.on_conflict == OnConflict::Refuse && !conflicts.is_empty() {
+            self.blockers.push(format!(
+                "{} paths exist and differ from the bundle's (first: {}); choose --on-conflict replace or rename",
+                conflicts.len(),
+                conflicts[0].display()
+            ));
+        }
+        let health = d.health.as_ref().map(|h| {
+            let url = if domain_changes {
+                h.url.replace(&d.domain, &domain_to)
+            } else {
+                h.url.clone()
+            };
+            (url, h.status, h.contains.clone())
+        });
+        let plan = ImportPlan {
+            bundle_id: header.bundle_id.clone(),
+            tenant: header.tenant.clone(),
+            sequence: header.sequence,
+            app: d.app.clone(),
+            version: d.version.clone(),
+            instance: Rename {
+                from: d.instance.clone(),
+                to: instance_to.clone(),
+            },
+            domain: Rename {
+                from: d.domain.clone(),
+                to: domain_to,
+            },
+            packages_to_install,
+            files: placements,
+            databases: planned_dbs,
+            rewrites,
+            services: checks.iter().chain(&reloads).map(|c| c.join(" ")).collect(),
+            on_conflict: self.options.on_conflict,
+            conflicts,
+            disk_needed,
+            disk_free,
+            health_check: health.as_ref().map(|h| h.0.clone()),
+            warnings: std::mem::take(&mut self.warnings),
+            blockers: std::mem::take(&mut self.blockers),
+        };
+        Ok(Planned {
+            plan,
+            databases,
+            config_rewrites,
+            symlink_retargets,
+            checks,
+            reloads,
+            health,
+            new_instance: instance_to,
+        })
+    }
+}
+
+impl Planner<'_> {
+    /// Links in the staged tree may point into the app's own files or into packaged code
+    /// under /usr/share, nowhere else: a link to another tenant's config in a web-served
+    /// directory would publish it. Links to a renamed path follow the rename.
+    fn check_symlinks(
+        &mut self,
+        sets: &[crate::description::FileSetRecord],
+        renamed: &[(PathBuf, PathBuf)],
+    ) -> Result<Vec<(PathBuf, PathBuf)>, ImportError> {
+        let mut retargets = Vec::new();
+        let allowed = |target: &Path| {
+            target.starts_with("/usr/share/")
+                || sets.iter().any(|s| target.starts_with(&s.path))
+                || renamed.iter().any(|(_, to)| target.starts_with(to))
+        };
+        let mut stack = vec![self.tree.to_owned()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs_err::read_dir(&dir)? {
+                let entry = entry?;
+                let path = entry.path();
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if !kind.is_symlink() {
+                    continue;
+                }
+                let link = Path::new("/").join(path.strip_prefix(self.tree).unwrap_or(&path));
+                let target = fs_err::read_link(&path)?;
+                let absolute = normalize(&link.parent().unwrap_or(Path::new("/")).join(&target));
+                if let Some((from, to)) =
+                    renamed.iter().find(|(from, _)| absolute.starts_with(from))
+                {
+                    let rest = absolute.strip_prefix(from).unwrap_or(Path::new(""));
+                    let new_target = if rest.as_os_str().is_empty() {
+                        to.clone()
+                    } else {
+                        to.join(rest)
+                    };
+                    retargets.push((path.clone(), new_target));
+                    continue;
+                }
+                if !allowed(&absolute) {
+                    self.blockers.push(format!(
+                        "the link {} points to {}, outside the app's files and packaged code",
+                        link.display(),
+                        target.display()
+                    ));
+                }
+            }
+        }
+        Ok(retargets)
+    }
+}
+
+/// `path` with `.` and `..` resolved lexically (links are not followed: they are data).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::Normal(p) => out.push(p),
+            _ => {}
+        }
+    }
+    out
+}
+
+impl PreparedImport {
+    pub fn plan(&self) -> &ImportPlan {
+        &self.plan
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.tenant_dir.join("journal.jsonl")
+    }
+
+    /// Applies the plan. On any failure, every change made so far is undone from the
+    /// journal, services are reloaded on the restored configs, and the error says what
+    /// failed (and what could not be undone, if anything). `hook` is called at each step
+    /// boundary with the step's name; an error from it is a failure there (tests use it).
+    pub fn apply(
+        self,
+        hook: &dyn Fn(&str) -> Result<(), ImportError>,
+    ) -> Result<ImportReport, ImportError> {
+        if !self.plan.blockers.is_empty() {
+            return Err(ImportError::Blocked(self.plan.blockers.clone()));
+        }
+        let mut journal = Journal::create(&self.journal_path())?;
+        let mut steps = Vec::new();
+        let backup_dir = self
+            .tenant_dir
+            .join(format!("backup-{}", self.plan.bundle_id));
+        match self.apply_steps(&mut journal, &mut steps, &backup_dir, hook) {
+            Ok(()) => {
+                self.finish()?;
+                let kept = backup_dir.exists().then_some(backup_dir);
+                Ok(ImportReport {
+                    plan: self.plan,
+                    steps,
+                    backup_dir: kept,
+                })
+            }
+            Err(failure) => {
+                drop(journal);
+                let undone = roll_back(&self.journal_path());
+                let _ = fs_err::remove_dir_all(&self.staging);
+                match undone {
+                    Ok(_) => Err(failure),
+                    Err(rollback) => Err(ImportError::RollbackFailed {
+                        failure: failure.to_string(),
+                        rollback: rollback.to_string(),
+                    }),
+                }
+            }
+        }
+    }
+
+    fn apply_steps(
+        &self,
+        journal: &mut Journal,
+        steps: &mut Vec<String>,
+        backup_dir: &Path,
+        hook: &dyn Fn(&str) -> Result<(), ImportError>,
+    ) -> Result<(), ImportError> {
+        journal.record(&Change::Begin {
+            bundle_id: self.plan.bundle_id.clone(),
+            sequence: self.plan.sequence,
+            instance: self.new_instance.clone(),
+        })?;
+        hook("begin")?;
+        if !self.plan.packages_to_install.is_empty() {
+            hook("packages")?;
+            journal.record(&Change::PackagesInstalled {
+                packages: self.plan.packages_to_install.clone(),
+            })?;
+            host::run(
+                "apt-get install",
+                std::process::Command::new("apt-get")
+                    .args(["install", "-y", "-q", "--no-install-recommends"])
+                    .args(&self.plan.packages_to_install)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )?;
+            steps.push(format!(
+                "installed {}",
+                self.plan.packages_to_install.join(", ")
+            ));
+        }
+        for db in &self.databases {
+            hook("database")?;
+            self.create_and_restore(db, journal)?;
+            steps.push(format!(
+                "restored database {} into {} (owner {}, new password){}",
+                db.dump.id,
+                db.name,
+                db.user,
+                if db.rewrite.is_some() {
+                    ", domain rewritten"
+                } else {
+                    ""
+                }
+            ));
+        }
+        hook("rewrite")?;
+        for rewrite in &self.config_rewrites {
+            let text = fs_err::read_to_string(&rewrite.file)?;
+            let new = match &rewrite.kind {
+                RewriteKind::Text { old, new } => text.replace(old.as_str(), new),
+                RewriteKind::Php { slot, how, value } => {
+                    let slot_ref = match *how {
+                        "define" => PhpSlot::Define(slot),
+                        "variable" => PhpSlot::Variable(slot),
+                        _ => PhpSlot::Array(slot),
+                    };
+                    set_php_value(&text, slot_ref, value).ok_or_else(|| {
+                        ImportError::Description {
+                            member: APP_RECIPE,
+                            reason: format!(
+                                "{} assigns no literal to {slot}",
+                                rewrite.file.display()
+                            ),
+                        }
+                    })?
+                }
+            };
+            // In place: the staged file keeps its owner and mode.
+            fs_err::write(&rewrite.file, new)?;
+        }
+        for (link, target) in &self.symlink_retargets {
+            let meta = fs_err::symlink_metadata(link)?;
+            fs_err::remove_file(link)?;
+            std::os::unix::fs::symlink(target, link)?;
+            use std::os::unix::fs::MetadataExt;
+            rustix::fs::chownat(
+                rustix::fs::CWD,
+                link,
+                Some(rustix::fs::Uid::from_raw(meta.uid())),
+                Some(rustix::fs::Gid::from_raw(meta.gid())),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(std::io::Error::from)?;
+        }
+        if !self.config_rewrites.is_empty() {
+            steps.push(format!(
+                "rewrote {} values in the app's config",
+                self.config_rewrites.len()
+            ));
+        }
+        hook("files")?;
+        let displace = place::Displace {
+            policy: self.plan.on_conflict,
+            backup_dir,
+            suffix: &self.plan.bundle_id[..8.min(self.plan.bundle_id.len())],
+        };
+        for set in &self.plan.files {
+            place::place(&self.tree, set, &displace, journal)?;
+            steps.push(format!(
+                "placed {} at {}",
+                set.from.display(),
+                set.to.display()
+            ));
+        }
+        hook("services")?;
+        host::run_all(&self.checks)?;
+        journal.record(&Change::ServicesReloaded {
+            commands: self.reloads.clone(),
+        })?;
+        host::run_all(&self.reloads)?;
+        if !self.reloads.is_empty() {
+            steps.push(format!("reloaded: {}", self.plan.services.join("; ")));
+        }
+        hook("health")?;
+        if let Some((url, status, contains)) = &self.health {
+            host::health_check(
+                url,
+                *status,
+                contains.as_deref(),
+                self.options.health_timeout,
+            )?;
+            steps.push(format!("health check passed: GET {url} → {status}"));
+        }
+        journal.record(&Change::Commit)?;
+        // Past the point of no return: only a kill can stop the import here, and recovery
+        // then completes it.
+        let _ = hook("commit");
+        Ok(())
+    }
+
+    fn create_and_restore(
+        &self,
+        db: &DatabaseTarget,
+        journal: &mut Journal,
+    ) -> Result<(), ImportError> {
+        match db.dump.engine {
+            Engine::Mariadb => {
+                journal.record(&Change::MariadbDatabase {
+                    name: db.name.clone(),
+                })?;
+                let charset = db.dump.charset.as_deref().unwrap_or("utf8mb4");
+                host::mariadb_admin(&format!(
+                    "CREATE DATABASE `{}` CHARACTER SET {}",
+                    db.name,
+                    charset.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "")
+                ))?;
+                journal.record(&Change::MariadbUser {
+                    name: db.user.clone(),
+                })?;
+                host::mariadb_admin(&format!(
+                    "CREATE USER '{u}'@'localhost' IDENTIFIED BY '{p}';\n\
+                     GRANT ALL PRIVILEGES ON `{d}`.* TO '{u}'@'localhost';",
+                    u = db.user,
+                    p = db.password,
+                    d = db.name
+                ))?;
+                host::mariadb_restore(&db.name, &db.user, &db.password, |out| {
+                    let mut input =
+                        std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(&db.file)?);
+                    match &db.rewrite {
+                        Some(rules) => {
+                            rewrite_dump(&mut input, out, rules).map_err(|e| {
+                                ImportError::Description {
+                                    member: APP_DESCRIPTION,
+                                    reason: format!("dump {}: {e}", db.dump.dump),
+                                }
+                            })?;
+                        }
+                        None => {
+                            std::io::copy(&mut input, out)?;
+                        }
+                    }
+                    Ok(())
+                })
+            }
+            Engine::Postgresql => {
+                journal.record(&Change::PostgresRole {
+                    name: db.user.clone(),
+                })?;
+                host::postgres_admin(&format!(
+                    "CREATE ROLE \"{}\" LOGIN PASSWORD '{}'",
+                    db.user, db.password
+                ))?;
+                journal.record(&Change::PostgresDatabase {
+                    name: db.name.clone(),
+                })?;
+                host::postgres_admin(&format!(
+                    "CREATE DATABASE \"{}\" OWNER \"{}\"",
+                    db.name, db.user
+                ))?;
+                host::postgres_restore(&db.file, &db.name, &db.user, &db.password)
+            }
+            Engine::Sqlite => Ok(()),
+        }
+    }
+
+    /// Past the commit: remember what was imported, drop the journal and the staging area.
+    fn finish(&self) -> Result<(), ImportError> {
+        write_imported(
+            &self.tenant_dir,
+            &Imported {
+                bundle_id: self.plan.bundle_id.clone(),
+                sequence: self.plan.sequence,
+                instance: self.new_instance.clone(),
+            },
+        )?;
+        fs_err::remove_file(self.journal_path())?;
+        fs_err::remove_dir_all(&self.staging)?;
+        Ok(())
+    }
+}
+
+fn write_imported(dir: &Path, imported: &Imported) -> Result<(), ImportError> {
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    serde_json::to_writer_pretty(&mut tmp, imported).map_err(std::io::Error::other)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(dir.join("imported.json"))
+        .map_err(|e| ImportError::Io(e.error))?;
+    Ok(())
+}
+
+/// Undoes every change a journal records, newest first, then reloads the services on the
+/// restored configs if the import had reloaded them. Keeps going after an error, so as
+/// much as possible is restored, and returns the first error. Removes the journal when
+/// everything was undone.
+fn roll_back(journal_path: &Path) -> Result<usize, ImportError> {
+    let changes = Journal::read(journal_path)?;
+    let mut first_error = None;
+    let mut reloads = None;
+    for change in changes.iter().rev() {
+        let undone = match change {
+            Change::Created { .. } | Change::MovedAside { .. } => place::undo_file_change(change),
+            Change::MariadbUser { name } => {
+                host::mariadb_admin(&format!("DROP USER IF EXISTS '{name}'@'localhost'"))
+                    .map(|_| ())
+            }
+            Change::MariadbDatabase { name } => {
+                host::mariadb_admin(&format!("DROP DATABASE IF EXISTS `{name}`")).map(|_| ())
+            }
+            Change::PostgresDatabase { name } => {
+                host::postgres_admin(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                    .map(|_| ())
+            }
+            Change::PostgresRole { name } => {
+                host::postgres_admin(&format!("DROP ROLE IF EXISTS \"{name}\"")).map(|_| ())
+            }
+            Change::PackagesInstalled { packages } => host::run(
+                "apt-get purge",
+                std::process::Command::new("apt-get")
+                    .args(["purge", "-y", "-q"])
+                    .args(packages)
+                    .env("DEBIAN_FRONTEND", "noninteractive"),
+            )
+            .map(|_| ()),
+            Change::ServicesReloaded { commands } => {
+                reloads = Some(commands.clone());
+                Ok(())
+            }
+            Change::Begin { .. } | Change::Commit => Ok(()),
+        };
+        if let Err(e) = undone {
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(commands) = reloads {
+        if let Err(e) = host::run_all(&commands) {
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => {
+            fs_err::remove_file(journal_path)?;
+            Ok(changes.len())
+        }
+    }
+}
+
+/// Finishes what a killed import left: rolled back if it had not committed, completed if
+/// it had. `None` if there was nothing to recover. The caller holds the tenant's lock.
+fn recover_locked(dir: &Path) -> Result<Option<String>, ImportError> {
+    let journal = dir.join("journal.jsonl");
+    if !journal.exists() {
+        return Ok(None);
+    }
+    let changes = Journal::read(&journal)?;
+    let begin = changes.iter().find_map(|c| match c {
+        Change::Begin {
+            bundle_id,
+            sequence,
+            instance,
+        } => Some((bundle_id.clone(), *sequence, instance.clone())),
+        _ => None,
+    });
+    let staging = dir.join("staging");
+    let message = if changes.contains(&Change::Commit) {
+        if let Some((bundle_id, sequence, instance)) = &begin {
+            write_imported(
+                dir,
+                &Imported {
+                    bundle_id: bundle_id.clone(),
+                    sequence: *sequence,
+                    instance: instance.clone(),
+                },
+            )?;
+        }
+        fs_err::remove_file(&journal)?;
+        format!(
+            "an interrupted import of bundle {} had committed: it is complete",
+            begin.map_or_else(|| "?".to_owned(), |b| b.0)
+        )
+    } else {
+        let undone = roll_back(&journal)?;
+        format!(
+            "an interrupted import of bundle {} was rolled back ({undone} journal records undone)",
+            begin.map_or_else(|| "?".to_owned(), |b| b.0)
+        )
+    };
+    if staging.exists() {
+        fs_err::remove_dir_all(&staging)?;
+    }
+    Ok(Some(message))
+}
+
+/// Recovers an interrupted import of `tenant` (see [`prepare_import`], which does it too).
+pub fn recover(work_dir: &Path, tenant: &str) -> Result<Option<String>, ImportError> {
+    let dir = tenant_dir(work_dir, tenant);
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let _lock = lock(&dir, tenant)?;
+    recover_locked(&dir)
+}

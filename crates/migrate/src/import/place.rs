@@ -1,0 +1,324 @@
+//! Putting staged file sets into place: entry by entry, each creation or displacement
+//! journaled first, so that undoing the journal restores the host exactly.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::journal::{Change, Journal};
+use crate::error::ImportError;
+
+/// What to do with an existing path that differs from the bundle's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    /// Change nothing, and say what is in the way.
+    Refuse,
+    /// Move the existing item into the import's backup directory.
+    Replace,
+    /// Rename the existing item beside itself (`NAME.baluchon-old-ID`).
+    Rename,
+}
+
+/// One file set: where it is staged, where it goes, and what placing it would do.
+#[derive(Debug, Clone, Serialize)]
+pub struct SetPlacement {
+    /// The path on the source host (and inside the staged tree).
+    pub from: PathBuf,
+    /// The path on this host.
+    pub to: PathBuf,
+    pub entries: u64,
+    /// Entries that do not exist here yet.
+    pub creates: u64,
+    /// Entries that exist here with the same content.
+    pub identical: u64,
+    /// Entries that exist here and differ (or are of another type).
+    pub conflicts: Vec<PathBuf>,
+}
+
+fn staged_path(tree: &Path, from: &Path) -> PathBuf {
+    tree.join(from.strip_prefix("/").unwrap_or(from))
+}
+
+enum Existing {
+    Absent,
+    Same,
+    /// Both are directories: descend.
+    Merge,
+    Differs,
+}
+
+fn compare(staged: &Path, target: &Path) -> Result<Existing, ImportError> {
+    let Ok(there) = fs_err::symlink_metadata(target) else {
+        return Ok(Existing::Absent);
+    };
+    let ours = fs_err::symlink_metadata(staged)?;
+    let (a, b) = (ours.file_type(), there.file_type());
+    if a.is_dir() && b.is_dir() {
+        return Ok(Existing::Merge);
+    }
+    if a.is_symlink() && b.is_symlink() {
+        let same = fs_err::read_link(staged)? == fs_err::read_link(target)?;
+        return Ok(if same {
+            Existing::Same
+        } else {
+            Existing::Differs
+        });
+    }
+    if a.is_file() && b.is_file() {
+        if ours.len() != there.len() {
+            return Ok(Existing::Differs);
+        }
+        let same = same_bytes(staged, target)?
+            && ours.mode() & 0o7777 == there.mode() & 0o7777
+            && (ours.uid(), ours.gid()) == (there.uid(), there.gid());
+        return Ok(if same {
+            Existing::Same
+        } else {
+            Existing::Differs
+        });
+    }
+    Ok(Existing::Differs)
+}
+
+fn same_bytes(a: &Path, b: &Path) -> Result<bool, ImportError> {
+    use std::io::Read;
+    let mut fa = fs_err::File::open(a)?;
+    let mut fb = fs_err::File::open(b)?;
+    let mut ba = vec![0u8; 64 * 1024];
+    let mut bb = vec![0u8; 64 * 1024];
+    loop {
+        let n = fa.read(&mut ba)?;
+        if n == 0 {
+            return Ok(fb.read(&mut bb[..1])? == 0);
+        }
+        fb.read_exact(&mut bb[..n])?;
+        if ba[..n] != bb[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// Children of a staged directory, sorted so that surveys and placements are repeatable.
+fn children(dir: &Path) -> Result<Vec<std::ffi::OsString>, ImportError> {
+    let mut names: Vec<_> = fs_err::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// What placing `from` (staged under `tree`) at `to` would do; changes nothing.
+pub fn survey(tree: &Path, from: &Path, to: &Path) -> Result<SetPlacement, ImportError> {
+    let mut plan = SetPlacement {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        entries: 0,
+        creates: 0,
+        identical: 0,
+        conflicts: Vec::new(),
+    };
+    let mut stack = vec![(staged_path(tree, from), to.to_owned())];
+    while let Some((staged, target)) = stack.pop() {
+        match compare(&staged, &target)? {
+            Existing::Absent => {
+                let count = count_entries(&staged)?;
+                plan.entries += count;
+                plan.creates += count;
+            }
+            Existing::Same => {
+                plan.entries += 1;
+                plan.identical += 1;
+            }
+            Existing::Differs => {
+                plan.entries += count_entries(&staged)?;
+                plan.conflicts.push(target);
+            }
+            Existing::Merge => {
+                plan.entries += 1;
+                plan.identical += 1;
+                for name in children(&staged)?.into_iter().rev() {
+                    stack.push((staged.join(&name), target.join(&name)));
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn count_entries(path: &Path) -> Result<u64, ImportError> {
+    let meta = fs_err::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(1);
+    }
+    let mut n = 1;
+    for name in children(path)? {
+        n += count_entries(&path.join(name))?;
+    }
+    Ok(n)
+}
+
+/// Where things displaced by an import go, and under which suffix.
+#[derive(Debug)]
+pub struct Displace<'a> {
+    pub policy: OnConflict,
+    pub backup_dir: &'a Path,
+    pub suffix: &'a str,
+}
+
+/// Places one set, journaling each change before making it. A conflict under `Refuse`
+/// is an error (the plan should have caught it; the host may have changed since).
+pub fn place(
+    tree: &Path,
+    set: &SetPlacement,
+    displace: &Displace<'_>,
+    journal: &mut Journal,
+) -> Result<(), ImportError> {
+    let mut stack = vec![(staged_path(tree, &set.from), set.to.clone())];
+    // Directory times are set last: creating their entries changes them.
+    let mut dir_times = Vec::new();
+    while let Some((staged, target)) = stack.pop() {
+        match compare(&staged, &target)? {
+            Existing::Same => continue,
+            Existing::Merge => {
+                for name in children(&staged)?.into_iter().rev() {
+                    stack.push((staged.join(&name), target.join(&name)));
+                }
+                continue;
+            }
+            Existing::Differs => {
+                let kept = match displace.policy {
+                    OnConflict::Refuse => {
+                        return Err(ImportError::Blocked(vec![format!(
+                            "{} exists and differs from the bundle's (--on-conflict refuse)",
+                            target.display()
+                        )]))
+                    }
+                    OnConflict::Replace => displace
+                        .backup_dir
+                        .join(target.strip_prefix("/").unwrap_or(&target)),
+                    OnConflict::Rename => {
+                        let mut name = target.file_name().unwrap_or_default().to_owned();
+                        name.push(format!(".baluchon-old-{}", displace.suffix));
+                        target.with_file_name(name)
+                    }
+                };
+                journal.record(&Change::MovedAside {
+                    path: target.clone(),
+                    kept: kept.clone(),
+                })?;
+                if let Some(parent) = kept.parent() {
+                    fs_err::create_dir_all(parent)?;
+                }
+                fs_err::rename(&target, &kept)?;
+            }
+            Existing::Absent => {}
+        }
+        if let Some(parent) = target.parent() {
+            if !parent.exists() {
+                return Err(ImportError::Blocked(vec![format!(
+                    "{} does not exist on this host",
+                    parent.display()
+                )]));
+            }
+        }
+        journal.record(&Change::Created {
+            path: target.clone(),
+        })?;
+        let meta = fs_err::symlink_metadata(&staged)?;
+        if meta.is_dir() {
+            fs_err::create_dir(&target)?;
+            fs_err::set_permissions(
+                &target,
+                std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+            )?;
+            chown(&target, &meta)?;
+            dir_times.push((target.clone(), meta));
+            for name in children(&staged)?.into_iter().rev() {
+                stack.push((staged.join(&name), target.join(&name)));
+            }
+        } else {
+            move_entry(&staged, &target, &meta)?;
+        }
+    }
+    for (dir, meta) in dir_times.into_iter().rev() {
+        set_mtime(&dir, &meta)?;
+    }
+    Ok(())
+}
+
+/// Renames a staged file or link into place; across filesystems, copies it with its
+/// metadata.
+fn move_entry(staged: &Path, target: &Path, meta: &std::fs::Metadata) -> Result<(), ImportError> {
+    match fs_err::rename(staged, target) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
+        Err(e) => return Err(e.into()),
+    }
+    if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(fs_err::read_link(staged)?, target)?;
+        chown(target, meta)?;
+        return Ok(());
+    }
+    fs_err::copy(staged, target)?;
+    fs_err::File::open(target)?.sync_all()?;
+    fs_err::set_permissions(
+        target,
+        std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+    )?;
+    chown(target, meta)?;
+    set_mtime(target, meta)
+}
+
+fn chown(path: &Path, meta: &std::fs::Metadata) -> Result<(), ImportError> {
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        path,
+        Some(rustix::fs::Uid::from_raw(meta.uid())),
+        Some(rustix::fs::Gid::from_raw(meta.gid())),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| std::io::Error::new(e.kind(), format!("chown {}: {e}", path.display())))?;
+    Ok(())
+}
+
+fn set_mtime(path: &Path, meta: &std::fs::Metadata) -> Result<(), ImportError> {
+    let time = rustix::fs::Timespec {
+        tv_sec: meta.mtime(),
+        tv_nsec: meta.mtime_nsec() as _,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &rustix::fs::Timestamps {
+            last_access: time,
+            last_modification: time,
+        },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| std::io::Error::new(e.kind(), format!("utimensat {}: {e}", path.display())))?;
+    Ok(())
+}
+
+/// Undoes one journaled change. Each undo checks the state first, so running it twice,
+/// or for a change that was recorded but never made, is harmless.
+pub fn undo_file_change(change: &Change) -> Result<(), ImportError> {
+    match change {
+        Change::Created { path } => match fs_err::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => fs_err::remove_dir_all(path)?,
+            Ok(_) => fs_err::remove_file(path)?,
+            Err(_) => {}
+        },
+        Change::MovedAside { path, kept } if fs_err::symlink_metadata(kept).is_ok() => {
+            match fs_err::symlink_metadata(path) {
+                Ok(m) if m.is_dir() => fs_err::remove_dir_all(path)?,
+                Ok(_) => fs_err::remove_file(path)?,
+                Err(_) => {}
+            }
+            fs_err::rename(kept, path)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}

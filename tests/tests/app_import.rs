@@ -1,0 +1,459 @@
+//! Reinstalling real apps from their bundles: WordPress (MariaDB) and DokuWiki exported,
+//! their originals removed, then imported under a new domain and new database names on the
+//! same machine; checked over HTTP. A failure injected at each apply step, or a kill, leaves
+//! the host as it was.
+//!
+//! The tests of this file run one at a time: the host-state comparisons look at shared
+//! directories (/etc/nginx, /var/lib/wordpress) that another test's site would change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+use baluchon_tests::apps::{
+    baluchon, http_get, mariadb_root, script, services, text, unique, Site,
+};
+use baluchon_tests::fixture::Keys;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Everything of the host an import may touch: file trees (type, mode, owner, content
+/// digest or link target) and the databases and their users.
+fn host_state() -> BTreeMap<String, String> {
+    let mut state = BTreeMap::new();
+    for root in [
+        "/etc/nginx",
+        "/etc/wordpress",
+        "/etc/php/8.2/fpm",
+        "/etc/dokuwiki",
+        "/var/lib/wordpress",
+        "/var/lib/dokuwiki",
+    ] {
+        walk(Path::new(root), &mut state);
+    }
+    state.insert(
+        "mariadb databases".into(),
+        mariadb_root("SELECT schema_name FROM information_schema.schemata ORDER BY 1"),
+    );
+    state.insert(
+        "mariadb users".into(),
+        mariadb_root("SELECT CONCAT(user, '@', host) FROM mysql.user ORDER BY 1"),
+    );
+    state
+}
+
+fn walk(path: &Path, state: &mut BTreeMap<String, String>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs_err::symlink_metadata(path) else {
+        return;
+    };
+    let what = if meta.file_type().is_symlink() {
+        format!("link {}", fs_err::read_link(path).unwrap().display())
+    } else if meta.is_file() {
+        format!("file {:x}", Sha256::digest(fs_err::read(path).unwrap()))
+    } else {
+        "dir".to_owned()
+    };
+    state.insert(
+        path.display().to_string(),
+        format!(
+            "{what} {:o} {}:{}",
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid()
+        ),
+    );
+    if meta.is_dir() {
+        for entry in fs_err::read_dir(path).unwrap() {
+            walk(&entry.unwrap().path(), state);
+        }
+    }
+}
+
+fn assert_same_state(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+    when: &str,
+) {
+    let mut differences = Vec::new();
+    for (key, value) in before {
+        match after.get(key) {
+            None => differences.push(format!("gone: {key}")),
+            Some(v) if v != value => differences.push(format!("changed: {key}: {value} → {v}")),
+            _ => {}
+        }
+    }
+    for key in after.keys().filter(|k| !before.contains_key(*k)) {
+        differences.push(format!("new: {key} {}", after[key]));
+    }
+    assert!(
+        differences.is_empty(),
+        "{when}: the host changed:\n{}",
+        differences.join("\n")
+    );
+}
+
+struct Move {
+    dir: tempfile::TempDir,
+    keys: Keys,
+    work: PathBuf,
+    bundle: PathBuf,
+}
+
+impl Move {
+    /// Exports `app` instance `instance` into a bundle.
+    fn export(app: &str, instance: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keys::new(dir.path());
+        let bundle = dir.path().join("app.baluchon");
+        let work = dir.path().join("work");
+        let out = baluchon(
+            &[
+                &"export",
+                &"--app",
+                &app,
+                &"--instance",
+                &instance,
+                &"--sign-key",
+                &keys.private,
+                &"-o",
+                &bundle,
+            ],
+            dir.path(),
+        );
+        assert!(out.status.success(), "export: {}", text(&out.stderr));
+        Self {
+            dir,
+            keys,
+            work,
+            bundle,
+        }
+    }
+
+    fn import(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(baluchon_tests::fixture::baluchon_bin());
+        command
+            .args(["import"])
+            .arg(&self.bundle)
+            .arg("--signer")
+            .arg(&self.keys.allowed_signers)
+            .arg("--work-dir")
+            .arg(&self.work)
+            .args(extra)
+            .env("BALUCHON_STATE_DIR", self.dir.path());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    }
+
+    fn plan(&self, extra: &[&str]) -> Value {
+        let mut args = vec!["--plan", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.import(&args, &[]);
+        assert!(out.status.success(), "plan: {}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// Removes what an import of WordPress placed and created, from its plan.
+fn remove_imported(plan: &Value) {
+    let domain = plan["domain"]["to"].as_str().unwrap();
+    script("wordpress-site.sh", &["remove", domain]);
+    for set in plan["files"].as_array().unwrap() {
+        let to = Path::new(set["to"].as_str().unwrap());
+        if to.is_file() || to.is_symlink() {
+            let _ = fs_err::remove_file(to);
+        }
+    }
+    for db in plan["databases"].as_array().unwrap() {
+        if let (Some(name), Some(user)) = (db["to"].as_str(), db["user"].as_str()) {
+            mariadb_root(&format!(
+                "DROP DATABASE IF EXISTS `{name}`; DROP USER IF EXISTS '{user}'@'localhost'"
+            ));
+        }
+    }
+}
+
+fn login_redirects_to_admin(domain: &str, password: &str) -> bool {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "--resolve",
+        ])
+        .arg(format!("{domain}:80:127.0.0.1"))
+        .args([
+            "--cookie",
+            "wordpress_test_cookie=WP%20Cookie%20check",
+            "--data-urlencode",
+            "log=admin",
+        ])
+        .arg("--data-urlencode")
+        .arg(format!("pwd={password}"))
+        .args(["--data-urlencode", "testcookie=1"])
+        .arg(format!("http://{domain}/wp-login.php"))
+        .output()
+        .unwrap();
+    let answer = text(&out.stdout);
+    answer.starts_with("302") && answer.contains("/wp-admin")
+}
+
+/// PHP's own unserialize() on a value, as JSON (or "FAIL").
+fn php_unserialize(value: &str) -> String {
+    let mut child = Command::new("php")
+        .args(["-r", "$v = unserialize(stream_get_contents(STDIN)); echo $v === false ? 'FAIL' : json_encode($v);"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(value.as_bytes())
+        .unwrap();
+    text(&child.wait_with_output().unwrap().stdout)
+}
+
+#[test]
+fn wordpress_moves_to_a_new_domain_and_new_database_and_still_works() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    services();
+    let old = format!("{}.test", unique("wp-from"));
+    let new = format!("{}.test", unique("wp-to"));
+    let site = Site::create("wordpress", &old);
+    let db = site.fact("db_name").to_owned();
+    // A serialized option that holds the domain: its length prefixes must be fixed.
+    let serialized = format!(
+        "a:2:{{s:3:\"url\";s:{}:\"http://{old}/x\";s:4:\"list\";a:1:{{i:0;s:{}:\"http://{old}/é\";}}}}",
+        format!("http://{old}/x").len(),
+        format!("http://{old}/é").len()
+    );
+    mariadb_root(&format!(
+        "INSERT INTO `{db}`.wp_options (option_name, option_value, autoload) VALUES ('baluchon_probe', '{serialized}', 'no')"
+    ));
+    let upload = fs_err::read(site.fact("upload_path")).unwrap();
+    let upload_url = site.fact("upload_url").replace(&old, &new);
+    let (post_id, canary, password) = (
+        site.fact("post_id").to_owned(),
+        site.fact("canary").to_owned(),
+        site.fact("admin_password").to_owned(),
+    );
+
+    let moved = Move::export("wordpress", &old);
+    drop(site); // the original is removed: its domain, database, files and uploads
+    assert_eq!(
+        http_get(&new, "/").0,
+        404,
+        "the new domain is not served yet"
+    );
+
+    let plan = moved.plan(&["--domain", &new]);
+    assert_eq!(plan["domain"]["to"], new.as_str());
+    assert!(plan["blockers"].as_array().unwrap().is_empty(), "{plan}");
+    let new_db = plan["databases"][0]["to"].as_str().unwrap().to_owned();
+    assert_ne!(new_db, db, "a new database name");
+
+    let out = moved.import(&["--domain", &new], &[]);
+    assert!(
+        out.status.success(),
+        "import: {}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains("health check passed"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let (status, page) = http_get(&new, &format!("/?p={post_id}"));
+    assert_eq!(status, 200);
+    assert!(
+        text(&page).contains(&canary),
+        "the post renders at the new domain"
+    );
+    let (status, bytes) = http_get(
+        &new,
+        upload_url.trim_start_matches(&format!("http://{new}")),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(bytes, upload, "the upload is byte-identical");
+    assert!(
+        login_redirects_to_admin(&new, &password),
+        "the old admin password logs in"
+    );
+    let home = mariadb_root(&format!(
+        "SELECT option_value FROM `{new_db}`.wp_options WHERE option_name = 'home'"
+    ));
+    assert_eq!(home, format!("http://{new}"));
+    let probe = mariadb_root(&format!(
+        "SELECT option_value FROM `{new_db}`.wp_options WHERE option_name = 'baluchon_probe'"
+    ));
+    let decoded = php_unserialize(&probe);
+    assert!(
+        decoded.contains(&format!("http:\\/\\/{new}\\/x")),
+        "unserialized: {decoded}"
+    );
+    assert!(!decoded.contains("FAIL"));
+    let guid = mariadb_root(&format!(
+        "SELECT guid FROM `{new_db}`.wp_posts WHERE ID = {post_id}"
+    ));
+    assert!(
+        guid.contains(&old),
+        "guids are identifiers and stay: {guid}"
+    );
+
+    // The same bundle again: nothing to do.
+    let again = moved.import(&["--domain", &new], &[]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(text(&again.stdout).contains("already imported"));
+
+    remove_imported(&plan);
+}
+
+/// Exports a fresh WordPress site, and returns it with its bundle (the site stays).
+fn site_and_bundle() -> (Site, Move) {
+    services();
+    let domain = format!("{}.test", unique("wp-fail"));
+    let site = Site::create("wordpress", &domain);
+    let moved = Move::export("wordpress", &domain);
+    (site, moved)
+}
+
+#[test]
+fn a_failure_at_any_step_leaves_the_host_as_it_was() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (_site, moved) = site_and_bundle();
+    let before = host_state();
+    for step in [
+        "begin", "database", "rewrite", "files", "services", "health",
+    ] {
+        let target = format!("{}.test", unique("wp-failed"));
+        let out = moved.import(&["--domain", &target], &[("BALUCHON_TEST_FAIL_AT", step)]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{step}: {stderr}");
+        assert!(
+            stderr.contains(&format!("stopped at step {step}")),
+            "{step}: {stderr}"
+        );
+        assert!(stderr.contains("rolled back"), "{step}: {stderr}");
+        assert_same_state(
+            &before,
+            &host_state(),
+            &format!("after a failure at {step}"),
+        );
+        assert_eq!(
+            http_get(&target, "/").0,
+            404,
+            "{step}: the new site is not served"
+        );
+    }
+}
+
+#[test]
+fn a_killed_import_is_rolled_back_or_completed_by_recover() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (site, moved) = site_and_bundle();
+    let tenant = site.fact("domain").to_owned();
+    let before = host_state();
+    let target = format!("{}.test", unique("wp-killed"));
+    let out = moved.import(
+        &["--domain", &target],
+        &[("BALUCHON_TEST_KILL_AT", "services")],
+    );
+    assert!(!out.status.success(), "the import was killed");
+    let recovered = baluchon(
+        &[&"recover", &"--tenant", &tenant, &"--work-dir", &moved.work],
+        moved.dir.path(),
+    );
+    assert!(recovered.status.success(), "{}", text(&recovered.stderr));
+    assert!(
+        text(&recovered.stdout).contains("rolled back"),
+        "{}",
+        text(&recovered.stdout)
+    );
+    assert_same_state(
+        &before,
+        &host_state(),
+        "after recovering a kill before the commit",
+    );
+
+    // Killed after its commit: the next import completes it, and it is then a no-op.
+    let target = format!("{}.test", unique("wp-committed"));
+    let out = moved.import(
+        &["--domain", &target],
+        &[("BALUCHON_TEST_KILL_AT", "commit")],
+    );
+    assert!(!out.status.success());
+    let plan_out = moved.import(&["--domain", &target], &[]);
+    assert!(plan_out.status.success(), "{}", text(&plan_out.stderr));
+    assert!(
+        text(&plan_out.stdout).contains("already imported"),
+        "{}",
+        text(&plan_out.stdout)
+    );
+    assert_eq!(
+        http_get(&target, "/").0,
+        200,
+        "the committed import serves the site"
+    );
+    let plan: Value = serde_json::json!({
+        "domain": {"to": target},
+        "files": [],
+        "databases": [],
+    });
+    remove_imported(&plan);
+}
+
+#[test]
+fn a_concurrent_import_of_the_same_tenant_is_refused() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (site, moved) = site_and_bundle();
+    let dir = moved.work.join("imports").join(site.fact("domain"));
+    fs_err::create_dir_all(&dir).unwrap();
+    let lock = fs_err::File::create(dir.join("lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let out = moved.import(&["--plan"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("another baluchon import"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn conflicts_are_refused_by_default_and_the_plan_names_them() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (site, moved) = site_and_bundle();
+    // Same domain, and the site is still there, changed since the export: a conflict.
+    fs_err::write(site.fact("vhost_path"), "# changed since the export\n").unwrap();
+    let before = host_state();
+    let out = moved.import(&["--plan", "--json"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a plan that would be refused fails"
+    );
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let conflicts = plan["conflicts"].to_string();
+    assert!(conflicts.contains(site.fact("vhost_path")), "{conflicts}");
+    assert!(!plan["blockers"].as_array().unwrap().is_empty());
+    let out = moved.import(&[], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("--on-conflict"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_same_state(&before, &host_state(), "after a refused import");
+}
