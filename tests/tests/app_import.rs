@@ -457,3 +457,104 @@ fn conflicts_are_refused_by_default_and_the_plan_names_them() {
     );
     assert_same_state(&before, &host_state(), "after a refused import");
 }
+
+#[test]
+fn dokuwiki_moves_to_a_new_domain_replacing_the_default_config() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    services();
+    let old = format!("{}.test", unique("wiki-from"));
+    let new = format!("{}.test", unique("wiki-to"));
+    let site = Site::create("dokuwiki", &old);
+    let media = fs_err::read(site.fact("media_path")).unwrap();
+    let (page_id, media_id, canary, password) = (
+        site.fact("page_id").to_owned(),
+        site.fact("media_id").to_owned(),
+        site.fact("canary").to_owned(),
+        site.fact("admin_password").to_owned(),
+    );
+    let moved = Move::export("dokuwiki", &old);
+    drop(site); // vhost gone, page and media deleted, accounts and local.php reset
+
+    // The host's own DokuWiki config now differs from the tenant's: refused by default,
+    // replaced on request (the host's files are kept in the import's backup directory).
+    let refused = moved.import(&["--domain", &new], &[]);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    let out = moved.import(
+        &["--domain", &new, "--on-conflict", "replace", "--json"],
+        &[],
+    );
+    assert!(out.status.success(), "import: {}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let backup = PathBuf::from(report["backup_dir"].as_str().expect("a backup directory"));
+    assert!(
+        backup.join("etc/dokuwiki/local.php").exists()
+            || backup.join("var/lib/dokuwiki/acl/users.auth.php").exists()
+    );
+
+    let (status, page) = http_get(&new, &format!("/doku.php?id={page_id}"));
+    assert_eq!(status, 200);
+    assert!(
+        text(&page).contains(&canary),
+        "the page renders at the new domain"
+    );
+    let (status, bytes) = http_get(&new, &format!("/lib/exe/fetch.php?media={media_id}"));
+    assert_eq!(status, 200);
+    assert_eq!(bytes, media, "the media file is byte-identical");
+    // The tenant's account came along: its password works over XML-RPC.
+    let login = Command::new("curl")
+        .args(["-s", "--resolve"])
+        .arg(format!("{new}:80:127.0.0.1"))
+        .arg("-u")
+        .arg(format!("admin:{password}"))
+        .args(["-H", "Content-Type: text/xml", "--data"])
+        .arg(format!("<?xml version=\"1.0\"?><methodCall><methodName>wiki.getPage</methodName><params><param><value><string>{page_id}</string></value></param></params></methodCall>"))
+        .arg(format!("http://{new}/lib/exe/xmlrpc.php"))
+        .output()
+        .unwrap();
+    assert!(
+        text(&login.stdout).contains(&canary),
+        "{}",
+        text(&login.stdout)
+    );
+
+    script("dokuwiki-site.sh", &["remove", &new]);
+}
+
+#[test]
+fn a_bundle_of_a_newer_app_version_than_the_host_has_is_refused() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (site, moved) = site_and_bundle();
+    let installed = text(
+        &Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}", "wordpress"])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    // The exporter's key signs a description that says the app came from a newer package.
+    let mut forged = baluchon_tests::forge::Forge::read(&moved.bundle);
+    forged.replace_text(
+        "data/app/app.json",
+        &format!("\"version\": \"{installed}\""),
+        "\"version\": \"99:1.0\"",
+    );
+    forged.reseal(&moved.keys);
+    let newer = moved.dir.path().join("newer.baluchon");
+    forged.write(&newer);
+    let target = format!("{}.test", unique("wp-newer"));
+    let out = Command::new(baluchon_tests::fixture::baluchon_bin())
+        .arg("import")
+        .arg(&newer)
+        .arg("--signer")
+        .arg(&moved.keys.allowed_signers)
+        .arg("--work-dir")
+        .arg(&moved.work)
+        .args(["--domain", &target])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("newer than this host's"), "{stderr}");
+    assert!(stderr.contains("upgrade wordpress here first"), "{stderr}");
+    drop(site);
+}

@@ -113,7 +113,7 @@ pub fn mariadb_restore(
     database: &str,
     user: &str,
     password: &str,
-    feed: impl FnOnce(&mut dyn Write) -> Result<(), ImportError> + Send,
+    feed: impl FnOnce(&mut dyn Write) -> Result<(), ImportError>,
 ) -> Result<(), ImportError> {
     let creds = mariadb_credentials(user, password)?;
     let mut child = Command::new("mariadb")

@@ -706,7 +706,24 @@ impl Planner<'_> {
                 }
             }
         }
-        for p in &d.code_packages {
+        // The app's version, when the recipe reads it from a package, and the versions of
+        // the packages that provide its code: this host must have at least those.
+        let app_package = self
+            .recipe
+            .definition()
+            .detect
+            .version
+            .as_ref()
+            .and_then(|v| rules.get(v))
+            .and_then(|r| r.package_version.clone());
+        let app_version = app_package.zip(d.version.clone()).map(|(name, version)| {
+            crate::description::PackageRecord {
+                name,
+                version: Some(version),
+                architecture: None,
+            }
+        });
+        for p in d.code_packages.iter().chain(app_version.as_ref()) {
             let (Some(theirs), Some(ours)) = (
                 &p.version,
                 host::installed_version(&p.name).or_else(|| host::candidate_version(&p.name)),
@@ -957,17 +974,13 @@ impl PreparedImport {
         }
         for db in &self.databases {
             hook("database")?;
-            self.create_and_restore(db, journal)?;
+            let rewritten = self.create_and_restore(db, journal)?;
             steps.push(format!(
                 "restored database {} into {} (owner {}, new password){}",
                 db.dump.id,
                 db.name,
                 db.user,
-                if db.rewrite.is_some() {
-                    ", domain rewritten"
-                } else {
-                    ""
-                }
+                rewritten.map(|r| format!(": {r}")).unwrap_or_default()
             ));
         }
         hook("rewrite")?;
@@ -1059,7 +1072,7 @@ impl PreparedImport {
         &self,
         db: &DatabaseTarget,
         journal: &mut Journal,
-    ) -> Result<(), ImportError> {
+    ) -> Result<Option<String>, ImportError> {
         match db.dump.engine {
             Engine::Mariadb => {
                 journal.record(&Change::MariadbDatabase {
@@ -1081,24 +1094,34 @@ impl PreparedImport {
                     p = db.password,
                     d = db.name
                 ))?;
+                let mut summary = None;
                 host::mariadb_restore(&db.name, &db.user, &db.password, |out| {
                     let mut input =
                         std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(&db.file)?);
                     match &db.rewrite {
                         Some(rules) => {
-                            rewrite_dump(&mut input, out, rules).map_err(|e| {
+                            let report = rewrite_dump(&mut input, out, rules).map_err(|e| {
                                 ImportError::Description {
                                     member: APP_DESCRIPTION,
                                     reason: format!("dump {}: {e}", db.dump.dump),
                                 }
                             })?;
+                            let mut text = format!(
+                                "{} values rewritten ({} PHP-serialized, lengths fixed), {} DEFINER clauses removed",
+                                report.values_changed, report.serialized_fixed, report.definers_removed
+                            );
+                            for warning in &report.warnings {
+                                text.push_str(&format!("; warning: {warning}"));
+                            }
+                            summary = Some(text);
                         }
                         None => {
                             std::io::copy(&mut input, out)?;
                         }
                     }
                     Ok(())
-                })
+                })?;
+                Ok(summary)
             }
             Engine::Postgresql => {
                 journal.record(&Change::PostgresRole {
@@ -1115,9 +1138,10 @@ impl PreparedImport {
                     "CREATE DATABASE \"{}\" OWNER \"{}\"",
                     db.name, db.user
                 ))?;
-                host::postgres_restore(&db.file, &db.name, &db.user, &db.password)
+                host::postgres_restore(&db.file, &db.name, &db.user, &db.password)?;
+                Ok(None)
             }
-            Engine::Sqlite => Ok(()),
+            Engine::Sqlite => Ok(None),
         }
     }
 
