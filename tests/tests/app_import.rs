@@ -558,3 +558,46 @@ fn a_bundle_of_a_newer_app_version_than_the_host_has_is_refused() {
     assert!(stderr.contains("upgrade wordpress here first"), "{stderr}");
     drop(site);
 }
+
+#[test]
+fn packages_installed_by_a_failed_import_are_removed_again() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let installed = |p: &str| {
+        text(
+            &Command::new("dpkg-query")
+                .args(["-W", "-f=${db:Status-Status}", p])
+                .output()
+                .unwrap()
+                .stdout,
+        ) == "installed"
+    };
+    // `sl`, a tiny package nothing else needs, stands for a missing dependency of the app.
+    assert!(!installed("sl"), "this test needs sl not installed");
+    let (_site, moved) = site_and_bundle();
+    let mut forged = baluchon_tests::forge::Forge::read(&moved.bundle);
+    forged.replace_text(
+        "data/app/app.json",
+        "\"needs_packages\": [",
+        "\"needs_packages\": [{\"name\": \"sl\", \"version\": null, \"architecture\": null},",
+    );
+    forged.reseal(&moved.keys);
+    forged.write(&moved.bundle);
+    let before = host_state();
+    let target = format!("{}.test", unique("wp-package"));
+    let plan = moved.plan(&["--domain", &target]);
+    assert_eq!(plan["packages_to_install"], serde_json::json!(["sl"]));
+    let out = moved.import(
+        &["--domain", &target],
+        &[("BALUCHON_TEST_FAIL_AT", "health")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        !installed("sl"),
+        "the package the import installed was removed"
+    );
+    assert_same_state(
+        &before,
+        &host_state(),
+        "after a failed import that installed a package",
+    );
+}

@@ -81,9 +81,10 @@ pub fn dump<'k>(
         let mut dst = Connection::open(copy.path()).map_err(sqlite)?;
         let backup = Backup::new(&src, &mut dst).map_err(sqlite)?;
         // All pages in one step: one read transaction, so one snapshot, and no restart
-        // however often the app writes meanwhile.
+        // however often the app writes meanwhile. (rusqlite refuses SQLite's own "-1 for
+        // all": a step larger than any database does the same.)
         backup
-            .run_to_completion(-1, Duration::from_millis(50), None)
+            .run_to_completion(i32::MAX, Duration::from_millis(50), None)
             .map_err(sqlite)?;
     }
     let check: String = Connection::open(copy.path())

@@ -270,7 +270,21 @@ pub fn prepare_import(
     // against the file sets, and created as links only.
     extract.allow_outside_symlinks = true;
     let (bundle, staged) = authenticated.extract(Destination::lock(&tree)?, &extract, progress)?;
+    let extracted = staged.report().clone();
     staged.switch(false)?;
+    // What the source could not or did not capture is said again here: an import never
+    // looks complete while something is missing.
+    if extracted.skipped_in_bundle > 0 {
+        warnings.push(format!(
+            "{} entries could not be archived at the source (sockets, FIFOs, devices); the bundle's index lists them",
+            extracted.skipped_in_bundle
+        ));
+    }
+    for (path, from, to) in &extracted.modes_adjusted {
+        warnings.push(format!(
+            "{path}: mode {from:o} applied as {to:o} (setuid, setgid or world-writable)"
+        ));
+    }
 
     let description: AppDescription = {
         let mut bytes = Vec::new();
@@ -289,6 +303,16 @@ pub fn prepare_import(
         })?;
         Recipe::parse(&text, &format!("{APP_RECIPE} of the bundle"))?
     };
+    for omitted in &description.omitted {
+        warnings.push(format!("not in the bundle: {omitted}"));
+    }
+    if !description.excluded.is_empty() {
+        warnings.push(format!(
+            "{} entries were left out at export as the recipe says (caches, unmodified packaged files); {} lists each",
+            description.excluded.len(),
+            APP_DESCRIPTION
+        ));
+    }
     if recipe.name() != description.app {
         return Err(ImportError::Description {
             member: APP_RECIPE,
