@@ -601,3 +601,30 @@ fn packages_installed_by_a_failed_import_are_removed_again() {
         "after a failed import that installed a package",
     );
 }
+
+#[test]
+fn a_bundle_cannot_choose_where_its_files_go() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (_site, moved) = site_and_bundle();
+    // The description claims the content directory was /etc/cron.d: a cron job for root.
+    let mut forged = baluchon_tests::forge::Forge::read(&moved.bundle);
+    let description = forged.text("data/app/app.json");
+    forged.set(
+        "data/app/app.json",
+        description.replace("/var/lib/wordpress/wp-content", "/etc/cron.d"),
+    );
+    forged.reseal(&moved.keys);
+    forged.write(&moved.bundle);
+    let before = host_state();
+    let target = format!("{}.test", unique("wp-hostile"));
+    let out = moved.import(&["--domain", &target, "--on-conflict", "replace"], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/etc/cron.d"), "{stderr}");
+    assert!(
+        stderr.contains("is not within /var/lib/wordpress"),
+        "{stderr}"
+    );
+    assert_same_state(&before, &host_state(), "after a refused hostile import");
+    assert!(!Path::new("/etc/cron.d/index.php").exists());
+}

@@ -467,3 +467,32 @@ fn an_unreadable_file_fails_the_export_naming_it() {
     assert!(stderr.contains("Permission denied"), "{stderr}");
     assert!(!bundle.exists());
 }
+
+#[test]
+fn a_content_dir_pointing_outside_the_apps_places_is_refused() {
+    // WP_CONTENT_DIR is in the site's own config, which its admin may edit: root's export
+    // must not follow it to the database server's credentials.
+    let domain = format!("{}.test", unique("wp-hostile"));
+    let site = Site::create("wordpress", &domain);
+    let config = site.fact("config_path");
+    let text_before = fs_err::read_to_string(config).unwrap();
+    fs_err::write(
+        config,
+        text_before.replace(
+            "define('WP_CONTENT_DIR', '/var/lib/wordpress/wp-content');",
+            "define('WP_CONTENT_DIR', '/etc/mysql');",
+        ),
+    )
+    .unwrap();
+    assert!(fs_err::read_to_string(config)
+        .unwrap()
+        .contains("/etc/mysql"));
+    let work = Work::new();
+    let bundle = work.out("x.baluchon");
+    let out = work.export("wordpress", &domain, &bundle, &[]);
+    work.assert_failed_cleanly(
+        &out,
+        &bundle,
+        "\"/etc/mysql\" is not within /var/lib/wordpress",
+    );
+}

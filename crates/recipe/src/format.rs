@@ -114,6 +114,11 @@ pub struct FileSet {
     /// md5sum matches dpkg's) are recorded instead of copied.
     #[serde(default)]
     pub skip_package_files: bool,
+    /// Directories the path must lie in once filled in. A path made from a value that the
+    /// tenant controls (one read from the app's own config) needs this: otherwise the
+    /// tenant could point root's export, or an import, at another part of the host.
+    #[serde(default)]
+    pub within: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

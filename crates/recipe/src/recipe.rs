@@ -159,6 +159,13 @@ impl Recipe {
         for (i, set) in file.files.iter().enumerate() {
             let field = format!("files[{i}]");
             path_ok(&field, &set.path)?;
+            for dir in &set.within {
+                // An allowed root itself is a fine bound; anything else must lie below one.
+                if !crate::paths::ALLOWED_ROOTS.contains(&dir.as_str()) {
+                    check_allowed(dir)
+                        .map_err(|r| invalid(&field, format!("within {dir} {r}")))?;
+                }
+            }
             for glob in &set.exclude {
                 globset::Glob::new(glob).map_err(|e| invalid(&field, e.to_string()))?;
             }
@@ -376,9 +383,20 @@ impl Recipe {
                 omitted.push(format!("{field}: not configured"));
                 continue;
             }
+            let path = allowed_path(&field, &set.path)?;
+            if !set.within.is_empty() && !set.within.iter().any(|w| path.starts_with(w)) {
+                return Err(not_allowed(
+                    &field,
+                    &path.display().to_string(),
+                    format!(
+                        "is not within {}, as the recipe requires",
+                        set.within.join(" or ")
+                    ),
+                ));
+            }
             files.push(FileSetPlan {
                 role: set.role,
-                path: allowed_path(&field, &set.path)?,
+                path,
                 exclude: set.exclude.clone(),
                 optional: set.optional,
                 skip_package_files: set.skip_package_files,

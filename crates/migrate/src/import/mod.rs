@@ -46,6 +46,9 @@ pub struct ImportOptions {
     pub policy: Policy,
     /// How long the health check may take to pass after services are reloaded.
     pub health_timeout: Duration,
+    /// Where this host's own recipes are (besides the built-in ones): the import follows
+    /// this host's recipe, never the bundle's, to decide where files go.
+    pub recipe_dirs: Vec<PathBuf>,
 }
 
 impl ImportOptions {
@@ -56,6 +59,7 @@ impl ImportOptions {
             on_conflict: OnConflict::Refuse,
             policy: Policy::default(),
             health_timeout: Duration::from_secs(20),
+            recipe_dirs: vec![PathBuf::from(baluchon_recipe::HOST_RECIPE_DIR)],
         }
     }
 }
@@ -294,15 +298,20 @@ pub fn prepare_import(
             reason: e.to_string(),
         })?
     };
-    let recipe = {
-        let mut bytes = Vec::new();
-        bundle.copy_payload(APP_RECIPE, &mut bytes)?;
-        let text = String::from_utf8(bytes).map_err(|e| ImportError::Description {
-            member: APP_RECIPE,
-            reason: e.to_string(),
-        })?;
-        Recipe::parse(&text, &format!("{APP_RECIPE} of the bundle"))?
-    };
+    // The bundle's recipe is what the source used; this host's recipe for the same app is
+    // what decides where files go and what is rewritten (a bundle cannot widen it).
+    let recipe = baluchon_recipe::Catalogue::load(&options.recipe_dirs)?
+        .get(&description.app)?
+        .clone();
+    let mut sent = Vec::new();
+    bundle.copy_payload(APP_RECIPE, &mut sent)?;
+    if sent != recipe.text().as_bytes() {
+        warnings.push(format!(
+            "the bundle was made with a {} recipe that differs from this host's ({}); this host's is used",
+            description.app,
+            recipe.origin()
+        ));
+    }
     for omitted in &description.omitted {
         warnings.push(format!("not in the bundle: {omitted}"));
     }
@@ -312,16 +321,6 @@ pub fn prepare_import(
             description.excluded.len(),
             APP_DESCRIPTION
         ));
-    }
-    if recipe.name() != description.app {
-        return Err(ImportError::Description {
-            member: APP_RECIPE,
-            reason: format!(
-                "is for app {}, the bundle is {}",
-                recipe.name(),
-                description.app
-            ),
-        });
     }
 
     let mut planner = Planner {
@@ -676,19 +675,21 @@ impl Planner<'_> {
                 .push("--domain is the bundle's own domain: nothing to rename".to_owned());
         }
 
-        // Where each file set goes: its recipe template filled with the new values.
-        let templates: Vec<&str> = self
+        // Where each file set goes: this host's recipe template filled with the new values.
+        // A set the recipe does not name is refused: the bundle says what it holds, the
+        // host's recipe says where an app may write.
+        let templates: Vec<(&str, &[String], Option<ServiceKind>)> = self
             .recipe
             .definition()
             .files
             .iter()
-            .map(|f| f.path.as_str())
+            .map(|f| (f.path.as_str(), &f.within[..], None))
             .chain(
                 self.recipe
                     .definition()
                     .services
                     .iter()
-                    .map(|s| s.path.as_str()),
+                    .map(|s| (s.path.as_str(), &[][..], Some(s.kind))),
             )
             .collect();
         let mut placements = Vec::new();
@@ -702,11 +703,43 @@ impl Planner<'_> {
             if nested {
                 continue;
             }
-            let to = templates
+            let Some((template, within, service)) = templates
                 .iter()
-                .find(|t| expand_template(t, &old).is_ok_and(|p| p == set.path))
-                .and_then(|t| expand_template(t, &new).ok())
-                .unwrap_or_else(|| set.path.clone());
+                .find(|(t, _, _)| expand_template(t, &old).is_ok_and(|p| p == set.path))
+            else {
+                self.blockers.push(format!(
+                    "the bundle's file set {} is not one that this host's {} recipe names",
+                    set.path, d.app
+                ));
+                continue;
+            };
+            let to = expand_template(template, &new).unwrap_or_else(|_| set.path.clone());
+            let outside = |p: &str| {
+                baluchon_recipe::check_allowed(p).err().or_else(|| {
+                    (!within.is_empty() && !within.iter().any(|w| Path::new(p).starts_with(w)))
+                        .then(|| format!("is not within {}", within.join(" or ")))
+                })
+            };
+            if let Some(reason) = outside(&set.path).or_else(|| outside(&to)) {
+                self.blockers
+                    .push(format!("file set {} → {to} {reason}", set.path));
+                continue;
+            }
+            // Scripts run by root (cron jobs, systemd units) are code: a bundle's are never
+            // installed. An identical one already here is fine.
+            if matches!(service, Some(ServiceKind::Cron | ServiceKind::SystemdUnit)) {
+                let placement = place::survey(self.tree, Path::new(&set.path), Path::new(&to))?;
+                if placement.identical != placement.entries {
+                    self.warnings.push(format!(
+                        "not installed: {to} ({:?}); a bundle's scripts are never installed: compare it with the bundle's copy and install it by hand",
+                        service.unwrap_or(ServiceKind::Cron)
+                    ));
+                }
+                continue;
+            }
+            if service == &Some(ServiceKind::PhpFpmPool) {
+                self.check_pool(&self.tree.join(set.path.trim_start_matches('/')));
+            }
             if to != set.path {
                 renamed.push((PathBuf::from(&set.path), PathBuf::from(&to)));
             }
@@ -846,6 +879,41 @@ impl Planner<'_> {
 }
 
 impl Planner<'_> {
+    /// A PHP-FPM pool runs the tenant's PHP as its `user`: never root, and only as an
+    /// account this host has.
+    fn check_pool(&mut self, staged: &Path) {
+        let Ok(text) = fs_err::read_to_string(staged) else {
+            return;
+        };
+        let accounts = fs_err::read_to_string("/etc/passwd").unwrap_or_default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let key = key.trim();
+            if key.starts_with(';') || (key != "user" && key != "group") {
+                continue;
+            }
+            let name = value.trim().trim_matches('"');
+            let uid = accounts
+                .lines()
+                .find(|l| l.split(':').next() == Some(name))
+                .and_then(|l| l.split(':').nth(2));
+            let refused = match (key, uid) {
+                (_, _) if name == "root" => Some("root"),
+                ("user", Some("0")) => Some("uid 0"),
+                ("user", None) => Some("an account this host does not have"),
+                _ => None,
+            };
+            if let Some(why) = refused {
+                self.blockers.push(format!(
+                    "the PHP-FPM pool {} would run as {key} {name} ({why})",
+                    staged.display()
+                ));
+            }
+        }
+    }
+
     /// Links in the staged tree may point into the app's own files or into packaged code
     /// under /usr/share, nowhere else: a link to another tenant's config in a web-served
     /// directory would publish it. Links to a renamed path follow the rename.
