@@ -26,7 +26,7 @@ install_packages() {
 
 need_cargo() {
     command -v cargo >/dev/null || {
-        echo "cargo not found: install Rust 1.85 or later (https://rustup.rs), then run again" >&2
+        echo "cargo not found: install Rust 1.89 or later (https://rustup.rs), then run again" >&2
         exit 1
     }
 }
