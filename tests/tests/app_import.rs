@@ -34,10 +34,27 @@ fn host_state() -> BTreeMap<String, String> {
     ] {
         walk(Path::new(root), &mut state);
     }
-    state.insert(
-        "mariadb databases".into(),
-        mariadb_root("SELECT schema_name FROM information_schema.schemata ORDER BY 1"),
-    );
+    let databases = mariadb_root("SELECT schema_name FROM information_schema.schemata ORDER BY 1");
+    // The content of every tenant database, as a dump's digest.
+    for db in databases
+        .lines()
+        .filter(|d| d.starts_with("wp_") || d.contains("test"))
+    {
+        let dump = Command::new("mariadb-dump")
+            .args(["--skip-dump-date", "--single-transaction", "--", db])
+            .output()
+            .unwrap();
+        assert!(
+            dump.status.success(),
+            "dump of {db}: {}",
+            text(&dump.stderr)
+        );
+        state.insert(
+            format!("mariadb dump {db}"),
+            format!("{:x}", Sha256::digest(&dump.stdout)),
+        );
+    }
+    state.insert("mariadb databases".into(), databases);
     state.insert(
         "mariadb users".into(),
         mariadb_root("SELECT CONCAT(user, '@', host) FROM mysql.user ORDER BY 1"),

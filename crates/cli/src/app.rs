@@ -123,7 +123,7 @@ fn print_plan_text(plan: &CapturePlan) {
     for set in &plan.files {
         println!(
             "  {:<6} {} ({}, {} entries, {} bytes)",
-            format!("{:?}", set.role).to_lowercase(),
+            set.role.to_string(),
             set.path.display(),
             set.kind,
             set.entries,
@@ -138,12 +138,12 @@ fn print_plan_text(plan: &CapturePlan) {
     }
     for db in &plan.databases {
         println!(
-            "database {}: {:?} {} (about {} bytes; reachable with the app's credentials)",
+            "database {}: {} {} (about {} bytes; reachable with the app's credentials)",
             db.id, db.engine, db.source, db.estimated_bytes
         );
     }
     for s in &plan.services {
-        println!("service: {:?} {}", s.kind, s.path);
+        println!("service: {} {}", s.kind, s.path);
     }
     let list = |p: &[baluchon_migrate::PackageRecord]| {
         p.iter()
@@ -211,7 +211,7 @@ pub fn capture(
     let d = &report.description;
     for db in &d.databases {
         println!(
-            "database {}: {:?} {} dumped to {} (server {})",
+            "database {}: {} {} dumped to {} (server {})",
             db.id,
             db.engine,
             db.name.as_deref().or(db.path.as_deref()).unwrap_or(""),
@@ -222,7 +222,7 @@ pub fn capture(
     for set in &d.files {
         println!(
             "{:<6} {} ({}, {} entries)",
-            format!("{:?}", set.role).to_lowercase(),
+            set.role.to_string(),
             set.path,
             set.kind,
             set.entries

@@ -107,11 +107,11 @@ fn print_plan(plan: &ImportPlan) {
     for db in &plan.databases {
         match (&db.to, &db.user) {
             (Some(to), Some(user)) => println!(
-                "database {}: {:?} {} → new database {to}, owner {user} (new password)",
+                "database {}: {} {} → new database {to}, owner {user} (new password)",
                 db.id, db.engine, db.from
             ),
             _ => println!(
-                "database {}: {:?} {} (file, placed with the files)",
+                "database {}: {} {} (file, placed with the files)",
                 db.id, db.engine, db.from
             ),
         }
@@ -133,11 +133,18 @@ fn print_plan(plan: &ImportPlan) {
             set.conflicts.len()
         );
     }
+    let policy = match plan.on_conflict {
+        baluchon_migrate::OnConflict::Refuse => "refused: --on-conflict refuse",
+        baluchon_migrate::OnConflict::Replace => "moved to the backup directory",
+        baluchon_migrate::OnConflict::Rename => "renamed beside itself",
+    };
     for conflict in plan.conflicts.iter().take(10) {
+        println!("  conflict: {} ({policy})", conflict.display());
+    }
+    if plan.conflicts.len() > 10 {
         println!(
-            "  conflict: {} ({:?})",
-            conflict.display(),
-            plan.on_conflict
+            "  … and {} more conflicts (--json lists them all)",
+            plan.conflicts.len() - 10
         );
     }
     for service in &plan.services {

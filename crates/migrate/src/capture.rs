@@ -108,7 +108,7 @@ fn preflight(instance: &Instance) -> Result<(Vec<FoundSet>, Vec<String>), Captur
             &[][..],
             false,
             s.optional,
-            format!("{:?} service definition", s.kind),
+            format!("{} service definition", s.kind),
         )
     });
     let sets = instance.files.iter().map(|f| {
@@ -118,7 +118,7 @@ fn preflight(instance: &Instance) -> Result<(Vec<FoundSet>, Vec<String>), Captur
             &f.exclude[..],
             f.skip_package_files,
             f.optional,
-            format!("{:?} file set", f.role),
+            format!("{} file set", f.role),
         )
     });
     for (role, path, exclude, skip, optional, what) in sets.chain(services) {

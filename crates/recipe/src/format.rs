@@ -238,3 +238,27 @@ pub struct HealthCheck {
 fn ok_status() -> u16 {
     200
 }
+
+/// The names the recipe format uses, for messages.
+macro_rules! display_as_written {
+    ($($ty:ty => { $($variant:ident => $text:literal),* $(,)? }),* $(,)?) => {$(
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $(Self::$variant => $text),*
+                })
+            }
+        }
+    )*};
+}
+
+display_as_written! {
+    Role => { Code => "code", Config => "config", Data => "data" },
+    Engine => { Mariadb => "mariadb", Postgresql => "postgresql", Sqlite => "sqlite" },
+    ServiceKind => {
+        NginxSite => "nginx-site",
+        PhpFpmPool => "php-fpm-pool",
+        Cron => "cron",
+        SystemdUnit => "systemd-unit",
+    },
+}

@@ -162,8 +162,7 @@ impl Recipe {
             for dir in &set.within {
                 // An allowed root itself is a fine bound; anything else must lie below one.
                 if !crate::paths::ALLOWED_ROOTS.contains(&dir.as_str()) {
-                    check_allowed(dir)
-                        .map_err(|r| invalid(&field, format!("within {dir} {r}")))?;
+                    check_allowed(dir).map_err(|r| invalid(&field, format!("within {dir} {r}")))?;
                 }
             }
             for glob in &set.exclude {

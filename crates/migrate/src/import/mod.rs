@@ -488,10 +488,8 @@ impl Planner<'_> {
                         _ => host::postgres_admin("SELECT 1").map(|_| ()),
                     };
                     if let Err(e) = reachable {
-                        self.blockers.push(format!(
-                            "the {:?} server is not reachable: {e}",
-                            dump.engine
-                        ));
+                        self.blockers
+                            .push(format!("the {} server is not reachable: {e}", dump.engine));
                         continue;
                     }
                     let name = free_name(&instance_to, exists("database"))?;
@@ -731,7 +729,7 @@ impl Planner<'_> {
                 let placement = place::survey(self.tree, Path::new(&set.path), Path::new(&to))?;
                 if placement.identical != placement.entries {
                     self.warnings.push(format!(
-                        "not installed: {to} ({:?}); a bundle's scripts are never installed: compare it with the bundle's copy and install it by hand",
+                        "not installed: {to} ({}); a bundle's scripts are never installed: compare it with the bundle's copy and install it by hand",
                         service.unwrap_or(ServiceKind::Cron)
                     ));
                 }
