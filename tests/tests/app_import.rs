@@ -591,14 +591,24 @@ fn packages_installed_by_a_failed_import_are_removed_again() {
     // `sl`, a tiny package nothing else needs, stands for a missing dependency of the app.
     assert!(!installed("sl"), "this test needs sl not installed");
     let (_site, moved) = site_and_bundle();
-    let mut forged = baluchon_tests::forge::Forge::read(&moved.bundle);
-    forged.replace_text(
-        "data/app/app.json",
-        "\"needs_packages\": [",
-        "\"needs_packages\": [{\"name\": \"sl\", \"version\": null, \"architecture\": null},",
-    );
-    forged.reseal(&moved.keys);
-    forged.write(&moved.bundle);
+    // This host's own wordpress recipe needs one more package (a bundle cannot choose).
+    struct HostRecipe(PathBuf);
+    impl Drop for HostRecipe {
+        fn drop(&mut self) {
+            let _ = fs_err::remove_file(&self.0);
+        }
+    }
+    fs_err::create_dir_all("/etc/baluchon/recipes").unwrap();
+    let builtin = fs_err::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/wordpress.toml"),
+    )
+    .unwrap();
+    let recipe = HostRecipe(PathBuf::from("/etc/baluchon/recipes/wordpress.toml"));
+    fs_err::write(
+        &recipe.0,
+        builtin.replace("needs = [\"wordpress\",", "needs = [\"sl\", \"wordpress\","),
+    )
+    .unwrap();
     let before = host_state();
     let target = format!("{}.test", unique("wp-package"));
     let plan = moved.plan(&["--domain", &target]);
@@ -644,4 +654,97 @@ fn a_bundle_cannot_choose_where_its_files_go() {
     );
     assert_same_state(&before, &host_state(), "after a refused hostile import");
     assert!(!Path::new("/etc/cron.d/index.php").exists());
+}
+
+#[test]
+fn accounts_the_files_belong_to_are_created_and_removed_on_failure() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let account = format!("bt{}", std::process::id());
+    let exists = |db: &str| {
+        Command::new("getent")
+            .args([db, &account])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let sh = |cmd: &[&str]| {
+        assert!(
+            Command::new(cmd[0])
+                .args(&cmd[1..])
+                .status()
+                .unwrap()
+                .success(),
+            "{cmd:?}"
+        )
+    };
+    sh(&[
+        "useradd",
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        &account,
+    ]);
+    let name = unique("owned");
+    let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
+    let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
+    fs_err::create_dir_all(srv.join("data")).unwrap();
+    fs_err::write(srv.join("data/notes.txt"), "the tenant's\n").unwrap();
+    sh(&[
+        "chown",
+        "-R",
+        &format!("{account}:{account}"),
+        srv.join("data").to_str().unwrap(),
+    ]);
+    fs_err::create_dir_all("/etc/baluchon/custom").unwrap();
+    fs_err::write(
+        &spec,
+        format!(
+            "domain = \"{name}.test\"\ndata_dir = \"{}/data\"\n",
+            srv.display()
+        ),
+    )
+    .unwrap();
+    let moved = Move::export("custom", &name);
+    // The new host: no such account, no such files.
+    sh(&["userdel", &account]);
+    let _ = Command::new("groupdel").arg(&account).output();
+    fs_err::remove_dir_all(&srv).unwrap();
+    fs_err::remove_file(&spec).unwrap();
+
+    let plan = moved.plan(&[]);
+    assert_eq!(plan["users_to_create"], serde_json::json!([account]));
+    assert_eq!(plan["groups_to_create"], serde_json::json!([account]));
+    let out = moved.import(&[], &[("BALUCHON_TEST_FAIL_AT", "files")]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        !exists("passwd") && !exists("group"),
+        "the accounts were removed again"
+    );
+    assert!(!srv.exists() && !spec.exists());
+
+    let out = moved.import(&[], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(exists("passwd") && exists("group"));
+    use std::os::unix::fs::MetadataExt;
+    let owner = fs_err::metadata(srv.join("data/notes.txt")).unwrap().uid();
+    let uid: u32 = text(
+        &Command::new("id")
+            .args(["-u", &account])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .trim()
+    .parse()
+    .unwrap();
+    assert_eq!(owner, uid, "the file belongs to the created account");
+    assert_eq!(
+        fs_err::read_to_string(srv.join("data/notes.txt")).unwrap(),
+        "the tenant's\n"
+    );
+
+    let _ = fs_err::remove_dir_all(&srv);
+    let _ = fs_err::remove_file(&spec);
+    let _ = Command::new("userdel").arg(&account).output();
+    let _ = Command::new("groupdel").arg(&account).output();
 }

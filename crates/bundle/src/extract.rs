@@ -46,6 +46,22 @@ pub struct ExtractOptions {
     /// Owner and group renames applied before looking names up on this host: `OLD=NEW`
     /// by name, or `#N=NAME` (and `#N=#M`) for ids that had no name at the source.
     pub owner_map: Vec<(String, String)>,
+    /// Give entries whose owner or group *name* this host lacks a placeholder id instead of
+    /// refusing the bundle. The report lists the placeholders, so that the caller can
+    /// create the accounts, then give the staged entries to them before they leave
+    /// staging. (Placeholder ids are far above any real account's.)
+    pub placeholder_ids_for_unknown_names: bool,
+}
+
+/// First placeholder id (see [`ExtractOptions::placeholder_ids_for_unknown_names`]).
+pub const PLACEHOLDER_ID_BASE: u32 = 0xF000_0000;
+
+/// An owner or group name this host lacks, and the placeholder id its entries got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placeholder {
+    pub group: bool,
+    pub name: String,
+    pub id: u32,
 }
 
 /// What an extraction did that the user should know.
@@ -61,6 +77,8 @@ pub struct ExtractReport {
     pub owners_applied: bool,
     /// Entries whose owner or group had no name at the source: their numeric id was kept.
     pub numeric_owners: u64,
+    /// Owner and group names this host lacks, when asked to use placeholders for them.
+    pub placeholders: Vec<Placeholder>,
 }
 
 /// A destination directory, locked against concurrent imports for as long as this lives.
@@ -388,6 +406,7 @@ impl Owners {
     fn resolve(
         keys: &(BTreeSet<String>, BTreeSet<String>),
         options: &ExtractOptions,
+        placeholders: &mut Vec<Placeholder>,
     ) -> Result<Self, Error> {
         let map: HashMap<String, String> = options.owner_map.iter().cloned().collect();
         let mut owners = Self {
@@ -400,14 +419,21 @@ impl Owners {
         }
         let mut missing_users = Vec::new();
         let mut missing_groups = Vec::new();
-        for (keys, ids, missing, lookup) in [
+        for (keys, ids, missing, lookup, group) in [
             (
                 &keys.0,
                 &mut owners.users,
                 &mut missing_users,
                 user_id as fn(&str) -> Option<u32>,
+                false,
             ),
-            (&keys.1, &mut owners.groups, &mut missing_groups, group_id),
+            (
+                &keys.1,
+                &mut owners.groups,
+                &mut missing_groups,
+                group_id,
+                true,
+            ),
         ] {
             for key in keys {
                 let mapped = map.get(key);
@@ -421,6 +447,17 @@ impl Owners {
                 };
                 match id {
                     Some(id) => {
+                        ids.insert(key.clone(), id);
+                    }
+                    None if options.placeholder_ids_for_unknown_names
+                        && !local.starts_with('#') =>
+                    {
+                        let id = PLACEHOLDER_ID_BASE + placeholders.len() as u32;
+                        placeholders.push(Placeholder {
+                            group,
+                            name: local.clone(),
+                            id,
+                        });
                         ids.insert(key.clone(), id);
                     }
                     None => missing.push(local.clone()),
@@ -627,7 +664,11 @@ impl TreeSink for Extractor<'_> {
 
     /// Every owner must exist here before the first file is created.
     fn prepared(&mut self) -> Result<(), Error> {
-        self.owners = Owners::resolve(&self.owner_keys, self.options)?;
+        self.owners = Owners::resolve(
+            &self.owner_keys,
+            self.options,
+            &mut self.report.placeholders,
+        )?;
         self.report.owners_applied = self.owners.apply;
         Ok(())
     }

@@ -26,7 +26,10 @@ pub use error::{Error, ExportError, ExtractError, Invalid};
 pub use export::{
     export_tree, BundleWriter, ExportOptions, ExportReport, Select, Selection, WholeTree,
 };
-pub use extract::{Destination, ExtractOptions, ExtractReport, Plan, Staged, Switched};
+pub use extract::{
+    Destination, ExtractOptions, ExtractReport, Placeholder, Plan, Staged, Switched,
+    PLACEHOLDER_ID_BASE,
+};
 pub use index::{
     BundleHeader, Change, Entry, EntryKind, EntryPath, Extent, FilesSummary, IndexError, Meta,
     PathError, PayloadFile, Producer, SkipReason, Xattr,

@@ -63,9 +63,14 @@ pub fn run(
         }
         Ok(())
     };
-    let report = prepared
-        .apply(&hook)
-        .with_context(|| format!("{}; the host was rolled back", failed()))?;
+    let report = prepared.apply(&hook).map_err(|e| {
+        let rolled_back = !matches!(e, ImportError::RollbackFailed { .. });
+        anyhow::Error::new(e).context(if rolled_back {
+            format!("{}; the host was rolled back", failed())
+        } else {
+            format!("{}, and the host could not be fully rolled back", failed())
+        })
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -103,6 +108,12 @@ fn print_plan(plan: &ImportPlan) {
     );
     if !plan.packages_to_install.is_empty() {
         println!("install packages: {}", plan.packages_to_install.join(", "));
+    }
+    if !plan.groups_to_create.is_empty() {
+        println!("create system groups: {}", plan.groups_to_create.join(", "));
+    }
+    if !plan.users_to_create.is_empty() {
+        println!("create system users: {}", plan.users_to_create.join(", "));
     }
     for db in &plan.databases {
         match (&db.to, &db.user) {

@@ -147,7 +147,20 @@ impl Selection for AppSelection {
 fn file_md5(rel: &[u8]) -> Option<String> {
     let mut abs = b"/".to_vec();
     abs.extend_from_slice(rel);
-    let mut file = fs_err::File::open(std::ffi::OsStr::from_bytes(&abs)).ok()?;
+    // Never through a link, never blocking on a FIFO: only a regular file is hashed.
+    let fd = rustix::fs::open(
+        std::ffi::OsStr::from_bytes(&abs),
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::NONBLOCK
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()?;
+    if !rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd).ok()?.st_mode).is_file() {
+        return None;
+    }
+    let mut file = std::fs::File::from(fd);
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -177,6 +177,9 @@ pub struct ServiceRule {
     pub path: String,
     #[serde(default)]
     pub optional: bool,
+    /// As for file sets: the directories the path must lie in once filled in.
+    #[serde(default)]
+    pub within: Vec<String>,
 }
 
 /// What changes when a value differs on the new host. Only rules: the import applies them

@@ -92,6 +92,22 @@ impl Recipe {
             }
             Ok(())
         };
+        // A path made from values read on a host (which a tenant may control, and which an
+        // import takes from the bundle) must say where it may lead.
+        let bounded = |field: &str, template: &str, within: &[String]| -> Result<(), RecipeError> {
+            if within.is_empty() && placeholders(template).is_ok_and(|p| !p.is_empty()) {
+                return Err(invalid(
+                    field,
+                    format!("{template} is made from values: it needs `within`"),
+                ));
+            }
+            for dir in within {
+                if !crate::paths::ALLOWED_ROOTS.contains(&dir.as_str()) {
+                    check_allowed(dir).map_err(|r| invalid(field, format!("within {dir} {r}")))?;
+                }
+            }
+            Ok(())
+        };
         // A path with placeholders is checked again once they are filled in.
         let path_ok = |field: &str, template: &str| -> Result<(), RecipeError> {
             refs_ok(field, template)?;
@@ -159,12 +175,7 @@ impl Recipe {
         for (i, set) in file.files.iter().enumerate() {
             let field = format!("files[{i}]");
             path_ok(&field, &set.path)?;
-            for dir in &set.within {
-                // An allowed root itself is a fine bound; anything else must lie below one.
-                if !crate::paths::ALLOWED_ROOTS.contains(&dir.as_str()) {
-                    check_allowed(dir).map_err(|r| invalid(&field, format!("within {dir} {r}")))?;
-                }
-            }
+            bounded(&field, &set.path, &set.within)?;
             for glob in &set.exclude {
                 globset::Glob::new(glob).map_err(|e| invalid(&field, e.to_string()))?;
             }
@@ -199,7 +210,9 @@ impl Recipe {
             }
         }
         for (i, service) in file.services.iter().enumerate() {
-            path_ok(&format!("services[{i}]"), &service.path)?;
+            let field = format!("services[{i}]");
+            path_ok(&field, &service.path)?;
+            bounded(&field, &service.path, &service.within)?;
         }
         for template in &file.packages.needs {
             refs_ok("packages.needs", template)?;
@@ -408,9 +421,20 @@ impl Recipe {
                 omitted.push(format!("{field}: not configured"));
                 continue;
             }
+            let path = allowed_path(&field, &rule.path)?;
+            if !rule.within.is_empty() && !rule.within.iter().any(|w| path.starts_with(w)) {
+                return Err(not_allowed(
+                    &field,
+                    &path.display().to_string(),
+                    format!(
+                        "is not within {}, as the recipe requires",
+                        rule.within.join(" or ")
+                    ),
+                ));
+            }
             services.push(Service {
                 kind: rule.kind,
-                path: allowed_path(&field, &rule.path)?,
+                path,
                 optional: rule.optional,
             });
         }

@@ -26,6 +26,19 @@ const DUMP_OPTIONS: [&str; 7] = [
 /// A `[client]` options file (0600, removed on drop): the password never appears in a
 /// command line that `ps` shows.
 fn credentials(db: &Database) -> Result<tempfile::NamedTempFile, CaptureError> {
+    // The exporter runs as root, and MariaDB lets the OS root in as its root through the
+    // socket: an app whose config says "root" would have root dump any database into the
+    // tenant's bundle. Only the app's own account is used.
+    if db
+        .user
+        .as_deref()
+        .is_none_or(|u| u.is_empty() || u == "root")
+    {
+        return Err(CaptureError::Database {
+            id: db.id.clone(),
+            reason: "the app's config names no database user, or root: baluchon dumps with the app's own account only".to_owned(),
+        });
+    }
     let mut text = String::from("[client]\n");
     let quote = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
     if let Some(user) = &db.user {
@@ -76,8 +89,15 @@ fn query(db: &Database, sql: &str) -> Result<Vec<String>, CaptureError> {
     };
     let out = tool.output(
         Command::new("mariadb")
-            .arg(format!("--defaults-extra-file={}", creds.path().display()))
-            .args(["--batch", "--skip-column-names", "--execute", sql, "--"])
+            .arg(format!("--defaults-file={}", creds.path().display()))
+            .args([
+                "--connect-timeout=30",
+                "--batch",
+                "--skip-column-names",
+                "--execute",
+                sql,
+                "--",
+            ])
             .arg(name(db)?),
     )?;
     Ok(out
@@ -114,7 +134,7 @@ pub fn dump<'k>(
     let payload = format!("data/db/{}.sql.zst", db.id);
     let (writer, _) = tool.stream_into(
         Command::new("mariadb-dump")
-            .arg(format!("--defaults-extra-file={}", creds.path().display()))
+            .arg(format!("--defaults-file={}", creds.path().display()))
             .args(DUMP_OPTIONS)
             .arg("--")
             .arg(name(db)?),

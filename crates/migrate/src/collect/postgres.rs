@@ -27,6 +27,8 @@ fn connect(db: &Database, command: &mut Command) -> Result<tempfile::NamedTempFi
         passfile.flush()?;
     }
     command.env("PGPASSFILE", passfile.path());
+    // A server that never answers must not hang the export.
+    command.env("PGCONNECT_TIMEOUT", "30");
     command.env_remove("PGPASSWORD");
     match db.host.as_deref() {
         Some(host) => {

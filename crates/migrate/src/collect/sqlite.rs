@@ -22,7 +22,7 @@ fn path(db: &Database) -> Result<&std::path::Path, CaptureError> {
 
 fn open(db: &Database) -> Result<Connection, CaptureError> {
     let path = path(db)?;
-    if !path.is_file() {
+    if !fs_err::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
         return Err(CaptureError::MissingPath {
             path: path.to_owned(),
             what: format!("SQLite database {}", db.id),
@@ -34,7 +34,11 @@ fn open(db: &Database) -> Result<Connection, CaptureError> {
     };
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        // NOFOLLOW: the app's database path must not lead the exporter (root) to another
+        // database on the host through a link.
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(sqlite)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sqlite)?;

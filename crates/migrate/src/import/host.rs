@@ -117,8 +117,11 @@ pub fn mariadb_restore(
 ) -> Result<(), ImportError> {
     let creds = mariadb_credentials(user, password)?;
     let mut child = Command::new("mariadb")
-        .arg(format!("--defaults-extra-file={}", creds.path().display()))
-        .args(["--sandbox", "--batch", "--", database])
+        // Only this options file (not root's ~/.my.cnf, which could make the restore run
+        // as MariaDB's root); no LOAD DATA LOCAL, which would let the dump read this
+        // host's files; no client commands that touch the filesystem.
+        .arg(format!("--defaults-file={}", creds.path().display()))
+        .args(["--local-infile=0", "--sandbox", "--batch", "--", database])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -178,6 +181,22 @@ pub fn postgres_restore(
             .env("PGPASSFILE", passfile.path()),
     )
     .map(|_| ())
+}
+
+/// The id of a user (`passwd`) or group (`group`), from the host's account database.
+pub fn account_id(database: &str, name: &str) -> Result<u32, ImportError> {
+    let line = run(
+        &format!("getent {database} {name}"),
+        Command::new("getent").args([database, "--", name]),
+    )?;
+    line.split(':')
+        .nth(2)
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| ImportError::Tool {
+            what: format!("getent {database} {name}"),
+            status: "unexpected output".to_owned(),
+            stderr: line.clone(),
+        })
 }
 
 /// A random password: 32 hex digits from the system's random source.
@@ -319,11 +338,18 @@ pub fn candidate_version(package: &str) -> Option<String> {
 }
 
 /// `dpkg --compare-versions a gt b`.
-pub fn version_newer(a: &str, b: &str) -> bool {
-    Command::new("dpkg")
-        .args(["--compare-versions", a, "gt", b])
+/// `None` when dpkg cannot compare them (a version that is not one).
+pub fn version_newer(a: &str, b: &str) -> Option<bool> {
+    let status = Command::new("dpkg")
+        .args(["--compare-versions", "--", a, "gt", b])
+        .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .ok()?;
+    match status.code() {
+        Some(0) => Some(true),
+        Some(1) => Some(false),
+        _ => None,
+    }
 }
 
 /// Bytes free for unprivileged use on the filesystem holding `path`.

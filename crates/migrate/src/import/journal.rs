@@ -22,6 +22,12 @@ pub enum Change {
     PackagesInstalled {
         packages: Vec<String>,
     },
+    GroupCreated {
+        name: String,
+    },
+    UserCreated {
+        name: String,
+    },
     MariadbDatabase {
         name: String,
     },
@@ -43,6 +49,9 @@ pub enum Change {
         path: PathBuf,
         kept: PathBuf,
     },
+    /// The change recorded just before this was not made: what it would have created
+    /// already existed (so it is not ours to undo).
+    NotMade,
     ServicesReloaded {
         commands: Vec<Vec<String>>,
     },

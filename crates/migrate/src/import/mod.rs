@@ -10,6 +10,7 @@ mod host;
 mod journal;
 mod place;
 
+use fs_err::os::unix::fs::OpenOptionsExt as _;
 use std::collections::BTreeMap;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -95,6 +96,9 @@ pub struct ImportPlan {
     pub instance: Rename,
     pub domain: Rename,
     pub packages_to_install: Vec<String>,
+    /// System accounts the tenant's files belong to that this host lacks.
+    pub groups_to_create: Vec<String>,
+    pub users_to_create: Vec<String>,
     pub files: Vec<SetPlacement>,
     pub databases: Vec<PlannedDatabase>,
     /// Values rewritten in the app's config files, and where.
@@ -197,6 +201,7 @@ pub struct PreparedImport {
     health: Option<(String, u16, Option<String>)>,
     options: ImportOptions,
     new_instance: String,
+    placeholders: Vec<baluchon_bundle::Placeholder>,
 }
 
 fn tenant_dir(work_dir: &Path, tenant: &str) -> PathBuf {
@@ -268,13 +273,19 @@ pub fn prepare_import(
         fs_err::remove_dir_all(&staging)?;
     }
     fs_err::create_dir_all(&staging)?;
+    // Staged dumps and configs hold the tenant's data and secrets: root only.
+    fs_err::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let tree = staging.join("tree");
     let mut extract = ExtractOptions::default();
     // Apps link into their packaged code (/usr/share/…); such links are checked below
     // against the file sets, and created as links only.
     extract.allow_outside_symlinks = true;
+    // Accounts the tenant's files belong to and this host lacks are created by the apply,
+    // which then gives the staged entries to them.
+    extract.placeholder_ids_for_unknown_names = true;
     let (bundle, staged) = authenticated.extract(Destination::lock(&tree)?, &extract, progress)?;
     let extracted = staged.report().clone();
+    let placeholders = extracted.placeholders.clone();
     staged.switch(false)?;
     // What the source could not or did not capture is said again here: an import never
     // looks complete while something is missing.
@@ -330,8 +341,17 @@ pub fn prepare_import(
         tree: &tree,
         warnings,
         blockers: Vec::new(),
+        new_accounts: placeholders.iter().map(|p| p.name.clone()).collect(),
     };
-    let planned = planner.plan(&bundle, &staging, &header)?;
+    let mut planned = planner.plan(&bundle, &staging, &header)?;
+    for p in &placeholders {
+        let list = if p.group {
+            &mut planned.plan.groups_to_create
+        } else {
+            &mut planned.plan.users_to_create
+        };
+        list.push(p.name.clone());
+    }
     Ok(Prepared::Ready(Box::new(PreparedImport {
         _bundle: bundle,
         _lock: lock,
@@ -347,6 +367,7 @@ pub fn prepare_import(
         health: planned.health,
         options: options.clone(),
         new_instance: planned.new_instance,
+        placeholders,
     })))
 }
 
@@ -369,6 +390,8 @@ struct Planner<'a> {
     tree: &'a Path,
     warnings: Vec<String>,
     blockers: Vec<String>,
+    /// Accounts the apply will create.
+    new_accounts: Vec<String>,
 }
 
 /// A name for a new database or user: the instance's letters and digits, `_` for the
@@ -451,21 +474,48 @@ impl Planner<'_> {
                     .filter(|p| p.len() == 1)
                     .map(|p| p[0].to_owned())
             };
-            let file = staging.join("db").join(&dump.id);
+            if rule.engine != dump.engine {
+                self.blockers.push(format!(
+                    "database {} is {} in the bundle but {} in this host's recipe",
+                    dump.id, dump.engine, rule.engine
+                ));
+                continue;
+            }
+            // `rule.id` equals `dump.id` and is a checked name: safe in a path.
+            let file = staging.join("db").join(&rule.id);
             let mut out = BufWriter::new(fs_err::File::create(&file)?);
             bundle.copy_payload(&dump.dump, &mut out)?;
             std::io::Write::flush(&mut out)?;
             match dump.engine {
                 Engine::Sqlite => {
-                    // The consistent snapshot replaces the file copy the tree may hold.
-                    let path = dump.path.clone().unwrap_or_default();
-                    let staged = self.tree.join(path.trim_start_matches('/'));
-                    if staged.parent().is_some_and(Path::exists) {
-                        fs_err::copy(&file, &staged)?;
-                    } else {
-                        self.blockers.push(format!(
-                            "SQLite database {path} is outside the bundle's file sets"
-                        ));
+                    // The consistent snapshot replaces the file copy the tree holds. Where
+                    // it is comes from this host's recipe, filled with the bundle's values
+                    // and checked like any path; the copy goes into the staged file, never
+                    // through a link.
+                    let path = rule
+                        .path
+                        .as_deref()
+                        .and_then(|t| expand_template(t, &old).ok())
+                        .unwrap_or_default();
+                    let in_a_set = d
+                        .files
+                        .iter()
+                        .any(|s| Path::new(&path).starts_with(&s.path));
+                    match staged_file(self.tree, &path) {
+                        Ok(staged) if in_a_set && dump.path.as_deref() == Some(path.as_str()) => {
+                            let mut target = fs_err::OpenOptions::new()
+                                .write(true)
+                                .truncate(true)
+                                .custom_flags(libc_nofollow())
+                                .open(&staged)?;
+                            std::io::copy(&mut fs_err::File::open(&file)?, &mut target)?;
+                        }
+                        Ok(_) => self.blockers.push(format!(
+                            "SQLite database {path} is not inside the bundle's file sets"
+                        )),
+                        Err(reason) => self
+                            .blockers
+                            .push(format!("SQLite database {path}: {reason}")),
                     }
                     planned_dbs.push(PlannedDatabase {
                         id: dump.id.clone(),
@@ -491,6 +541,29 @@ impl Planner<'_> {
                         self.blockers
                             .push(format!("the {} server is not reachable: {e}", dump.engine));
                         continue;
+                    }
+                    // The new name, owner and password must reach the app's config: the
+                    // recipe must say where each is read, or the app would not connect.
+                    for (what, template, with) in [
+                        ("name", &rule.name, RehostSource::Database),
+                        ("user", &rule.user, RehostSource::User),
+                        ("password", &rule.password, RehostSource::Generate),
+                    ] {
+                        let rewritten = single_value(template).is_some_and(|v| {
+                            self.recipe
+                                .definition()
+                                .rehost
+                                .iter()
+                                .any(|r| r.value == v && r.with == with)
+                        });
+                        if !rewritten {
+                            self.blockers.push(format!(
+                                "database {}: this host's {} recipe does not say how to give the app its new database {what} (a rehost rule with = \"{}\")",
+                                dump.id,
+                                d.app,
+                                format!("{with:?}").to_lowercase()
+                            ));
+                        }
                     }
                     let name = free_name(&instance_to, exists("database"))?;
                     let user = free_name(&name, exists("user"))?;
@@ -525,7 +598,16 @@ impl Planner<'_> {
         }
         // Values made from others (`from`) follow them: config-{instance}.php, say.
         for name in self.recipe.value_order() {
-            if let Some(template) = rules.get(name).and_then(|r| r.from.as_deref()) {
+            // Plain templates only: a value extracted from another (by a regex, say) keeps
+            // what the source read.
+            let plain = rules.get(name).filter(|r| {
+                r.php_define.is_none()
+                    && r.php_variable.is_none()
+                    && r.php_array.is_none()
+                    && r.regex.is_none()
+                    && r.toml_key.is_none()
+            });
+            if let Some(template) = plain.and_then(|r| r.from.as_deref()) {
                 if let Ok(value) = expand_template(template, &new) {
                     new.insert(name.clone(), value);
                 }
@@ -560,8 +642,13 @@ impl Planner<'_> {
                     if path.is_empty() {
                         continue;
                     }
-                    let staged = self.tree.join(path.trim_start_matches('/'));
-                    if fs_err::symlink_metadata(&staged).is_ok_and(|m| m.is_file()) {
+                    // Only files the bundle holds in its sets, reached without links: the
+                    // rewrite touches the staged copy, and placing it is checked later.
+                    let in_a_set = d
+                        .files
+                        .iter()
+                        .any(|s| Path::new(&path).starts_with(&s.path));
+                    if let (true, Ok(staged)) = (in_a_set, staged_file(self.tree, &path)) {
                         rewrites.push(format!("{path}: {from} → {to}"));
                         config_rewrites.push(ConfigRewrite {
                             file: staged,
@@ -659,8 +746,27 @@ impl Planner<'_> {
                     format!("{from} → {to}")
                 }
             ));
+            let in_a_set = d
+                .files
+                .iter()
+                .any(|s| Path::new(&path).starts_with(&s.path));
+            let staged = match staged_file(self.tree, &path) {
+                Ok(staged) if in_a_set => staged,
+                Ok(_) => {
+                    self.blockers.push(format!(
+                        "{path}, which holds {}, is not in the bundle's file sets",
+                        rule.value
+                    ));
+                    continue;
+                }
+                Err(reason) => {
+                    self.blockers
+                        .push(format!("{path}, which holds {}: {reason}", rule.value));
+                    continue;
+                }
+            };
             config_rewrites.push(ConfigRewrite {
-                file: self.tree.join(path.trim_start_matches('/')),
+                file: staged,
                 kind: RewriteKind::Php {
                     slot,
                     how,
@@ -735,8 +841,14 @@ impl Planner<'_> {
                 }
                 continue;
             }
-            if service == &Some(ServiceKind::PhpFpmPool) {
-                self.check_pool(&self.tree.join(set.path.trim_start_matches('/')));
+            match service {
+                Some(ServiceKind::PhpFpmPool) => {
+                    self.check_pool(&self.tree.join(set.path.trim_start_matches('/')));
+                }
+                Some(ServiceKind::NginxSite) => {
+                    self.check_nginx_site(&self.tree.join(set.path.trim_start_matches('/')));
+                }
+                _ => {}
             }
             if to != set.path {
                 renamed.push((PathBuf::from(&set.path), PathBuf::from(&to)));
@@ -749,15 +861,28 @@ impl Planner<'_> {
 
         // Packages: what is missing, and whether this host's versions can run the app.
         let mut packages_to_install = Vec::new();
-        for p in &d.needs_packages {
-            if host::installed_version(&p.name).is_none() {
-                if host::candidate_version(&p.name).is_none() {
-                    self.blockers.push(format!(
-                        "package {} is needed and not available here",
-                        p.name
-                    ));
+        // Which packages comes from this host's recipe (its templates filled with the
+        // bundle's values, say the PHP version); a name must be a plain Debian package name.
+        for template in &self.recipe.definition().packages.needs {
+            let Ok(name) = expand_template(template, &new) else {
+                continue;
+            };
+            let plain = name.len() >= 2
+                && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+            if !plain {
+                self.blockers
+                    .push(format!("{name:?} is not a Debian package name"));
+                continue;
+            }
+            if host::installed_version(&name).is_none() {
+                if host::candidate_version(&name).is_none() {
+                    self.blockers
+                        .push(format!("package {name} is needed and not available here"));
                 } else {
-                    packages_to_install.push(p.name.clone());
+                    packages_to_install.push(name);
                 }
             }
         }
@@ -778,14 +903,28 @@ impl Planner<'_> {
                 architecture: None,
             }
         });
-        for p in d.code_packages.iter().chain(app_version.as_ref()) {
+        // Package names from this host's recipe; only the versions come from the bundle.
+        let host_code = &self.recipe.definition().packages.code;
+        for p in d
+            .code_packages
+            .iter()
+            .filter(|p| host_code.contains(&p.name))
+            .chain(app_version.as_ref())
+        {
             let (Some(theirs), Some(ours)) = (
                 &p.version,
                 host::installed_version(&p.name).or_else(|| host::candidate_version(&p.name)),
             ) else {
                 continue;
             };
-            if host::version_newer(theirs, &ours) {
+            let newer = host::version_newer(theirs, &ours);
+            if newer.is_none() {
+                self.blockers.push(format!(
+                    "the bundle's version {theirs:?} of {} is not a Debian version",
+                    p.name
+                ));
+            }
+            if newer == Some(true) {
                 self.blockers.push(format!(
                     "the bundle's {} is {theirs}, newer than this host's {ours}: upgrade {} here first",
                     p.name, p.name
@@ -793,19 +932,21 @@ impl Planner<'_> {
             }
         }
 
-        let nginx = d.services.iter().any(|s| s.kind == ServiceKind::NginxSite);
-        let php: Vec<String> = d
-            .services
+        // What to check and reload follows from where files go, not from the bundle's word.
+        let nginx = placements.iter().any(|p| p.to.starts_with("/etc/nginx"));
+        let mut php: Vec<String> = placements
             .iter()
-            .filter(|s| s.kind == ServiceKind::PhpFpmPool)
-            .filter_map(|s| {
-                s.path
-                    .strip_prefix("/etc/php/")?
-                    .split('/')
-                    .next()
-                    .map(str::to_owned)
+            .filter_map(|p| {
+                let rest = p.to.strip_prefix("/etc/php/").ok()?;
+                let mut parts = rest.components();
+                let version = parts.next()?.as_os_str().to_str()?.to_owned();
+                (parts.next()?.as_os_str() == "fpm"
+                    && version.bytes().all(|b| b.is_ascii_digit() || b == b'.'))
+                .then_some(version)
             })
             .collect();
+        php.sort();
+        php.dedup();
         let (checks, reloads) = host::reload_commands(nginx, &php);
 
         let disk_needed = header
@@ -828,14 +969,29 @@ impl Planner<'_> {
                 conflicts[0].display()
             ));
         }
-        let health = d.health.as_ref().map(|h| {
-            let url = if domain_changes {
-                h.url.replace(&d.domain, &domain_to)
-            } else {
-                h.url.clone()
-            };
-            (url, h.status, h.contains.clone())
-        });
+        // The check is this host's recipe's, filled with the new values: a bundle cannot
+        // choose what proves it works.
+        let health = match &self.recipe.definition().health {
+            Some(h) => match expand_template(&h.url, &new) {
+                Ok(url)
+                    if url.starts_with("http://")
+                        && !url.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+                {
+                    Some((url, h.status, h.contains.clone()))
+                }
+                Ok(url) => {
+                    self.blockers.push(format!(
+                        "the health check URL {url:?} is not a plain http:// URL"
+                    ));
+                    None
+                }
+                Err(e) => {
+                    self.blockers.push(format!("the health check URL: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
         let plan = ImportPlan {
             bundle_id: header.bundle_id.clone(),
             tenant: header.tenant.clone(),
@@ -851,6 +1007,8 @@ impl Planner<'_> {
                 to: domain_to,
             },
             packages_to_install,
+            groups_to_create: Vec::new(),
+            users_to_create: Vec::new(),
             files: placements,
             databases: planned_dbs,
             rewrites,
@@ -880,33 +1038,108 @@ impl Planner<'_> {
     /// A PHP-FPM pool runs the tenant's PHP as its `user`: never root, and only as an
     /// account this host has.
     fn check_pool(&mut self, staged: &Path) {
-        let Ok(text) = fs_err::read_to_string(staged) else {
-            return;
+        let text = match staged_text(staged) {
+            Ok(text) => text,
+            Err(reason) => return self.blockers.push(reason),
         };
         let accounts = fs_err::read_to_string("/etc/passwd").unwrap_or_default();
+        let groups = fs_err::read_to_string("/etc/group").unwrap_or_default();
+        let id_of = |table: &str, name: &str| -> Option<u32> {
+            table
+                .lines()
+                .find(|l| l.split(':').next() == Some(name))
+                .and_then(|l| l.split(':').nth(2))
+                .and_then(|id| id.parse().ok())
+        };
         for line in text.lines() {
             let Some((key, value)) = line.split_once('=') else {
                 continue;
             };
-            let key = key.trim();
-            if key.starts_with(';') || (key != "user" && key != "group") {
+            // PHP-FPM reads keys without regard to case.
+            let key = key.trim().to_ascii_lowercase();
+            let value = value.trim().trim_matches('"');
+            if key.starts_with(';') || key.starts_with('#') {
                 continue;
             }
-            let name = value.trim().trim_matches('"');
-            let uid = accounts
-                .lines()
-                .find(|l| l.split(':').next() == Some(name))
-                .and_then(|l| l.split(':').nth(2));
-            let refused = match (key, uid) {
-                (_, _) if name == "root" => Some("root"),
-                ("user", Some("0")) => Some("uid 0"),
-                ("user", None) => Some("an account this host does not have"),
+            let refused = match key.as_str() {
+                // Files the master (root) would open or write where the bundle says.
+                "include" | "access.log" | "access.format" | "slowlog" | "chroot" | "prefix" => {
+                    Some("a directive a bundle may not set".to_owned())
+                }
+                _ if key.contains("error_log")
+                    || key.contains("auto_prepend_file")
+                    || key.contains("auto_append_file") =>
+                {
+                    Some("a directive a bundle may not set".to_owned())
+                }
+                "user" | "group" => {
+                    let table = if key == "user" { &accounts } else { &groups };
+                    let new = self.new_accounts.iter().any(|a| a == value);
+                    match id_of(table, value) {
+                        // The web server's account, a regular (tenant) account, or one
+                        // this import creates; never root nor another system account.
+                        _ if value == "www-data" || new => None,
+                        Some(id) if id >= 1000 && id != 65534 => None,
+                        Some(_) => Some(format!("{key} {value}, a system account")),
+                        None => Some(format!("{key} {value}, an account this host does not have")),
+                    }
+                }
                 _ => None,
             };
             if let Some(why) = refused {
                 self.blockers.push(format!(
-                    "the PHP-FPM pool {} would run as {key} {name} ({why})",
-                    staged.display()
+                    "the PHP-FPM pool {}: {} ({why})",
+                    staged.display(),
+                    line.trim()
+                ));
+            }
+        }
+    }
+
+    /// An nginx site from a bundle may serve and log only where an app's files are: the
+    /// master runs as root, and opens log files before dropping privileges.
+    fn check_nginx_site(&mut self, staged: &Path) {
+        let text = match staged_text(staged) {
+            Ok(text) => text,
+            Err(reason) => return self.blockers.push(reason),
+        };
+        let served = ["/usr/share/", "/var/lib/", "/srv/", "/var/www/"];
+        let code = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for statement in code.split([';', '{', '}']) {
+            let words: Vec<&str> = statement
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c| c == '"' || c == '\''))
+                .collect();
+            let Some((directive, args)) = words.split_first() else {
+                continue;
+            };
+            let first = args.first().copied().unwrap_or("");
+            let refused = match *directive {
+                "load_module" | "perl" | "perl_modules" | "js_import" | "lua_package_path" => true,
+                "access_log" | "error_log" => {
+                    !(first == "off"
+                        || first.starts_with("syslog:")
+                        || first.starts_with("/var/log/"))
+                        || first.contains("..")
+                }
+                "include" => {
+                    first.starts_with('/') && !first.starts_with("/etc/nginx/")
+                        || first.contains("..")
+                }
+                "root" | "alias" => {
+                    !served.iter().any(|p| first.starts_with(p)) || first.contains("..")
+                }
+                _ => false,
+            };
+            if refused {
+                self.blockers.push(format!(
+                    "the nginx site {}: `{}` is not allowed from a bundle",
+                    staged.display(),
+                    words.join(" ")
                 ));
             }
         }
@@ -967,6 +1200,111 @@ impl Planner<'_> {
     }
 }
 
+/// Gives every staged entry that carries a placeholder id (owner or group) to the account
+/// created for it.
+fn give_placeholders_away(
+    tree: &Path,
+    ids: &std::collections::HashMap<u32, u32>,
+) -> Result<(), ImportError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![tree.to_owned()];
+    while let Some(path) = stack.pop() {
+        let meta = fs_err::symlink_metadata(&path)?;
+        let uid = ids.get(&meta.uid()).copied();
+        let gid = ids.get(&meta.gid()).copied();
+        if uid.is_some() || gid.is_some() {
+            rustix::fs::chownat(
+                rustix::fs::CWD,
+                &path,
+                uid.map(rustix::fs::Uid::from_raw),
+                gid.map(rustix::fs::Gid::from_raw),
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| std::io::Error::new(e.kind(), format!("chown {}: {e}", path.display())))?;
+            // chown clears setuid/setgid bits: put the mode back (links have none).
+            if !meta.file_type().is_symlink() {
+                use std::os::unix::fs::PermissionsExt;
+                fs_err::set_permissions(
+                    &path,
+                    std::fs::Permissions::from_mode(meta.mode() & 0o7777),
+                )?;
+            }
+        }
+        if meta.is_dir() {
+            for entry in fs_err::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A bundle id is opaque text: only its letters, digits and `-` go into file names.
+fn path_safe(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(64)
+        .collect();
+    if safe.is_empty() {
+        "bundle".to_owned()
+    } else {
+        safe
+    }
+}
+
+/// A staged text file, read without following a link; the reason as a blocker otherwise.
+fn staged_text(staged: &Path) -> Result<String, String> {
+    let unreadable = |why: String| format!("{}: {why}", staged.display());
+    let meta = fs_err::symlink_metadata(staged).map_err(|e| unreadable(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(unreadable("not a regular file in the bundle".to_owned()));
+    }
+    let bytes = fs_err::read(staged).map_err(|e| unreadable(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|_| unreadable("not UTF-8 text".to_owned()))
+}
+
+/// A creation that failed did not happen (a database or account that is there is not
+/// ours): the journal says so, and rollback leaves it alone.
+fn made<T>(journal: &mut Journal, result: Result<T, ImportError>) -> Result<T, ImportError> {
+    if result.is_err() {
+        journal.record(&Change::NotMade)?;
+    }
+    result
+}
+
+/// `O_NOFOLLOW`, for opening a staged file that must not be a link.
+fn libc_nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+/// The staged copy of the host path `absolute`, reached without following any link (the
+/// staged tree holds the bundle's links, which may point anywhere): every component must
+/// be a real directory, and the file itself a regular file.
+fn staged_file(tree: &Path, absolute: &str) -> Result<PathBuf, String> {
+    baluchon_recipe::check_allowed(absolute)?;
+    let mut path = tree.to_owned();
+    let parts: Vec<_> = Path::new(absolute).components().skip(1).collect();
+    for (i, part) in parts.iter().enumerate() {
+        path.push(part);
+        let meta = fs_err::symlink_metadata(&path).map_err(|e| e.to_string())?;
+        let last = i + 1 == parts.len();
+        if meta.file_type().is_symlink() {
+            return Err(format!("{} is a link in the bundle", path.display()));
+        }
+        if last && !meta.is_file() {
+            return Err("is not a regular file in the bundle".to_owned());
+        }
+        if !last && !meta.is_dir() {
+            return Err(format!(
+                "{} is not a directory in the bundle",
+                path.display()
+            ));
+        }
+    }
+    Ok(path)
+}
+
 /// `path` with `.` and `..` resolved lexically (links are not followed: they are data).
 fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
@@ -980,6 +1318,17 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+impl Drop for PreparedImport {
+    /// A plan that is not applied leaves nothing staged. (After an apply the staging area
+    /// is gone already; after a kill, recovery removes it.) Best effort: a failure here
+    /// leaves a directory the next import of this tenant removes.
+    fn drop(&mut self) {
+        if self.staging.exists() {
+            let _ = fs_err::remove_dir_all(&self.staging);
+        }
+    }
 }
 
 impl PreparedImport {
@@ -1006,13 +1355,13 @@ impl PreparedImport {
         let mut steps = Vec::new();
         let backup_dir = self
             .tenant_dir
-            .join(format!("backup-{}", self.plan.bundle_id));
+            .join(format!("backup-{}", path_safe(&self.plan.bundle_id)));
         match self.apply_steps(&mut journal, &mut steps, &backup_dir, hook) {
             Ok(()) => {
                 self.finish()?;
                 let kept = backup_dir.exists().then_some(backup_dir);
                 Ok(ImportReport {
-                    plan: self.plan,
+                    plan: self.plan.clone(),
                     steps,
                     backup_dir: kept,
                 })
@@ -1053,13 +1402,33 @@ impl PreparedImport {
             host::run(
                 "apt-get install",
                 std::process::Command::new("apt-get")
-                    .args(["install", "-y", "-q", "--no-install-recommends"])
+                    // --no-remove: an install that would remove a package cannot be undone
+                    // by purging what was installed; apt then stops instead.
+                    .args([
+                        "install",
+                        "-y",
+                        "-q",
+                        "--no-install-recommends",
+                        "--no-remove",
+                    ])
                     .args(&self.plan.packages_to_install)
                     .env("DEBIAN_FRONTEND", "noninteractive"),
             )?;
             steps.push(format!(
                 "installed {}",
                 self.plan.packages_to_install.join(", ")
+            ));
+        }
+        if !self.placeholders.is_empty() {
+            hook("users")?;
+            self.create_accounts(journal)?;
+            steps.push(format!(
+                "created system accounts: {}",
+                self.placeholders
+                    .iter()
+                    .map(|p| format!("{} {}", if p.group { "group" } else { "user" }, p.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         for db in &self.databases {
@@ -1122,7 +1491,10 @@ impl PreparedImport {
         let displace = place::Displace {
             policy: self.plan.on_conflict,
             backup_dir,
-            suffix: &self.plan.bundle_id[..8.min(self.plan.bundle_id.len())],
+            suffix: &path_safe(&self.plan.bundle_id)
+                .chars()
+                .take(8)
+                .collect::<String>(),
         };
         for set in &self.plan.files {
             place::place(&self.tree, set, &displace, journal)?;
@@ -1169,46 +1541,54 @@ impl PreparedImport {
                     name: db.name.clone(),
                 })?;
                 let charset = db.dump.charset.as_deref().unwrap_or("utf8mb4");
-                host::mariadb_admin(&format!(
-                    "CREATE DATABASE `{}` CHARACTER SET {}",
-                    db.name,
-                    charset.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "")
-                ))?;
+                made(
+                    journal,
+                    host::mariadb_admin(&format!(
+                        "CREATE DATABASE `{}` CHARACTER SET {}",
+                        db.name,
+                        charset.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "")
+                    )),
+                )?;
                 journal.record(&Change::MariadbUser {
                     name: db.user.clone(),
                 })?;
+                made(
+                    journal,
+                    host::mariadb_admin(&format!(
+                        "CREATE USER '{}'@'localhost' IDENTIFIED BY '{}'",
+                        db.user, db.password
+                    )),
+                )?;
                 host::mariadb_admin(&format!(
-                    "CREATE USER '{u}'@'localhost' IDENTIFIED BY '{p}';\n\
-                     GRANT ALL PRIVILEGES ON `{d}`.* TO '{u}'@'localhost';",
-                    u = db.user,
-                    p = db.password,
-                    d = db.name
+                    "GRANT ALL PRIVILEGES ON `{}`.* TO '{}'@'localhost'",
+                    db.name, db.user
                 ))?;
                 let mut summary = None;
                 host::mariadb_restore(&db.name, &db.user, &db.password, |out| {
                     let mut input =
                         std::io::BufReader::with_capacity(1 << 20, fs_err::File::open(&db.file)?);
-                    match &db.rewrite {
-                        Some(rules) => {
-                            let report = rewrite_dump(&mut input, out, rules).map_err(|e| {
-                                ImportError::Description {
-                                    member: APP_DESCRIPTION,
-                                    reason: format!("dump {}: {e}", db.dump.dump),
-                                }
-                            })?;
-                            let mut text = format!(
-                                "{} values rewritten ({} PHP-serialized, lengths fixed), {} DEFINER clauses removed",
-                                report.values_changed, report.serialized_fixed, report.definers_removed
-                            );
-                            for warning in &report.warnings {
-                                text.push_str(&format!("; warning: {warning}"));
-                            }
-                            summary = Some(text);
+                    // Every dump goes through the rewriter, with or without replacements: it
+                    // removes DEFINER clauses and refuses client commands.
+                    let rules = db.rewrite.clone().unwrap_or(DumpRewrite {
+                        tables: Default::default(),
+                        skip_columns: Default::default(),
+                        replacements: Vec::new(),
+                        php_serialized: false,
+                    });
+                    let report = rewrite_dump(&mut input, out, &rules).map_err(|e| {
+                        ImportError::Description {
+                            member: APP_DESCRIPTION,
+                            reason: format!("dump {}: {e}", db.dump.dump),
                         }
-                        None => {
-                            std::io::copy(&mut input, out)?;
-                        }
+                    })?;
+                    let mut text = format!(
+                        "{} values rewritten ({} PHP-serialized, lengths fixed), {} DEFINER clauses removed",
+                        report.values_changed, report.serialized_fixed, report.definers_removed
+                    );
+                    for warning in &report.warnings {
+                        text.push_str(&format!("; warning: {warning}"));
                     }
+                    summary = Some(text);
                     Ok(())
                 })?;
                 Ok(summary)
@@ -1217,22 +1597,77 @@ impl PreparedImport {
                 journal.record(&Change::PostgresRole {
                     name: db.user.clone(),
                 })?;
-                host::postgres_admin(&format!(
-                    "CREATE ROLE \"{}\" LOGIN PASSWORD '{}'",
-                    db.user, db.password
-                ))?;
+                made(
+                    journal,
+                    host::postgres_admin(&format!(
+                        "CREATE ROLE \"{}\" LOGIN PASSWORD '{}'",
+                        db.user, db.password
+                    )),
+                )?;
                 journal.record(&Change::PostgresDatabase {
                     name: db.name.clone(),
                 })?;
-                host::postgres_admin(&format!(
-                    "CREATE DATABASE \"{}\" OWNER \"{}\"",
-                    db.name, db.user
-                ))?;
+                made(
+                    journal,
+                    host::postgres_admin(&format!(
+                        "CREATE DATABASE \"{}\" OWNER \"{}\"",
+                        db.name, db.user
+                    )),
+                )?;
                 host::postgres_restore(&db.file, &db.name, &db.user, &db.password)?;
                 Ok(None)
             }
             Engine::Sqlite => Ok(None),
         }
+    }
+
+    /// Creates the groups, then the users (system accounts, no home, no login shell; a
+    /// user's primary group is the group of the same name if there is one), then gives the
+    /// staged entries that carry their placeholder ids to them.
+    fn create_accounts(&self, journal: &mut Journal) -> Result<(), ImportError> {
+        let mut ids = std::collections::HashMap::new();
+        for p in self.placeholders.iter().filter(|p| p.group) {
+            journal.record(&Change::GroupCreated {
+                name: p.name.clone(),
+            })?;
+            made(
+                journal,
+                host::run(
+                    &format!("groupadd {}", p.name),
+                    std::process::Command::new("groupadd").args(["--system", "--", &p.name]),
+                ),
+            )?;
+            ids.insert(p.id, host::account_id("group", &p.name)?);
+        }
+        for p in self.placeholders.iter().filter(|p| !p.group) {
+            journal.record(&Change::UserCreated {
+                name: p.name.clone(),
+            })?;
+            let primary = if host::account_id("group", &p.name).is_ok() {
+                p.name.clone()
+            } else {
+                "nogroup".to_owned()
+            };
+            made(
+                journal,
+                host::run(
+                    &format!("useradd {}", p.name),
+                    std::process::Command::new("useradd").args([
+                        "--system",
+                        "--no-create-home",
+                        "--no-user-group",
+                        "--shell",
+                        "/usr/sbin/nologin",
+                        "--gid",
+                        &primary,
+                        "--",
+                        &p.name,
+                    ]),
+                ),
+            )?;
+            ids.insert(p.id, host::account_id("passwd", &p.name)?);
+        }
+        give_placeholders_away(&self.tree, &ids)
     }
 
     /// Past the commit: remember what was imported, drop the journal and the staging area.
@@ -1268,7 +1703,16 @@ fn roll_back(journal_path: &Path) -> Result<usize, ImportError> {
     let changes = Journal::read(journal_path)?;
     let mut first_error = None;
     let mut reloads = None;
+    let mut not_made = false;
     for change in changes.iter().rev() {
+        // A change followed by `NotMade` never happened: what is there is not ours.
+        if std::mem::take(&mut not_made) {
+            continue;
+        }
+        if change == &Change::NotMade {
+            not_made = true;
+            continue;
+        }
         let undone = match change {
             Change::Created { .. } | Change::MovedAside { .. } => place::undo_file_change(change),
             Change::MariadbUser { name } => {
@@ -1285,6 +1729,30 @@ fn roll_back(journal_path: &Path) -> Result<usize, ImportError> {
             Change::PostgresRole { name } => {
                 host::postgres_admin(&format!("DROP ROLE IF EXISTS \"{name}\"")).map(|_| ())
             }
+            Change::UserCreated { name } => host::run(
+                "userdel",
+                std::process::Command::new("userdel").args(["--", name]),
+            )
+            .map(|_| ())
+            .or_else(|e| {
+                if host::account_id("passwd", name).is_err() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }),
+            Change::GroupCreated { name } => host::run(
+                "groupdel",
+                std::process::Command::new("groupdel").args(["--", name]),
+            )
+            .map(|_| ())
+            .or_else(|e| {
+                if host::account_id("group", name).is_err() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }),
             Change::PackagesInstalled { packages } => host::run(
                 "apt-get purge",
                 std::process::Command::new("apt-get")
@@ -1297,7 +1765,7 @@ fn roll_back(journal_path: &Path) -> Result<usize, ImportError> {
                 reloads = Some(commands.clone());
                 Ok(())
             }
-            Change::Begin { .. } | Change::Commit => Ok(()),
+            Change::Begin { .. } | Change::Commit | Change::NotMade => Ok(()),
         };
         if let Err(e) = undone {
             first_error.get_or_insert(e);

@@ -175,6 +175,27 @@ pub fn place(
     displace: &Displace<'_>,
     journal: &mut Journal,
 ) -> Result<(), ImportError> {
+    // Missing directories above the set (an app under /srv/<name> on a new host) are
+    // created, root's, 0755, and journaled like the rest.
+    let mut missing: Vec<&Path> = set
+        .to
+        .ancestors()
+        .skip(1)
+        .take_while(|a| fs_err::symlink_metadata(a).is_err())
+        .collect();
+    missing.reverse();
+    for dir in missing {
+        journal.record(&Change::Created {
+            path: dir.to_owned(),
+        })?;
+        if let Err(e) = fs_err::create_dir(dir) {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                journal.record(&Change::NotMade)?;
+                continue;
+            }
+            return Err(e.into());
+        }
+    }
     let mut stack = vec![(staged_path(tree, &set.from), set.to.clone())];
     // Directory times are set last: creating their entries changes them.
     let mut dir_times = Vec::new();
@@ -215,32 +236,35 @@ pub fn place(
             }
             Existing::Absent => {}
         }
-        if let Some(parent) = target.parent() {
-            if !parent.exists() {
-                return Err(ImportError::Blocked(vec![format!(
-                    "{} does not exist on this host",
-                    parent.display()
-                )]));
-            }
-        }
+
         journal.record(&Change::Created {
             path: target.clone(),
         })?;
         let meta = fs_err::symlink_metadata(&staged)?;
+        let made = if meta.is_dir() {
+            fs_err::create_dir(&target).map_err(ImportError::from)
+        } else {
+            move_entry(&staged, &target, &meta)
+        };
+        if let Err(e) = made {
+            // Something appeared there since the plan: it is not ours to remove later.
+            if matches!(&e, ImportError::Io(io) if io.kind() == std::io::ErrorKind::AlreadyExists) {
+                journal.record(&Change::NotMade)?;
+            }
+            return Err(e);
+        }
         if meta.is_dir() {
-            fs_err::create_dir(&target)?;
             fs_err::set_permissions(
                 &target,
                 std::fs::Permissions::from_mode(meta.mode() & 0o7777),
             )?;
             chown(&target, &meta)?;
-            dir_times.push((target.clone(), meta));
+            dir_times.push((target.clone(), meta.clone()));
             for name in children(&staged)?.into_iter().rev() {
                 stack.push((staged.join(&name), target.join(&name)));
             }
-        } else {
-            move_entry(&staged, &target, &meta)?;
         }
+        harden_system_config(&target, &meta)?;
     }
     for (dir, meta) in dir_times.into_iter().rev() {
         set_mtime(&dir, &meta)?;
@@ -248,20 +272,61 @@ pub fn place(
     Ok(())
 }
 
-/// Renames a staged file or link into place; across filesystems, copies it with its
-/// metadata.
+/// Files under /etc configure services that run as root: whatever the bundle says, they
+/// belong to root, and nobody else may write them (their group is kept: a web server may
+/// need to read a config). No setuid, setgid or sticky bit either.
+fn harden_system_config(target: &Path, meta: &std::fs::Metadata) -> Result<(), ImportError> {
+    if !target.starts_with("/etc") {
+        return Ok(());
+    }
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        target,
+        Some(rustix::fs::Uid::ROOT),
+        None,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| std::io::Error::new(e.kind(), format!("chown {}: {e}", target.display())))?;
+    if !meta.file_type().is_symlink() {
+        fs_err::set_permissions(
+            target,
+            std::fs::Permissions::from_mode(meta.mode() & 0o0755),
+        )?;
+    }
+    Ok(())
+}
+
+/// Renames a staged file or link into place, never over an existing one; across
+/// filesystems, copies it with its metadata.
 fn move_entry(staged: &Path, target: &Path, meta: &std::fs::Metadata) -> Result<(), ImportError> {
-    match fs_err::rename(staged, target) {
+    match rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        staged,
+        rustix::fs::CWD,
+        target,
+        rustix::fs::RenameFlags::NOREPLACE,
+    ) {
         Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {}
-        Err(e) => return Err(e.into()),
+        Err(rustix::io::Errno::XDEV) => {}
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("moving {} to {}: {e}", staged.display(), target.display()),
+            )
+            .into())
+        }
     }
     if meta.file_type().is_symlink() {
         std::os::unix::fs::symlink(fs_err::read_link(staged)?, target)?;
         chown(target, meta)?;
         return Ok(());
     }
-    fs_err::copy(staged, target)?;
+    let mut out = fs_err::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(target)?;
+    std::io::copy(&mut fs_err::File::open(staged)?, &mut out)?;
+    drop(out);
     fs_err::File::open(target)?.sync_all()?;
     fs_err::set_permissions(
         target,
