@@ -480,19 +480,19 @@ fn a_content_dir_pointing_outside_the_apps_places_is_refused() {
         config,
         text_before.replace(
             "define('WP_CONTENT_DIR', '/var/lib/wordpress/wp-content');",
-            "define('WP_CONTENT_DIR', '/etc/mysql');",
+            "define('WP_CONTENT_DIR', '/var/lib/dpkg');",
         ),
     )
     .unwrap();
     assert!(fs_err::read_to_string(config)
         .unwrap()
-        .contains("/etc/mysql"));
+        .contains("/var/lib/dpkg"));
     let work = Work::new();
     let bundle = work.out("x.baluchon");
     let out = work.export("wordpress", &domain, &bundle, &[]);
     work.assert_failed_cleanly(
         &out,
         &bundle,
-        "\"/etc/mysql\" is not within /var/lib/wordpress",
+        "\"/var/lib/dpkg\" is not within /var/lib/wordpress",
     );
 }

@@ -17,14 +17,22 @@ pub const ALLOWED_ROOTS: [&str; 9] = [
     "/var/www",
 ];
 
-/// Files no recipe may name, whatever root they are under: host credentials.
-const FORBIDDEN: [&str; 6] = [
+/// Paths no recipe may name, whatever root they are under: host credentials, the
+/// database servers' own files, and what tells baluchon how to treat a host.
+const FORBIDDEN: [&str; 13] = [
     "/etc/shadow",
     "/etc/gshadow",
     "/etc/ssh",
     "/etc/sudoers",
     "/etc/sudoers.d",
+    "/etc/ssl/private",
+    "/etc/letsencrypt",
+    "/etc/mysql",
+    "/etc/baluchon/recipes",
     "/var/lib/baluchon",
+    "/var/lib/mysql",
+    "/var/lib/postgresql",
+    "/etc/postgresql",
 ];
 
 /// `Ok` if `path` is absolute, has no `.`/`..` component, lies strictly below an allowed
@@ -41,7 +49,7 @@ pub fn check_allowed(path: &str) -> Result<(), String> {
         return Err("has a '.', '..' or empty component".to_owned());
     }
     if FORBIDDEN.iter().any(|f| p.starts_with(f)) {
-        return Err("is a host credential, which no recipe may capture".to_owned());
+        return Err("is a host credential or system file, which no recipe may capture".to_owned());
     }
     let below_root = ALLOWED_ROOTS
         .iter()

@@ -153,7 +153,6 @@ struct Imported {
 }
 
 /// A database, ready to be created and restored.
-#[derive(Debug)]
 struct DatabaseTarget {
     dump: DatabaseDump,
     /// The decompressed dump in staging.
@@ -171,7 +170,6 @@ struct ConfigRewrite {
     kind: RewriteKind,
 }
 
-#[derive(Debug)]
 enum RewriteKind {
     Php {
         slot: String,
@@ -182,6 +180,26 @@ enum RewriteKind {
         old: String,
         new: String,
     },
+}
+
+// Written by hand: a new password must never reach a debug log.
+impl std::fmt::Debug for DatabaseTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseTarget")
+            .field("id", &self.dump.id)
+            .field("name", &self.name)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RewriteKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Php { slot, how, .. } => write!(f, "Php({how} {slot})"),
+            Self::Text { old, new } => write!(f, "Text({old:?} -> {new:?})"),
+        }
+    }
 }
 
 /// A verified, staged import with its plan; [`PreparedImport::apply`] makes it happen.

@@ -225,14 +225,40 @@ pub fn place(
                         target.with_file_name(name)
                     }
                 };
+                // Something already at the keeping place (an earlier import's backup) would
+                // be overwritten, and undoing would then move the wrong thing back.
+                if fs_err::symlink_metadata(&kept).is_ok() {
+                    return Err(ImportError::Blocked(vec![format!(
+                        "{} cannot be kept aside: {} exists",
+                        target.display(),
+                        kept.display()
+                    )]));
+                }
+                if let Some(parent) = kept.parent() {
+                    fs_err::create_dir_all(parent)?;
+                }
                 journal.record(&Change::MovedAside {
                     path: target.clone(),
                     kept: kept.clone(),
                 })?;
-                if let Some(parent) = kept.parent() {
-                    fs_err::create_dir_all(parent)?;
+                if let Err(e) = rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &target,
+                    rustix::fs::CWD,
+                    &kept,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                ) {
+                    journal.record(&Change::NotMade)?;
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "moving {} aside to {}: {e}",
+                            target.display(),
+                            kept.display()
+                        ),
+                    )
+                    .into());
                 }
-                fs_err::rename(&target, &kept)?;
             }
             Existing::Absent => {}
         }
