@@ -471,7 +471,7 @@ fn an_unreadable_file_fails_the_export_naming_it() {
 #[test]
 fn a_content_dir_pointing_outside_the_apps_places_is_refused() {
     // WP_CONTENT_DIR is in the site's own config, which its admin may edit: root's export
-    // must not follow it to the database server's credentials.
+    // must not follow it to other parts of the host.
     let domain = format!("{}.test", unique("wp-hostile"));
     let site = Site::create("wordpress", &domain);
     let config = site.fact("config_path");
