@@ -9,8 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Debian packages the tests and the demo use: stock tools the format promises to work with
-# (tar, zstd, sha256sum, ssh-keygen), mount for the full-disk tests, a C compiler for zstd-sys.
-packages=(tar zstd coreutils openssh-client util-linux gcc libc6-dev pkg-config)
+# (tar, zstd, sha256sum, ssh-keygen), mount for the full-disk tests, a C compiler for zstd-sys,
+# OpenSSL headers for libssh2-sys, and an sshd for the SSH tests (started on loopback by them).
+packages=(tar zstd coreutils openssh-client openssh-server util-linux gcc libc6-dev pkg-config libssl-dev)
 
 install_packages() {
     local missing=()

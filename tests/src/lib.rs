@@ -3,6 +3,7 @@
 pub mod apps;
 pub mod fixture;
 pub mod forge;
+pub mod sshd;
 pub mod tree;
 
 /// The lines of a bundle's index, decompressed and parsed.

@@ -35,6 +35,12 @@ pub struct ImportArgs {
     /// must hold an app, which is reinstalled where its recipe says
     #[arg(long)]
     path: Option<PathBuf>,
+    /// Import on another host, over SSH: ssh://user@host[:port] (baluchon is uploaded there
+    /// if that host lacks this version)
+    #[arg(long, value_name = "URL", conflicts_with = "path")]
+    to: Option<String>,
+    #[command(flatten)]
+    ssh: crate::remote::SshArgs,
     /// App bundles: the instance's new domain
     #[arg(long, conflicts_with = "path")]
     domain: Option<String>,
@@ -97,6 +103,24 @@ pub fn run(args: &ImportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         .with_context(|| format!("cannot use the signer file {}", args.signer.display()))?;
     let mut policy = Policy::default();
     policy.expected_tenant.clone_from(&args.tenant);
+    if let Some(url) = &args.to {
+        let mut extra = Vec::new();
+        if let Some(domain) = &args.domain {
+            extra.extend(["--domain".to_owned(), domain.clone()]);
+        }
+        let policy = format!("{:?}", args.on_conflict).to_lowercase();
+        extra.extend(["--on-conflict".to_owned(), policy]);
+        if let Some(tenant) = &args.tenant {
+            extra.extend(["--tenant".to_owned(), tenant.clone()]);
+        }
+        if args.plan {
+            extra.push("--plan".to_owned());
+        }
+        if args.json {
+            extra.push("--json".to_owned());
+        }
+        return crate::remote::import(url, &args.ssh, &args.bundle, &args.signer, &extra);
+    }
     let Some(path) = &args.path else {
         let mut options = baluchon_migrate::ImportOptions::new();
         options.work_dir.clone_from(&args.work_dir);

@@ -11,6 +11,7 @@ mod export;
 mod import;
 mod inspect;
 mod progress;
+mod remote;
 mod verify;
 
 use std::process::ExitCode;
@@ -78,12 +79,25 @@ fn is_invalid_bundle(err: &anyhow::Error) -> bool {
         matches!(
             cause.downcast_ref::<baluchon_bundle::Error>(),
             Some(baluchon_bundle::Error::Invalid(_))
+        ) || matches!(
+            // Transparent: its own chain goes on below the bundle error.
+            cause.downcast_ref::<baluchon_migrate::ImportError>(),
+            Some(baluchon_migrate::ImportError::Bundle(
+                baluchon_bundle::Error::Invalid(_)
+            ))
         )
     })
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
-    if is_invalid_bundle(err) {
+    // A remote baluchon's verdict on a bundle is ours too.
+    let remote_invalid = err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<baluchon_transport::TransportError>(),
+            Some(baluchon_transport::TransportError::Remote { code: Some(3), .. })
+        )
+    });
+    if is_invalid_bundle(err) || remote_invalid {
         exit::INVALID_BUNDLE
     } else {
         exit::FAILURE

@@ -1,0 +1,267 @@
+//! SSH against a real OpenSSH sshd on loopback (tests/src/sshd.rs starts it with its own host
+//! keys): host keys are checked strictly, logins and remote failures are reported clearly,
+//! uploads resume after a dropped connection, and an app bundle is imported on the other
+//! side of the connection.
+
+use std::path::Path;
+use std::process::Command;
+
+use baluchon_tests::apps::{http_get, script, services, text, unique, Site};
+use baluchon_tests::fixture::{baluchon_bin, Keys};
+use baluchon_tests::sshd::Sshd;
+use baluchon_transport::{ConnectOptions, Connection, SshTarget, TransportError};
+
+fn options(sshd: &Sshd, known_hosts: &Path) -> ConnectOptions {
+    let mut options = ConnectOptions::new(known_hosts.to_owned());
+    options.identity = Some(sshd.client_key().to_owned());
+    options.timeout = std::time::Duration::from_secs(20);
+    options
+}
+
+fn target(sshd: &Sshd) -> SshTarget {
+    sshd.url().parse().unwrap()
+}
+
+#[test]
+fn an_unknown_host_key_is_refused_unless_accepted_explicitly() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    let err = Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap_err();
+    match &err {
+        TransportError::UnknownHostKey { fingerprint, .. } => {
+            assert_eq!(fingerprint, &sshd.host_key_fingerprint());
+        }
+        other => panic!("expected an unknown host key, got {other}"),
+    }
+    assert!(!known_hosts.exists(), "nothing recorded without the flag");
+
+    let mut accept = options(&sshd, &known_hosts);
+    accept.accept_new_host_key = true;
+    Connection::open(&target(&sshd), &accept).unwrap();
+    let recorded = fs_err::read_to_string(&known_hosts).unwrap();
+    assert!(
+        recorded.contains(&format!("[127.0.0.1]:{}", sshd.port())),
+        "{recorded}"
+    );
+    // Now known: accepted without the flag.
+    Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap();
+}
+
+#[test]
+fn a_port_entry_in_known_hosts_is_honoured_and_a_changed_key_refused() {
+    let mut sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap();
+
+    let old = sshd.host_key_fingerprint();
+    sshd.rotate_host_key();
+    let new = sshd.host_key_fingerprint();
+    assert_ne!(old, new);
+    let err = Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err, TransportError::ChangedHostKey { .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains(&old) && message.contains(&new),
+        "{message}"
+    );
+    // Even with trust on first use: a changed key is never "new".
+    let mut accept = options(&sshd, &known_hosts);
+    accept.accept_new_host_key = true;
+    assert!(matches!(
+        Connection::open(&target(&sshd), &accept),
+        Err(TransportError::ChangedHostKey { .. })
+    ));
+}
+
+#[test]
+fn a_pinned_fingerprint_replaces_known_hosts() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut pinned = options(&sshd, &dir.path().join("absent"));
+    pinned.pinned = vec![sshd.host_key_fingerprint()];
+    Connection::open(&target(&sshd), &pinned).unwrap();
+    pinned.pinned = vec!["SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned()];
+    assert!(matches!(
+        Connection::open(&target(&sshd), &pinned),
+        Err(TransportError::NotPinned { .. })
+    ));
+}
+
+#[test]
+fn a_wrong_key_is_refused_naming_it() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let mut wrong = options(&sshd, &known_hosts);
+    wrong.identity = Some(sshd.other_client_key().to_owned());
+    let err = Connection::open(&target(&sshd), &wrong).unwrap_err();
+    assert!(matches!(err, TransportError::Auth { .. }), "{err}");
+    assert!(err
+        .to_string()
+        .contains(&sshd.other_client_key().display().to_string()));
+}
+
+#[test]
+fn a_remote_failure_brings_back_its_stderr_and_status() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let conn = Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap();
+    assert_eq!(conn.output("echo hello; echo noise >&2").unwrap(), "hello");
+    // Much more stderr than an SSH window holds, then a failure: drained, not deadlocked.
+    let err = conn
+        .output("head -c 3000000 /dev/zero | tr '\\0' x >&2; echo 'the real reason' >&2; exit 7")
+        .unwrap_err();
+    match err {
+        TransportError::Remote { code, stderr, .. } => {
+            assert_eq!(code, Some(7));
+            assert!(
+                stderr.ends_with("the real reason"),
+                "…{}",
+                &stderr[stderr.len().saturating_sub(80)..]
+            );
+        }
+        other => panic!("expected a remote failure, got {other}"),
+    }
+}
+
+#[test]
+fn an_upload_cut_by_a_dropped_connection_resumes() {
+    let mut sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let local = dir.path().join("big.bin");
+    // Incompressible and large enough to still be on its way when the connection drops.
+    let out = Command::new("head")
+        .args(["-c", "400000000", "/dev/urandom"])
+        .output()
+        .unwrap();
+    fs_err::write(&local, &out.stdout).unwrap();
+    let remote_dir = dir.path().join("remote");
+    fs_err::create_dir(&remote_dir).unwrap();
+    let remote = remote_dir.join("big.bin");
+
+    let uploading = {
+        let (target, options, local, remote) = (
+            target(&sshd),
+            options(&sshd, &known_hosts),
+            local.clone(),
+            remote.display().to_string(),
+        );
+        std::thread::spawn(move || {
+            let conn = Connection::open(&target, &options)?;
+            conn.upload(&local, &remote)
+        })
+    };
+    let part = remote_dir.join("big.bin.part");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while fs_err::metadata(&part).map_or(0, |m| m.len()) < 50_000_000 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    sshd.kill_sessions_and_restart();
+    let first = uploading.join().unwrap();
+    assert!(first.is_err(), "the cut upload failed");
+    let delivered = fs_err::metadata(&part).unwrap().len();
+    assert!(delivered > 0 && delivered < 400_000_000, "{delivered}");
+
+    let conn = Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap();
+    let report = conn.upload(&local, &remote.display().to_string()).unwrap();
+    assert_eq!(
+        report.resumed_from, delivered,
+        "it went on from what was there"
+    );
+    assert_eq!(
+        fs_err::read(&remote).unwrap(),
+        out.stdout,
+        "and the file is whole"
+    );
+    assert!(!part.exists());
+}
+
+#[test]
+fn an_app_bundle_is_imported_on_the_other_side_of_an_ssh_connection() {
+    services();
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let keys = Keys::new(dir.path());
+    let old = format!("{}.test", unique("wp-ssh-from"));
+    let new = format!("{}.test", unique("wp-ssh-to"));
+    let site = Site::create("wordpress", &old);
+    let canary = site.fact("canary").to_owned();
+    let post = site.fact("post_id").to_owned();
+    let bundle = dir.path().join("blog.baluchon");
+    let out = Command::new(baluchon_bin())
+        .args([
+            "export",
+            "--app",
+            "wordpress",
+            "--instance",
+            &old,
+            "--sign-key",
+        ])
+        .arg(&keys.private)
+        .arg("-o")
+        .arg(&bundle)
+        .env("BALUCHON_STATE_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let import = |bundle: &Path, extra: &[&str]| {
+        Command::new(baluchon_bin())
+            .arg("import")
+            .arg(bundle)
+            .arg("--signer")
+            .arg(&keys.allowed_signers)
+            .args(["--to", &sshd.url(), "--known-hosts"])
+            .arg(&known_hosts)
+            .arg("--identity")
+            .arg(sshd.client_key())
+            .args(["--domain", &new])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // A copy that fails verification there is reported as such here (exit code 3).
+    let mut bytes = fs_err::read(&bundle).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    let damaged = dir.path().join("damaged.baluchon");
+    fs_err::write(&damaged, &bytes).unwrap();
+    let out = import(&damaged, &["--plan"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+
+    let out = import(&bundle, &[]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stdout).contains("health check passed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let (status, page) = http_get(&new, &format!("/?p={post}"));
+    assert_eq!(status, 200);
+    assert!(text(&page).contains(&canary));
+
+    drop(site);
+    script("wordpress-site.sh", &["remove", &new]);
+}
