@@ -1062,55 +1062,9 @@ impl Planner<'_> {
         };
         let accounts = fs_err::read_to_string("/etc/passwd").unwrap_or_default();
         let groups = fs_err::read_to_string("/etc/group").unwrap_or_default();
-        let id_of = |table: &str, name: &str| -> Option<u32> {
-            table
-                .lines()
-                .find(|l| l.split(':').next() == Some(name))
-                .and_then(|l| l.split(':').nth(2))
-                .and_then(|id| id.parse().ok())
-        };
-        for line in text.lines() {
-            let Some((key, value)) = line.split_once('=') else {
-                continue;
-            };
-            // PHP-FPM reads keys without regard to case.
-            let key = key.trim().to_ascii_lowercase();
-            let value = value.trim().trim_matches('"');
-            if key.starts_with(';') || key.starts_with('#') {
-                continue;
-            }
-            let refused = match key.as_str() {
-                // Files the master (root) would open or write where the bundle says.
-                "include" | "access.log" | "access.format" | "slowlog" | "chroot" | "prefix" => {
-                    Some("a directive a bundle may not set".to_owned())
-                }
-                _ if key.contains("error_log")
-                    || key.contains("auto_prepend_file")
-                    || key.contains("auto_append_file") =>
-                {
-                    Some("a directive a bundle may not set".to_owned())
-                }
-                "user" | "group" => {
-                    let table = if key == "user" { &accounts } else { &groups };
-                    let new = self.new_accounts.iter().any(|a| a == value);
-                    match id_of(table, value) {
-                        // The web server's account, a regular (tenant) account, or one
-                        // this import creates; never root nor another system account.
-                        _ if value == "www-data" || new => None,
-                        Some(id) if id >= 1000 && id != 65534 => None,
-                        Some(_) => Some(format!("{key} {value}, a system account")),
-                        None => Some(format!("{key} {value}, an account this host does not have")),
-                    }
-                }
-                _ => None,
-            };
-            if let Some(why) = refused {
-                self.blockers.push(format!(
-                    "the PHP-FPM pool {}: {} ({why})",
-                    staged.display(),
-                    line.trim()
-                ));
-            }
+        for problem in pool_problems(&text, &accounts, &groups, &self.new_accounts) {
+            self.blockers
+                .push(format!("the PHP-FPM pool {}: {problem}", staged.display()));
         }
     }
 
@@ -1121,45 +1075,9 @@ impl Planner<'_> {
             Ok(text) => text,
             Err(reason) => return self.blockers.push(reason),
         };
-        let served = ["/usr/share/", "/var/lib/", "/srv/", "/var/www/"];
-        let code = text
-            .lines()
-            .map(|l| l.split('#').next().unwrap_or(""))
-            .collect::<Vec<_>>()
-            .join("\n");
-        for statement in code.split([';', '{', '}']) {
-            let words: Vec<&str> = statement
-                .split_whitespace()
-                .map(|w| w.trim_matches(|c| c == '"' || c == '\''))
-                .collect();
-            let Some((directive, args)) = words.split_first() else {
-                continue;
-            };
-            let first = args.first().copied().unwrap_or("");
-            let refused = match *directive {
-                "load_module" | "perl" | "perl_modules" | "js_import" | "lua_package_path" => true,
-                "access_log" | "error_log" => {
-                    !(first == "off"
-                        || first.starts_with("syslog:")
-                        || first.starts_with("/var/log/"))
-                        || first.contains("..")
-                }
-                "include" => {
-                    first.starts_with('/') && !first.starts_with("/etc/nginx/")
-                        || first.contains("..")
-                }
-                "root" | "alias" => {
-                    !served.iter().any(|p| first.starts_with(p)) || first.contains("..")
-                }
-                _ => false,
-            };
-            if refused {
-                self.blockers.push(format!(
-                    "the nginx site {}: `{}` is not allowed from a bundle",
-                    staged.display(),
-                    words.join(" ")
-                ));
-            }
+        for problem in nginx_site_problems(&text) {
+            self.blockers
+                .push(format!("the nginx site {}: {problem}", staged.display()));
         }
     }
 
@@ -1269,6 +1187,101 @@ fn path_safe(id: &str) -> String {
     } else {
         safe
     }
+}
+
+/// What a PHP-FPM pool from a bundle may not do. `accounts` and `groups` are the host's
+/// /etc/passwd and /etc/group; `new_accounts` are those the import creates.
+fn pool_problems(text: &str, accounts: &str, groups: &str, new_accounts: &[String]) -> Vec<String> {
+    let id_of = |table: &str, name: &str| -> Option<u32> {
+        table
+            .lines()
+            .find(|l| l.split(':').next() == Some(name))
+            .and_then(|l| l.split(':').nth(2))
+            .and_then(|id| id.parse().ok())
+    };
+    let mut problems = Vec::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        // PHP-FPM reads keys without regard to case.
+        let key = key.trim().to_ascii_lowercase();
+        let value = value.trim().trim_matches('"');
+        if key.starts_with(';') || key.starts_with('#') {
+            continue;
+        }
+        let refused = match key.as_str() {
+            // Files the master (root) would open or write where the bundle says.
+            "include" | "access.log" | "access.format" | "slowlog" | "chroot" | "prefix" => {
+                Some("a directive a bundle may not set".to_owned())
+            }
+            _ if key.contains("error_log")
+                || key.contains("auto_prepend_file")
+                || key.contains("auto_append_file") =>
+            {
+                Some("a directive a bundle may not set".to_owned())
+            }
+            "user" | "group" => {
+                let table = if key == "user" { accounts } else { groups };
+                let new = new_accounts.iter().any(|a| a == value);
+                match id_of(table, value) {
+                    // The web server's account, a regular (tenant) account, or one this
+                    // import creates; never root nor another system account.
+                    _ if value == "www-data" || new => None,
+                    Some(id) if id >= 1000 && id != 65534 => None,
+                    Some(_) => Some(format!("{key} {value}, a system account")),
+                    None => Some(format!("{key} {value}, an account this host does not have")),
+                }
+            }
+            _ => None,
+        };
+        if let Some(why) = refused {
+            problems.push(format!("{} ({why})", line.trim()));
+        }
+    }
+    problems
+}
+
+/// What an nginx site from a bundle may not do.
+fn nginx_site_problems(text: &str) -> Vec<String> {
+    let served = ["/usr/share/", "/var/lib/", "/srv/", "/var/www/"];
+    let code = text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut problems = Vec::new();
+    for statement in code.split([';', '{', '}']) {
+        let words: Vec<&str> = statement
+            .split_whitespace()
+            .map(|w| w.trim_matches(|c| c == '"' || c == '\''))
+            .collect();
+        let Some((directive, args)) = words.split_first() else {
+            continue;
+        };
+        let first = args.first().copied().unwrap_or("");
+        let refused = match *directive {
+            "load_module" | "perl" | "perl_modules" | "js_import" | "lua_package_path" => true,
+            "access_log" | "error_log" => {
+                !(first == "off" || first.starts_with("syslog:") || first.starts_with("/var/log/"))
+                    || first.contains("..")
+            }
+            "include" => {
+                first.starts_with('/') && !first.starts_with("/etc/nginx/") || first.contains("..")
+            }
+            "root" | "alias" => {
+                !served.iter().any(|p| first.starts_with(p)) || first.contains("..")
+            }
+            _ => false,
+        };
+        if refused {
+            problems.push(format!(
+                "`{}` is not allowed from a bundle",
+                words.join(" ")
+            ));
+        }
+    }
+    problems
 }
 
 /// A staged text file, read without following a link; the reason as a blocker otherwise.
@@ -1857,4 +1870,61 @@ pub fn recover(work_dir: &Path, tenant: &str) -> Result<Option<String>, ImportEr
     }
     let _lock = lock(&dir, tenant)?;
     recover_locked(&dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_sites_may_not_log_include_or_serve_outside_the_apps() {
+        let fine =
+            "server {\n listen 127.0.0.1:80;\n server_name a.test;\n root /usr/share/wordpress;\n\
+                    location /wp-content/ { alias /var/lib/wordpress/wp-content/; }\n\
+                    include snippets/fastcgi-php.conf;\n access_log /var/log/nginx/a.log;\n\
+                    # access_log /etc/cron.d/commented;\n}\n";
+        assert_eq!(nginx_site_problems(fine), Vec::<String>::new());
+        for bad in [
+            "access_log /etc/cron.d/x;",
+            "error_log /var/log/../../etc/cron.d/x;",
+            "load_module /tmp/evil.so;",
+            "include /var/lib/wordpress/wp-content/uploads/x.conf;",
+            "root /etc;",
+            "location / { alias '/root/'; }",
+        ] {
+            assert_eq!(nginx_site_problems(bad).len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn pools_run_as_the_web_server_or_a_tenant_account_only() {
+        let accounts = "root:x:0:0::/root:/bin/bash\nwww-data:x:33:33::/var/www:/usr/sbin/nologin\n\
+                        postgres:x:106:112::/var/lib/postgresql:/bin/bash\ntenant:x:1001:1001::/home/tenant:/bin/sh\n";
+        let groups = "root:x:0:\nwww-data:x:33:\nshadow:x:42:\ntenant:x:1001:\n";
+        let pool = |body: &str| {
+            pool_problems(
+                &format!("[site]\n{body}\nlisten = /run/php/x.sock\n"),
+                accounts,
+                groups,
+                &["newone".to_owned()],
+            )
+        };
+        assert!(pool("user = www-data\ngroup = www-data").is_empty());
+        assert!(pool("user = tenant\ngroup = tenant").is_empty());
+        assert!(pool("user = newone").is_empty());
+        for bad in [
+            "user = root",
+            "User = root",
+            "user = postgres",
+            "group = shadow",
+            "user = nobody-here",
+            "include = /var/lib/wordpress/wp-content/uploads/x.conf",
+            "access.log = /etc/cron.d/x",
+            "php_admin_value[error_log] = /etc/cron.d/x",
+            "php_value[auto_prepend_file] = /tmp/x.php",
+        ] {
+            assert_eq!(pool(bad).len(), 1, "{bad}");
+        }
+        assert!(pool("; user = root").is_empty(), "comments are ignored");
+    }
 }
