@@ -411,6 +411,16 @@ fn a_killed_import_is_rolled_back_or_completed_by_recover() {
         &[("BALUCHON_TEST_KILL_AT", "commit")],
     );
     assert!(!out.status.success());
+    let recovered = baluchon(
+        &[&"recover", &"--tenant", &tenant, &"--work-dir", &moved.work],
+        moved.dir.path(),
+    );
+    assert!(recovered.status.success(), "{}", text(&recovered.stderr));
+    assert!(
+        text(&recovered.stdout).contains("had committed: it is complete"),
+        "{}",
+        text(&recovered.stdout)
+    );
     let plan_out = moved.import(&["--domain", &target], &[]);
     assert!(plan_out.status.success(), "{}", text(&plan_out.stderr));
     assert!(

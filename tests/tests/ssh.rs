@@ -253,6 +253,10 @@ fn an_app_bundle_is_imported_on_the_other_side_of_an_ssh_connection() {
         text(&out.stderr),
         text(&out.stdout)
     );
+    // The upload directory there (named after the bundle's digest) is gone after success.
+    let digest = baluchon_transport::sha256_prefix(&bundle, u64::MAX).unwrap();
+    let uploads = Path::new("/root/.cache/baluchon/uploads").join(&digest[..32]);
+    assert!(!uploads.exists(), "{} was left behind", uploads.display());
     assert!(
         text(&out.stdout).contains("health check passed"),
         "{}",

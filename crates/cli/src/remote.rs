@@ -68,7 +68,6 @@ fn remote_baluchon(conn: &Connection, dir: &str) -> anyhow::Result<String> {
     Ok(path)
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn import(
     url: &str,
     ssh: &SshArgs,

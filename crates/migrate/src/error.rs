@@ -89,6 +89,8 @@ pub enum ImportError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot rewrite {what}: {reason}")]
+    Rewrite { what: String, reason: String },
     #[error("the health check failed: {0}")]
     Health(String),
     #[error("stopped at step {step} as the test hook asked")]

@@ -1,5 +1,5 @@
 //! What a recipe reads from a host: files, directory listings, installed packages. The
-//! local host reads its own filesystem; the SSH transport provides the same view remotely.
+//! local host reads its own filesystem (a remote host would be read through the same trait).
 
 use std::collections::BTreeMap;
 use std::io;

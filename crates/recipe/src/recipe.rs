@@ -478,10 +478,10 @@ impl Recipe {
         let health = match &self.file.health {
             Some(h) => {
                 let url = fill("health.url", &h.url)?;
-                if !url.starts_with("http://") && !url.starts_with("https://") {
+                if !url.starts_with("http://") {
                     return Err(value_error(
                         "health.url",
-                        format!("{url:?} is not an http:// or https:// URL"),
+                        format!("{url:?} is not an http:// URL"),
                     ));
                 }
                 Some(Health {

@@ -134,6 +134,12 @@ pub enum TransportError {
         presented: String,
         pinned: String,
     },
+    #[error("on {target}, `{command}` sent nothing for {seconds} s: the connection stalled")]
+    Stalled {
+        target: String,
+        command: String,
+        seconds: u64,
+    },
     #[error("{target} refused the key {key}")]
     Auth { target: String, key: String },
     #[error("on {target}, `{command}` failed ({status}): {stderr}")]
@@ -322,12 +328,10 @@ impl Connection {
                 } else if channel.eof() {
                     return Ok(());
                 } else if last_progress.elapsed() > self.timeout {
-                    return Err(TransportError::Connect {
+                    return Err(TransportError::Stalled {
                         target: self.target.to_string(),
-                        source: io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("`{command}` sent nothing for {} s", self.timeout.as_secs()),
-                        ),
+                        command: command.to_owned(),
+                        seconds: self.timeout.as_secs(),
                     });
                 } else {
                     std::thread::sleep(Duration::from_millis(2));

@@ -13,7 +13,8 @@ use crate::error::ImportError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Change {
-    /// The import started: which bundle, and where its staging area is.
+    /// The import started: which bundle, and the instance it makes (for `imported.json`
+    /// when a recovery completes a committed import).
     Begin {
         bundle_id: String,
         sequence: u64,

@@ -1090,10 +1090,26 @@ impl Planner<'_> {
         renamed: &[(PathBuf, PathBuf)],
     ) -> Result<Vec<(PathBuf, PathBuf)>, ImportError> {
         let mut retargets = Vec::new();
-        let allowed = |target: &Path| {
-            target.starts_with("/usr/share/")
-                || sets.iter().any(|s| target.starts_with(&s.path))
+        // Packaged code is under /usr/share/<package>; where it leads on this host (a
+        // package may link into /etc) must still be packaged code or the app's files.
+        let packaged: Vec<PathBuf> = self
+            .recipe
+            .definition()
+            .packages
+            .code
+            .iter()
+            .map(|p| Path::new("/usr/share").join(p))
+            .collect();
+        let in_sets = |target: &Path| {
+            sets.iter().any(|s| target.starts_with(&s.path))
                 || renamed.iter().any(|(_, to)| target.starts_with(to))
+        };
+        let allowed = |target: &Path| {
+            in_sets(target)
+                || (packaged.iter().any(|p| target.starts_with(p))
+                    && fs_err::canonicalize(target).map_or(true, |real| {
+                        packaged.iter().any(|p| real.starts_with(p)) || in_sets(&real)
+                    }))
         };
         let mut stack = vec![self.tree.to_owned()];
         while let Some(dir) = stack.pop() {
@@ -1110,6 +1126,18 @@ impl Planner<'_> {
                 }
                 let link = Path::new("/").join(path.strip_prefix(self.tree).unwrap_or(&path));
                 let target = fs_err::read_link(&path)?;
+                // The kernel follows a link met on the way before applying `..`: a target
+                // that passes through another of the bundle's links could lead anywhere
+                // while looking, on paper, like it stays inside.
+                if let Some(through) = passes_through_staged_link(self.tree, &link, &target) {
+                    self.blockers.push(format!(
+                        "the link {} points to {} through the link {}",
+                        link.display(),
+                        target.display(),
+                        through.display()
+                    ));
+                    continue;
+                }
                 let absolute = normalize(&link.parent().unwrap_or(Path::new("/")).join(&target));
                 if let Some((from, to)) =
                     renamed.iter().find(|(from, _)| absolute.starts_with(from))
@@ -1336,6 +1364,36 @@ fn staged_file(tree: &Path, absolute: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// The first of the staged tree's links that resolving `target` from `link`'s directory
+/// would go through (before its last component), if any.
+fn passes_through_staged_link(tree: &Path, link: &Path, target: &Path) -> Option<PathBuf> {
+    let mut at = if target.is_absolute() {
+        PathBuf::from("/")
+    } else {
+        link.parent().unwrap_or(Path::new("/")).to_owned()
+    };
+    let parts: Vec<_> = target.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        match part {
+            std::path::Component::ParentDir => {
+                at.pop();
+            }
+            std::path::Component::Normal(name) => {
+                at.push(name);
+                let staged = tree.join(at.strip_prefix("/").unwrap_or(&at));
+                let last = i + 1 == parts.len();
+                if !last
+                    && fs_err::symlink_metadata(&staged).is_ok_and(|m| m.file_type().is_symlink())
+                {
+                    return Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 /// `path` with `.` and `..` resolved lexically (links are not followed: they are data).
 fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::from("/");
@@ -1484,14 +1542,9 @@ impl PreparedImport {
                         "variable" => PhpSlot::Variable(slot),
                         _ => PhpSlot::Array(slot),
                     };
-                    set_php_value(&text, slot_ref, value).ok_or_else(|| {
-                        ImportError::Description {
-                            member: APP_RECIPE,
-                            reason: format!(
-                                "{} assigns no literal to {slot}",
-                                rewrite.file.display()
-                            ),
-                        }
+                    set_php_value(&text, slot_ref, value).ok_or_else(|| ImportError::Rewrite {
+                        what: rewrite.file.display().to_string(),
+                        reason: format!("it assigns no literal to {slot}"),
                     })?
                 }
             };
@@ -1607,9 +1660,9 @@ impl PreparedImport {
                         php_serialized: false,
                     });
                     let report = rewrite_dump(&mut input, out, &rules).map_err(|e| {
-                        ImportError::Description {
-                            member: APP_DESCRIPTION,
-                            reason: format!("dump {}: {e}", db.dump.dump),
+                        ImportError::Rewrite {
+                            what: format!("the dump {}", db.dump.dump),
+                            reason: e.to_string(),
                         }
                     })?;
                     let mut text = format!(
@@ -1875,6 +1928,32 @@ pub fn recover(work_dir: &Path, tenant: &str) -> Result<Option<String>, ImportEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_through_another_link_is_found() {
+        let tree = tempfile::tempdir().unwrap();
+        let dir = tree.path().join("var/lib/app/a/b");
+        fs_err::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink("/usr/share/app/x", dir.join("t2")).unwrap();
+        let link = Path::new("/var/lib/app/a/b/esc");
+        // On paper var/lib/app/a/b/t2/../../c stays inside; the kernel follows t2 first.
+        assert_eq!(
+            passes_through_staged_link(tree.path(), link, Path::new("t2/../../c")),
+            Some(PathBuf::from("/var/lib/app/a/b/t2"))
+        );
+        assert_eq!(
+            passes_through_staged_link(tree.path(), link, Path::new("t2")),
+            None
+        );
+        assert_eq!(
+            passes_through_staged_link(tree.path(), link, Path::new("../b/file")),
+            None
+        );
+        assert_eq!(
+            passes_through_staged_link(tree.path(), link, Path::new("/var/lib/app/a/b/t2/etc")),
+            Some(PathBuf::from("/var/lib/app/a/b/t2"))
+        );
+    }
 
     #[test]
     fn nginx_sites_may_not_log_include_or_serve_outside_the_apps() {

@@ -266,6 +266,11 @@ pub fn place(
         journal.record(&Change::Created {
             path: target.clone(),
         })?;
+        // Files for /etc get root's ownership and safe modes while still in staging, so
+        // they never appear there any other way.
+        if !meta_is_dir(&staged)? {
+            harden_system_config(&target, &staged, &fs_err::symlink_metadata(&staged)?)?;
+        }
         let meta = fs_err::symlink_metadata(&staged)?;
         let made = if meta.is_dir() {
             fs_err::create_dir(&target).map_err(ImportError::from)
@@ -290,7 +295,9 @@ pub fn place(
                 stack.push((staged.join(&name), target.join(&name)));
             }
         }
-        harden_system_config(&target, &meta)?;
+        if meta.is_dir() {
+            harden_system_config(&target, &target, &meta)?;
+        }
     }
     for (dir, meta) in dir_times.into_iter().rev() {
         set_mtime(&dir, &meta)?;
@@ -301,25 +308,33 @@ pub fn place(
 /// Files under /etc configure services that run as root: whatever the bundle says, they
 /// belong to root, and nobody else may write them (their group is kept: a web server may
 /// need to read a config). No setuid, setgid or sticky bit either.
-fn harden_system_config(target: &Path, meta: &std::fs::Metadata) -> Result<(), ImportError> {
+fn harden_system_config(
+    target: &Path,
+    apply_to: &Path,
+    meta: &std::fs::Metadata,
+) -> Result<(), ImportError> {
     if !target.starts_with("/etc") {
         return Ok(());
     }
     rustix::fs::chownat(
         rustix::fs::CWD,
-        target,
+        apply_to,
         Some(rustix::fs::Uid::ROOT),
         None,
         rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
     )
-    .map_err(|e| std::io::Error::new(e.kind(), format!("chown {}: {e}", target.display())))?;
+    .map_err(|e| std::io::Error::new(e.kind(), format!("chown {}: {e}", apply_to.display())))?;
     if !meta.file_type().is_symlink() {
         fs_err::set_permissions(
-            target,
+            apply_to,
             std::fs::Permissions::from_mode(meta.mode() & 0o0755),
         )?;
     }
     Ok(())
+}
+
+fn meta_is_dir(path: &Path) -> Result<bool, ImportError> {
+    Ok(fs_err::symlink_metadata(path)?.is_dir())
 }
 
 /// Renames a staged file or link into place, never over an existing one; across
