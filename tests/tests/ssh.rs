@@ -269,3 +269,55 @@ fn an_app_bundle_is_imported_on_the_other_side_of_an_ssh_connection() {
     drop(site);
     script("wordpress-site.sh", &["remove", &new]);
 }
+
+#[test]
+fn an_app_is_exported_on_the_other_side_and_the_bundle_comes_back() {
+    services();
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let keys = Keys::new(dir.path());
+    let domain = format!("{}.test", unique("wp-ssh-export"));
+    let site = Site::create("wordpress", &domain);
+    let export = |instance: &str, output: &Path| {
+        Command::new(baluchon_bin())
+            .args(["export", "--app", "wordpress", "--instance", instance])
+            .args(["--from", &sshd.url(), "--known-hosts"])
+            .arg(&known_hosts)
+            .arg("--identity")
+            .arg(sshd.client_key())
+            // A key file on the other host (here the same machine).
+            .arg("--sign-key")
+            .arg(&keys.private)
+            .arg("-o")
+            .arg(output)
+            .output()
+            .unwrap()
+    };
+    let bundle = dir.path().join("fetched.baluchon");
+    let out = export(&domain, &bundle);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let verified = Command::new(baluchon_bin())
+        .args(["verify", "--signer"])
+        .arg(&keys.allowed_signers)
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", text(&verified.stderr));
+    assert_eq!(
+        baluchon_tests::apps::tree_file(&bundle, site.fact("upload_path")),
+        fs_err::read(site.fact("upload_path")).unwrap()
+    );
+
+    // A failure there comes back with its message, and nothing is written here.
+    let missing = dir.path().join("missing.baluchon");
+    let out = export("absent.example", &missing);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no instance \"absent.example\""),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!missing.exists());
+}

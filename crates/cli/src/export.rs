@@ -37,6 +37,13 @@ pub struct ExportArgs {
     /// Show what would be captured, with sizes, and write nothing
     #[arg(long, requires = "app")]
     plan: bool,
+    /// Export on another host, over SSH: ssh://user@host[:port]. The export runs there
+    /// (baluchon is uploaded if that host lacks this version), signed with --sign-key, a
+    /// key file on that host; the bundle comes back to --output here, checked by sha256
+    #[arg(long, value_name = "URL", requires = "app")]
+    from: Option<String>,
+    #[command(flatten)]
+    ssh: crate::remote::SshArgs,
     /// Directory to export; its contents become the bundle's tree
     #[arg(long, required_unless_present = "app", requires = "tenant")]
     path: Option<PathBuf>,
@@ -61,6 +68,32 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: &ExportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+    if let (Some(url), Some(app), Some(instance)) = (&args.from, &args.app, &args.instance) {
+        let mut remote_args = vec![
+            "export".to_owned(),
+            "--app".to_owned(),
+            app.clone(),
+            "--instance".to_owned(),
+            instance.clone(),
+        ];
+        if let Some(tenant) = &args.tenant {
+            remote_args.extend(["--tenant".to_owned(), tenant.clone()]);
+        }
+        if let Some(sequence) = args.sequence {
+            remote_args.extend(["--sequence".to_owned(), sequence.to_string()]);
+        }
+        if args.json {
+            remote_args.push("--json".to_owned());
+        }
+        if args.plan {
+            remote_args.push("--plan".to_owned());
+            return crate::remote::export(url, &args.ssh, &remote_args, None, None);
+        }
+        let (Some(sign_key), Some(output)) = (&args.sign_key, &args.output) else {
+            anyhow::bail!("--sign-key (a key file on the other host) and --output are needed");
+        };
+        return crate::remote::export(url, &args.ssh, &remote_args, Some(sign_key), Some(output));
+    }
     if let (Some(app), Some(instance)) = (&args.app, &args.instance) {
         let recipe = crate::app::load_recipe(app, args.recipe.as_deref())?;
         let resolved = crate::app::resolve(&recipe, instance)?;

@@ -1,6 +1,6 @@
-//! `baluchon import BUNDLE --to ssh://…`: the bundle, and baluchon itself if the other host
-//! lacks it, are uploaded (resumably) to a private directory there, and the import runs
-//! there; its report comes back here.
+//! `baluchon import BUNDLE --to ssh://…` and `baluchon export --from ssh://…`: baluchon runs
+//! on the other host (uploaded into a private directory there if that host lacks this
+//! version); bundles travel over the same connection, checked by sha256 at both ends.
 
 use std::path::{Path, PathBuf};
 
@@ -110,4 +110,52 @@ pub fn import(
         conn.output(&format!("rm -rf {}", shell_quote(&dir)))?;
     }
     result.with_context(|| format!("importing {} on {} failed", bundle.display(), conn.target()))
+}
+
+/// Runs `baluchon export …` on the other host into a private directory there, then brings
+/// the bundle back to `output` (or, for a plan, only the report). The directory there is
+/// removed whatever happens.
+pub fn export(
+    url: &str,
+    ssh: &SshArgs,
+    remote_args: &[String],
+    sign_key: Option<&Path>,
+    output: Option<&Path>,
+) -> anyhow::Result<()> {
+    if let Some(output) = output {
+        anyhow::ensure!(
+            fs_err::symlink_metadata(output).is_err(),
+            "{} already exists; choose another output or remove it",
+            output.display()
+        );
+    }
+    let conn = ssh.connect(url)?;
+    let dir = conn.output("umask 077 && mktemp -d \"${TMPDIR:-/tmp}/baluchon-export.XXXXXXXX\"")?;
+    let result = (|| -> anyhow::Result<()> {
+        let bin = remote_baluchon(&conn, &dir)?;
+        let remote_bundle = format!("{dir}/bundle.baluchon");
+        let mut command = format!("{} --no-progress", shell_quote(&bin));
+        for arg in remote_args {
+            command.push(' ');
+            command.push_str(&shell_quote(arg));
+        }
+        if let (Some(key), Some(_)) = (sign_key, output) {
+            command.push_str(&format!(
+                " --sign-key {} -o {}",
+                shell_quote(&key.to_string_lossy()),
+                shell_quote(&remote_bundle)
+            ));
+        }
+        // The remote export's sequence counter lives with the exporter's state, there.
+        conn.run(&command, None, &mut std::io::stdout())?;
+        if let Some(output) = output {
+            let sha256 = conn.download(&remote_bundle, output)?;
+            eprintln!("fetched {} (sha256 {sha256})", output.display());
+        }
+        Ok(())
+    })();
+    let cleaned = conn.output(&format!("rm -rf {}", shell_quote(&dir)));
+    result.with_context(|| format!("exporting on {} failed", conn.target()))?;
+    cleaned?;
+    Ok(())
 }

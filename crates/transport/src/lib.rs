@@ -417,6 +417,39 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Downloads `remote` into a new file `local` (which must not exist), through a hidden
+    /// temporary file beside it, and checks it against the remote side's sha256 before it
+    /// takes its name. Returns the sha256.
+    pub fn download(&self, remote: &str, local: &Path) -> Result<String, TransportError> {
+        let quoted = shell_quote(remote);
+        let theirs = self.output(&format!("sha256sum < {quoted}"))?;
+        let theirs = theirs.split_whitespace().next().unwrap_or("").to_owned();
+        let dir = match local.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let mut partial = tempfile::Builder::new()
+            .prefix(".baluchon-download.")
+            .tempfile_in(&dir)?;
+        self.run(&format!("cat {quoted}"), None, partial.as_file_mut())?;
+        partial.as_file().sync_all()?;
+        let ours = sha256_prefix(partial.path(), u64::MAX)?;
+        if ours != theirs {
+            return Err(TransportError::Corrupted {
+                target: self.target.to_string(),
+                path: remote.to_owned(),
+                local: ours,
+                remote: theirs,
+            });
+        }
+        partial
+            .persist_noclobber(local)
+            .map_err(|e| TransportError::Io(e.error))?;
+        Ok(ours)
+    }
+}
+
 /// What an upload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UploadReport {
