@@ -45,7 +45,7 @@ impl CaptureOptions {
 pub struct FileSetSummary {
     pub role: Role,
     pub path: PathBuf,
-    /// `directory`, `file`, `symlink` or `absent`.
+    /// `directory`, `file` or `symlink`.
     pub kind: &'static str,
     pub entries: u64,
     pub bytes: u64,

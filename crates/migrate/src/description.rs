@@ -48,7 +48,7 @@ pub struct FileSetRecord {
     pub role: Role,
     /// Absolute path on the source host; in the tree without its leading `/`.
     pub path: String,
-    /// `directory`, `file`, `symlink`, or `absent` (optional sets only).
+    /// `directory`, `file` or `symlink` (an absent optional set is in `omitted` instead).
     pub kind: String,
     /// Entries archived under this set (those of nested sets not counted).
     pub entries: u64,

@@ -22,7 +22,7 @@ pub use format::{
     RehostSource, Role, ServiceKind, ServiceRule, ValueRule, RECIPE_FORMAT,
 };
 pub use host::{HostView, LocalHost, MAX_VALUE_FILE};
-pub use paths::{check_allowed, ALLOWED_ROOTS};
+pub use paths::{check_allowed, check_within, ALLOWED_ROOTS};
 pub use recipe::{
     builtin_recipes, Catalogue, Database, FileSetPlan, Health, Instance, Recipe, Service, Value,
     HOST_RECIPE_DIR,

@@ -64,6 +64,15 @@ pub fn check_allowed(path: &str) -> Result<(), String> {
     }
 }
 
+/// `Ok` if `within` is empty or `path` lies in one of its directories.
+pub fn check_within(path: &Path, within: &[String]) -> Result<(), String> {
+    if within.is_empty() || within.iter().any(|w| path.starts_with(w)) {
+        Ok(())
+    } else {
+        Err(format!("is not within {}", within.join(" or ")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

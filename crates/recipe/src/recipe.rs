@@ -10,7 +10,7 @@ use crate::error::RecipeError;
 use crate::extract;
 use crate::format::{Engine, RecipeFile, RehostRule, Role, ServiceKind, ValueRule, RECIPE_FORMAT};
 use crate::host::{glob_in, HostView};
-use crate::paths::check_allowed;
+use crate::paths::{check_allowed, check_within};
 use crate::template::{expand, placeholders};
 
 /// Where a host keeps its own recipes; one with the name of a built-in one replaces it.
@@ -396,16 +396,13 @@ impl Recipe {
                 continue;
             }
             let path = allowed_path(&field, &set.path)?;
-            if !set.within.is_empty() && !set.within.iter().any(|w| path.starts_with(w)) {
-                return Err(not_allowed(
+            check_within(&path, &set.within).map_err(|r| {
+                not_allowed(
                     &field,
                     &path.display().to_string(),
-                    format!(
-                        "is not within {}, as the recipe requires",
-                        set.within.join(" or ")
-                    ),
-                ));
-            }
+                    format!("{r}, as the recipe requires"),
+                )
+            })?;
             files.push(FileSetPlan {
                 role: set.role,
                 path,
@@ -422,16 +419,13 @@ impl Recipe {
                 continue;
             }
             let path = allowed_path(&field, &rule.path)?;
-            if !rule.within.is_empty() && !rule.within.iter().any(|w| path.starts_with(w)) {
-                return Err(not_allowed(
+            check_within(&path, &rule.within).map_err(|r| {
+                not_allowed(
                     &field,
                     &path.display().to_string(),
-                    format!(
-                        "is not within {}, as the recipe requires",
-                        rule.within.join(" or ")
-                    ),
-                ));
-            }
+                    format!("{r}, as the recipe requires"),
+                )
+            })?;
             services.push(Service {
                 kind: rule.kind,
                 path,
@@ -515,7 +509,6 @@ impl Recipe {
             services,
             packages_needed: needs,
             code_packages: self.file.packages.code.clone(),
-            rehost: self.file.rehost.clone(),
             health,
             omitted,
         })
@@ -781,7 +774,6 @@ pub struct Instance {
     pub services: Vec<Service>,
     pub packages_needed: Vec<String>,
     pub code_packages: Vec<String>,
-    pub rehost: Vec<RehostRule>,
     pub health: Option<Health>,
     /// Optional parts the instance does not have, and why.
     pub omitted: Vec<String>,

@@ -440,7 +440,7 @@ fn wordpress_resolves_a_site() {
         blog.code_packages,
         ["wordpress", "wordpress-theme-twentytwentythree"]
     );
-    assert_eq!(blog.rehost.len(), 4);
+    assert_eq!(recipe.definition().rehost.len(), 4);
     let health = blog.health.as_ref().unwrap();
     assert_eq!(health.url, "http://blog.example/");
     assert_eq!(health.status, 200);

@@ -515,15 +515,16 @@ fn check_host_key(
             .read_file(&options.known_hosts, KnownHostFileKind::OpenSSH)
             .map_err(ssh)?;
     }
+    // How OpenSSH names the host in known_hosts.
+    let entry = if target.port == 22 {
+        target.host.clone()
+    } else {
+        format!("[{}]:{}", target.host, target.port)
+    };
     // check_port, not check: the latter ignores `[host]:port` entries.
     match known.check_port(&target.host, target.port, key) {
         CheckResult::Match => Ok(()),
         CheckResult::NotFound if options.accept_new_host_key => {
-            let entry = if target.port == 22 {
-                target.host.clone()
-            } else {
-                format!("[{}]:{}", target.host, target.port)
-            };
             known
                 .add(
                     &entry,
@@ -543,11 +544,6 @@ fn check_host_key(
             known_hosts: options.known_hosts.clone(),
         }),
         CheckResult::Mismatch => {
-            let entry = if target.port == 22 {
-                target.host.clone()
-            } else {
-                format!("[{}]:{}", target.host, target.port)
-            };
             let old: Vec<String> = known
                 .hosts()
                 .map_err(ssh)?

@@ -20,8 +20,8 @@ use baluchon_bundle::{
     Bundle, Destination, ExtractOptions, Policy, Progress, Verified, FILES_PAYLOAD,
 };
 use baluchon_recipe::{
-    expand_template, set_php_value, template_placeholders, Engine, PhpSlot, Recipe, RehostSource,
-    ServiceKind,
+    expand_template, set_php_value, template_placeholders, Engine, Health, PhpSlot, Recipe,
+    RehostSource, ServiceKind,
 };
 use baluchon_signature::TrustedSigners;
 use serde::{Deserialize, Serialize};
@@ -171,15 +171,25 @@ struct ConfigRewrite {
 }
 
 enum RewriteKind {
-    Php {
-        slot: String,
-        how: &'static str,
-        value: String,
-    },
-    Text {
-        old: String,
-        new: String,
-    },
+    Php { slot: PhpAssignment, value: String },
+    Text { old: String, new: String },
+}
+
+/// Where a PHP config assigns a value (an owned [`PhpSlot`]).
+enum PhpAssignment {
+    Define(String),
+    Variable(String),
+    Array(String),
+}
+
+impl PhpAssignment {
+    fn as_slot(&self) -> PhpSlot<'_> {
+        match self {
+            Self::Define(name) => PhpSlot::Define(name),
+            Self::Variable(name) => PhpSlot::Variable(name),
+            Self::Array(spec) => PhpSlot::Array(spec),
+        }
+    }
 }
 
 // Written by hand: a new password must never reach a debug log.
@@ -196,7 +206,7 @@ impl std::fmt::Debug for DatabaseTarget {
 impl std::fmt::Debug for RewriteKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Php { slot, how, .. } => write!(f, "Php({how} {slot})"),
+            Self::Php { slot, .. } => write!(f, "Php({:?})", slot.as_slot()),
             Self::Text { old, new } => write!(f, "Text({old:?} -> {new:?})"),
         }
     }
@@ -216,7 +226,7 @@ pub struct PreparedImport {
     symlink_retargets: Vec<(PathBuf, PathBuf)>,
     checks: Vec<Vec<String>>,
     reloads: Vec<Vec<String>>,
-    health: Option<(String, u16, Option<String>)>,
+    health: Option<Health>,
     options: ImportOptions,
     new_instance: String,
     placeholders: Vec<baluchon_bundle::Placeholder>,
@@ -397,7 +407,7 @@ struct Planned {
     symlink_retargets: Vec<(PathBuf, PathBuf)>,
     checks: Vec<Vec<String>>,
     reloads: Vec<Vec<String>>,
-    health: Option<(String, u16, Option<String>)>,
+    health: Option<Health>,
     new_instance: String,
 }
 
@@ -515,12 +525,8 @@ impl Planner<'_> {
                         .as_deref()
                         .and_then(|t| expand_template(t, &old).ok())
                         .unwrap_or_default();
-                    let in_a_set = d
-                        .files
-                        .iter()
-                        .any(|s| Path::new(&path).starts_with(&s.path));
-                    match staged_file(self.tree, &path) {
-                        Ok(staged) if in_a_set && dump.path.as_deref() == Some(path.as_str()) => {
+                    match staged_file(self.tree, &d.files, &path) {
+                        Ok(staged) if dump.path.as_deref() == Some(path.as_str()) => {
                             let mut target = fs_err::OpenOptions::new()
                                 .write(true)
                                 .truncate(true)
@@ -529,7 +535,7 @@ impl Planner<'_> {
                             std::io::copy(&mut fs_err::File::open(&file)?, &mut target)?;
                         }
                         Ok(_) => self.blockers.push(format!(
-                            "SQLite database {path} is not inside the bundle's file sets"
+                            "SQLite database {path} is not the one the bundle describes"
                         )),
                         Err(reason) => self
                             .blockers
@@ -662,11 +668,7 @@ impl Planner<'_> {
                     }
                     // Only files the bundle holds in its sets, reached without links: the
                     // rewrite touches the staged copy, and placing it is checked later.
-                    let in_a_set = d
-                        .files
-                        .iter()
-                        .any(|s| Path::new(&path).starts_with(&s.path));
-                    if let (true, Ok(staged)) = (in_a_set, staged_file(self.tree, &path)) {
+                    if let Ok(staged) = staged_file(self.tree, &d.files, &path) {
                         rewrites.push(format!("{path}: {from} → {to}"));
                         config_rewrites.push(ConfigRewrite {
                             file: staged,
@@ -739,14 +741,14 @@ impl Planner<'_> {
             let Ok(path) = expand_template(file_template, &old) else {
                 continue;
             };
-            let (slot, how) = match (
+            let (name, slot) = match (
                 &value_rule.php_define,
                 &value_rule.php_variable,
                 &value_rule.php_array,
             ) {
-                (Some(s), _, _) => (s.clone(), "define"),
-                (_, Some(s), _) => (s.clone(), "variable"),
-                (_, _, Some(s)) => (s.clone(), "array"),
+                (Some(s), _, _) => (s.clone(), PhpAssignment::Define(s.clone())),
+                (_, Some(s), _) => (s.clone(), PhpAssignment::Variable(s.clone())),
+                (_, _, Some(s)) => (s.clone(), PhpAssignment::Array(s.clone())),
                 _ => {
                     self.blockers.push(format!(
                         "value {} must change, but only PHP config values can be rewritten",
@@ -757,26 +759,15 @@ impl Planner<'_> {
             };
             rewrites.push(format!(
                 "{path}: {} {}",
-                slot,
+                name,
                 if secret || rule.with == RehostSource::Generate {
                     "new secret".to_owned()
                 } else {
                     format!("{from} → {to}")
                 }
             ));
-            let in_a_set = d
-                .files
-                .iter()
-                .any(|s| Path::new(&path).starts_with(&s.path));
-            let staged = match staged_file(self.tree, &path) {
-                Ok(staged) if in_a_set => staged,
-                Ok(_) => {
-                    self.blockers.push(format!(
-                        "{path}, which holds {}, is not in the bundle's file sets",
-                        rule.value
-                    ));
-                    continue;
-                }
+            let staged = match staged_file(self.tree, &d.files, &path) {
+                Ok(staged) => staged,
                 Err(reason) => {
                     self.blockers
                         .push(format!("{path}, which holds {}: {reason}", rule.value));
@@ -787,7 +778,6 @@ impl Planner<'_> {
                 file: staged,
                 kind: RewriteKind::Php {
                     slot,
-                    how,
                     value: to.clone(),
                 },
             });
@@ -837,10 +827,9 @@ impl Planner<'_> {
             };
             let to = expand_template(template, &new).unwrap_or_else(|_| set.path.clone());
             let outside = |p: &str| {
-                baluchon_recipe::check_allowed(p).err().or_else(|| {
-                    (!within.is_empty() && !within.iter().any(|w| Path::new(p).starts_with(w)))
-                        .then(|| format!("is not within {}", within.join(" or ")))
-                })
+                baluchon_recipe::check_allowed(p)
+                    .and_then(|()| baluchon_recipe::check_within(Path::new(p), within))
+                    .err()
             };
             if let Some(reason) = outside(&set.path).or_else(|| outside(&to)) {
                 self.blockers
@@ -995,7 +984,11 @@ impl Planner<'_> {
                     if url.starts_with("http://")
                         && !url.chars().any(|c| c.is_whitespace() || c.is_control()) =>
                 {
-                    Some((url, h.status, h.contains.clone()))
+                    Some(Health {
+                        url,
+                        status: h.status,
+                        contains: h.contains.clone(),
+                    })
                 }
                 Ok(url) => {
                     self.blockers.push(format!(
@@ -1035,7 +1028,7 @@ impl Planner<'_> {
             conflicts,
             disk_needed,
             disk_free,
-            health_check: health.as_ref().map(|h| h.0.clone()),
+            health_check: health.as_ref().map(|h| h.url.clone()),
             warnings: std::mem::take(&mut self.warnings),
             blockers: std::mem::take(&mut self.blockers),
         };
@@ -1337,11 +1330,22 @@ fn libc_nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-/// The staged copy of the host path `absolute`, reached without following any link (the
-/// staged tree holds the bundle's links, which may point anywhere): every component must
-/// be a real directory, and the file itself a regular file.
-fn staged_file(tree: &Path, absolute: &str) -> Result<PathBuf, String> {
+/// The staged copy of the host path `absolute`, which must lie in one of the bundle's file
+/// `sets`, reached without following any link (the staged tree holds the bundle's links,
+/// which may point anywhere): every component must be a real directory, and the file
+/// itself a regular file.
+fn staged_file(
+    tree: &Path,
+    sets: &[crate::description::FileSetRecord],
+    absolute: &str,
+) -> Result<PathBuf, String> {
     baluchon_recipe::check_allowed(absolute)?;
+    if !sets
+        .iter()
+        .any(|s| Path::new(absolute).starts_with(&s.path))
+    {
+        return Err("is not inside the bundle's file sets".to_owned());
+    }
     let mut path = tree.to_owned();
     let parts: Vec<_> = Path::new(absolute).components().skip(1).collect();
     for (i, part) in parts.iter().enumerate() {
@@ -1536,17 +1540,11 @@ impl PreparedImport {
             let text = fs_err::read_to_string(&rewrite.file)?;
             let new = match &rewrite.kind {
                 RewriteKind::Text { old, new } => text.replace(old.as_str(), new),
-                RewriteKind::Php { slot, how, value } => {
-                    let slot_ref = match *how {
-                        "define" => PhpSlot::Define(slot),
-                        "variable" => PhpSlot::Variable(slot),
-                        _ => PhpSlot::Array(slot),
-                    };
-                    set_php_value(&text, slot_ref, value).ok_or_else(|| ImportError::Rewrite {
+                RewriteKind::Php { slot, value } => set_php_value(&text, slot.as_slot(), value)
+                    .ok_or_else(|| ImportError::Rewrite {
                         what: rewrite.file.display().to_string(),
-                        reason: format!("it assigns no literal to {slot}"),
-                    })?
-                }
+                        reason: format!("it assigns no literal to {:?}", slot.as_slot()),
+                    })?,
             };
             // In place: the staged file keeps its owner and mode.
             fs_err::write(&rewrite.file, new)?;
@@ -1598,7 +1596,12 @@ impl PreparedImport {
             steps.push(format!("reloaded: {}", self.plan.services.join("; ")));
         }
         hook("health")?;
-        if let Some((url, status, contains)) = &self.health {
+        if let Some(Health {
+            url,
+            status,
+            contains,
+        }) = &self.health
+        {
             host::health_check(
                 url,
                 *status,
