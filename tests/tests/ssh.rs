@@ -9,7 +9,9 @@ use std::process::Command;
 use baluchon_tests::apps::{http_get, script, services, text, unique, Site};
 use baluchon_tests::fixture::{baluchon_bin, Keys};
 use baluchon_tests::sshd::Sshd;
-use baluchon_transport::{ConnectOptions, Connection, SshTarget, TransportError};
+use baluchon_transport::{
+    ConnectOptions, Connection, LocalFile, RemoteFile, SshTarget, TransportError, UploadReport,
+};
 
 fn options(sshd: &Sshd, known_hosts: &Path) -> ConnectOptions {
     let mut options = ConnectOptions::new(known_hosts.to_owned());
@@ -94,6 +96,90 @@ fn a_pinned_fingerprint_replaces_known_hosts() {
 }
 
 #[test]
+fn a_hashed_entry_that_no_longer_matches_names_the_old_key() {
+    let mut sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    // As `HashKnownHosts yes` leaves it: the host's name is an HMAC.
+    let hashed = Command::new("ssh-keygen")
+        .arg("-H")
+        .arg("-f")
+        .arg(&known_hosts)
+        .output()
+        .unwrap();
+    assert!(hashed.status.success(), "{}", text(&hashed.stderr));
+    let entries = fs_err::read_to_string(&known_hosts).unwrap();
+    assert!(entries.starts_with("|1|"), "{entries}");
+    Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap();
+
+    let old = sshd.host_key_fingerprint();
+    sshd.rotate_host_key();
+    let err = Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains(&old), "{message}");
+    assert!(message.contains(&sshd.host_key_fingerprint()), "{message}");
+}
+
+#[test]
+fn revoked_keys_and_certificate_authorities_are_not_trusted() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    fs_err::write(
+        &known_hosts,
+        format!(
+            "# the host's key, and the same key revoked\n{}\n@revoked * {}\n",
+            sshd.known_hosts_line(),
+            sshd.host_key_pub()
+        ),
+    )
+    .unwrap();
+    let err = Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap_err();
+    assert!(
+        matches!(err, TransportError::RevokedHostKey { .. }),
+        "{err}"
+    );
+
+    // A host vouched for only by a certificate authority: libssh2 cannot check certificates.
+    let other = Sshd::start();
+    fs_err::write(
+        &known_hosts,
+        format!(
+            "@cert-authority [127.0.0.1]:{} {}\n",
+            sshd.port(),
+            other.host_key_pub()
+        ),
+    )
+    .unwrap();
+    let err = Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap_err();
+    assert!(
+        matches!(err, TransportError::CertificateOnly { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&sshd.host_key_fingerprint()),
+        "{err}"
+    );
+
+    // Accepting a new key adds its line and keeps every other one, markers included.
+    let mut accept = options(&sshd, &known_hosts);
+    accept.accept_new_host_key = true;
+    fs_err::write(
+        &known_hosts,
+        "# kept\n@cert-authority *.example ssh-ed25519 AAAA\n",
+    )
+    .unwrap();
+    Connection::open(&target(&sshd), &accept).unwrap();
+    let recorded = fs_err::read_to_string(&known_hosts).unwrap();
+    assert!(
+        recorded.starts_with("# kept\n@cert-authority *.example ssh-ed25519 AAAA\n[127.0.0.1]:"),
+        "{recorded}"
+    );
+    Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap();
+}
+
+#[test]
 fn a_wrong_key_is_refused_naming_it() {
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
@@ -133,8 +219,9 @@ fn a_remote_failure_brings_back_its_stderr_and_status() {
     }
 }
 
-#[test]
-fn an_upload_cut_by_a_dropped_connection_resumes() {
+/// Sends 400 MB, from a local file or streamed from a file on the other host, cuts every
+/// connection halfway, and sends again: the second upload goes on from what arrived.
+fn cut_and_resume(streamed_from_there: bool) {
     let mut sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
     let known_hosts = dir.path().join("known_hosts");
@@ -149,19 +236,32 @@ fn an_upload_cut_by_a_dropped_connection_resumes() {
     let remote_dir = dir.path().join("remote");
     fs_err::create_dir(&remote_dir).unwrap();
     let remote = remote_dir.join("big.bin");
-
-    let uploading = {
+    let upload = {
         let (target, options, local, remote) = (
             target(&sshd),
             options(&sshd, &known_hosts),
             local.clone(),
-            remote.display().to_string(),
+            remote.clone(),
         );
-        std::thread::spawn(move || {
+        move || -> Result<UploadReport, TransportError> {
             let conn = Connection::open(&target, &options)?;
-            conn.upload(&local, &remote)
-        })
+            if streamed_from_there {
+                // Here the "other host" is this machine: the source is read through the
+                // second session exactly as from a third host.
+                let from = Connection::open(&target, &options)?;
+                let mut source = RemoteFile::new(&from, &local.display().to_string());
+                conn.upload(&mut source, &remote.display().to_string(), &mut |_| {})
+            } else {
+                conn.upload(
+                    &mut LocalFile::new(&local),
+                    &remote.display().to_string(),
+                    &mut |_| {},
+                )
+            }
+        }
     };
+
+    let uploading = std::thread::spawn(upload.clone());
     let part = remote_dir.join("big.bin.part");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while fs_err::metadata(&part).map_or(0, |m| m.len()) < 50_000_000 {
@@ -177,8 +277,7 @@ fn an_upload_cut_by_a_dropped_connection_resumes() {
     let delivered = fs_err::metadata(&part).unwrap().len();
     assert!(delivered > 0 && delivered < 400_000_000, "{delivered}");
 
-    let conn = Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap();
-    let report = conn.upload(&local, &remote.display().to_string()).unwrap();
+    let report = upload().unwrap();
     assert_eq!(
         report.resumed_from, delivered,
         "it went on from what was there"
@@ -189,6 +288,16 @@ fn an_upload_cut_by_a_dropped_connection_resumes() {
         "and the file is whole"
     );
     assert!(!part.exists());
+}
+
+#[test]
+fn an_upload_cut_by_a_dropped_connection_resumes() {
+    cut_and_resume(false);
+}
+
+#[test]
+fn a_transfer_streamed_from_another_host_resumes_after_a_cut() {
+    cut_and_resume(true);
 }
 
 #[test]
@@ -320,4 +429,82 @@ fn an_app_is_exported_on_the_other_side_and_the_bundle_comes_back() {
         text(&out.stderr)
     );
     assert!(!missing.exists());
+}
+
+#[test]
+fn an_app_migrates_from_one_host_to_another_through_this_machine() {
+    services();
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let keys = Keys::new(dir.path());
+    let old = format!("{}.test", unique("wp-migrate-from"));
+    let new = format!("{}.test", unique("wp-migrate-to"));
+    let site = Site::create("wordpress", &old);
+    let migrate = |extra: &[&dyn AsRef<std::ffi::OsStr>]| {
+        // Source and target are both this machine, reached through the loopback sshd.
+        let mut command = Command::new(baluchon_bin());
+        command
+            .args(["migrate", "--from", &sshd.url(), "--to", &sshd.url()])
+            .args(["--app", "wordpress", "--instance", &old, "--domain", &new])
+            .arg("--sign-key")
+            .arg(&keys.private)
+            .arg("--signer")
+            .arg(&keys.allowed_signers)
+            .arg("--known-hosts")
+            .arg(&known_hosts)
+            .arg("--identity")
+            .arg(sshd.client_key());
+        for arg in extra {
+            command.arg(arg);
+        }
+        command.output().unwrap()
+    };
+
+    let out = migrate(&[&"--plan"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (status, _) = http_get(&new, "/");
+    assert_ne!(status, 200, "a plan changes nothing");
+
+    let kept = dir.path().join("kept.baluchon");
+    let out = migrate(&[&"--keep", &kept]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    // The other side's progress is rendered here, as lines when stderr is not a terminal.
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("baluchon: 127.0.0.1: verifying payload"),
+        "{stderr}"
+    );
+    assert!(
+        text(&out.stdout).contains("health check passed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let (status, page) = http_get(&new, &format!("/?p={}", site.fact("post_id")));
+    assert_eq!(status, 200);
+    assert!(text(&page).contains(site.fact("canary")));
+    let (status, page) = http_get(&old, &format!("/?p={}", site.fact("post_id")));
+    assert_eq!(
+        (status, text(&page).contains(site.fact("canary"))),
+        (200, true),
+        "the source still serves its site"
+    );
+    assert_eq!(
+        baluchon_tests::apps::tree_file(&kept, site.fact("upload_path")),
+        fs_err::read(site.fact("upload_path")).unwrap(),
+        "the kept copy holds the tenant"
+    );
+    // The target's upload directory (named after the bundle's digest) is gone.
+    let digest = baluchon_transport::sha256_prefix(&kept, u64::MAX).unwrap();
+    let uploads = Path::new("/root/.cache/baluchon/uploads").join(&digest[..32]);
+    assert!(!uploads.exists(), "{} was left behind", uploads.display());
+
+    drop(site);
+    script("wordpress-site.sh", &["remove", &new]);
 }

@@ -4,7 +4,7 @@ use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use baluchon_bundle::{export_tree, ExportOptions, ExportReport, Progress};
+use baluchon_bundle::{export_tree, ExportOptions, ExportReport};
 use baluchon_signature::SigningKey;
 use clap::Args;
 
@@ -67,7 +67,7 @@ pub struct ExportArgs {
     json: bool,
 }
 
-pub fn run(args: &ExportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+pub fn run(args: &ExportArgs, progress: &crate::progress::CliProgress) -> anyhow::Result<()> {
     if let (Some(url), Some(app), Some(instance)) = (&args.from, &args.app, &args.instance) {
         let mut remote_args = vec![
             "export".to_owned(),
@@ -87,12 +87,19 @@ pub fn run(args: &ExportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         }
         if args.plan {
             remote_args.push("--plan".to_owned());
-            return crate::remote::export(url, &args.ssh, &remote_args, None, None);
+            return crate::remote::export(url, &args.ssh, &remote_args, None, None, progress);
         }
         let (Some(sign_key), Some(output)) = (&args.sign_key, &args.output) else {
             anyhow::bail!("--sign-key (a key file on the other host) and --output are needed");
         };
-        return crate::remote::export(url, &args.ssh, &remote_args, Some(sign_key), Some(output));
+        return crate::remote::export(
+            url,
+            &args.ssh,
+            &remote_args,
+            Some(sign_key),
+            Some(output),
+            progress,
+        );
     }
     if let (Some(app), Some(instance)) = (&args.app, &args.instance) {
         let recipe = crate::app::load_recipe(app, args.recipe.as_deref())?;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
-use baluchon_bundle::{Bundle, Destination, ExtractOptions, Policy, Progress, Switched};
+use baluchon_bundle::{Bundle, Destination, ExtractOptions, Policy, Switched};
 use baluchon_signature::TrustedSigners;
 use clap::Args;
 
@@ -98,7 +98,7 @@ enum OnConflictArg {
     Rename,
 }
 
-pub fn run(args: &ImportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow::Result<()> {
     let trust = TrustedSigners::from_file(&args.signer)
         .with_context(|| format!("cannot use the signer file {}", args.signer.display()))?;
     let mut policy = Policy::default();
@@ -119,7 +119,14 @@ pub fn run(args: &ImportArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         if args.json {
             extra.push("--json".to_owned());
         }
-        return crate::remote::import(url, &args.ssh, &args.bundle, &args.signer, &extra);
+        return crate::remote::import(
+            url,
+            &args.ssh,
+            &args.bundle,
+            &args.signer,
+            &crate::remote::RemoteImport { args: extra },
+            progress,
+        );
     }
     let Some(path) = &args.path else {
         let mut options = baluchon_migrate::ImportOptions::new();

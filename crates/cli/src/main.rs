@@ -33,6 +33,10 @@ struct Cli {
     /// Never draw progress bars (they are drawn only on a terminal anyway)
     #[arg(long, global = true)]
     no_progress: bool,
+    /// Report progress as JSON lines on stderr (docs/remote.md), for the baluchon that
+    /// drives this one over SSH
+    #[arg(long, global = true, hide = true, conflicts_with = "no_progress")]
+    progress_events: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,6 +46,7 @@ enum Command {
     Verify(verify::VerifyArgs),
     Inspect(inspect::InspectArgs),
     Import(import::ImportArgs),
+    Migrate(remote::MigrateArgs),
     Recover(app_import::RecoverArgs),
     Rollback(import::RollbackArgs),
     Confirm(import::ConfirmArgs),
@@ -51,13 +56,20 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let progress = progress::CliProgress::new(!cli.no_progress);
+    let progress = progress::CliProgress::new(if cli.progress_events {
+        progress::Mode::Events
+    } else if cli.no_progress {
+        progress::Mode::Off
+    } else {
+        progress::Mode::Human
+    });
     let result = match cli.command {
         Command::Detect(args) => app::detect(&args),
         Command::Export(args) => export::run(&args, &progress),
         Command::Verify(args) => verify::run(&args, &progress),
         Command::Inspect(args) => inspect::run(&args),
         Command::Import(args) => import::run(&args, &progress),
+        Command::Migrate(args) => remote::migrate(&args, &progress),
         Command::Recover(args) => app_import::recover_command(&args),
         Command::Rollback(args) => import::rollback(&args),
         Command::Confirm(args) => import::confirm(&args),

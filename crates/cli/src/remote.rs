@@ -1,17 +1,24 @@
-//! `baluchon import BUNDLE --to ssh://…` and `baluchon export --from ssh://…`: baluchon runs
-//! on the other host (uploaded into a private directory there if that host lacks this
-//! version); bundles travel over the same connection, checked by sha256 at both ends.
+//! `baluchon import BUNDLE --to ssh://…`, `baluchon export --from ssh://…` and `baluchon
+//! migrate --from ssh://… --to ssh://…`: baluchon runs on the other hosts (uploaded into a
+//! private directory there if a host lacks this version) and reports its progress as events
+//! rendered here; bundles travel over the same connections, checked by sha256 at both ends.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use baluchon_transport::{shell_quote, ConnectOptions, Connection, SshTarget};
+use baluchon_transport::{
+    shell_quote, ConnectOptions, Connection, LocalFile, RemoteFile, SshTarget, TransportError,
+    UploadReport, UploadSource,
+};
 use clap::Args;
+
+use crate::progress::CliProgress;
 
 /// How to reach and trust the other host.
 #[derive(Debug, Args)]
 pub struct SshArgs {
-    /// known_hosts file to check the host key against
+    /// known_hosts file to check host keys against [default: ~/.ssh/known_hosts]
     #[arg(long, value_name = "FILE")]
     known_hosts: Option<PathBuf>,
     /// Accept the host's key as `SHA256:…` (as `ssh-keygen -lf` prints it) instead of
@@ -25,6 +32,9 @@ pub struct SshArgs {
     /// agent is used without it
     #[arg(long, value_name = "FILE")]
     identity: Option<PathBuf>,
+    /// Seconds without any progress after which a connection counts as stalled
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    ssh_timeout: u64,
 }
 
 impl SshArgs {
@@ -40,6 +50,7 @@ impl SshArgs {
         options.pinned.clone_from(&self.host_key);
         options.identity.clone_from(&self.identity);
         options.passphrase = std::env::var("BALUCHON_SSH_KEY_PASSPHRASE").ok();
+        options.timeout = Duration::from_secs(self.ssh_timeout.max(1));
         Ok(Connection::open(&target, &options)?)
     }
 }
@@ -63,9 +74,64 @@ fn remote_baluchon(conn: &Connection, dir: &str) -> anyhow::Result<String> {
     );
     let path = format!("{dir}/baluchon");
     let me = std::env::current_exe().context("cannot find this program's own file")?;
-    conn.upload(&me, &path)?;
+    conn.upload(&mut LocalFile::new(&me), &path, &mut |_| {})?;
     conn.output(&format!("chmod 700 {}", shell_quote(&path)))?;
     Ok(path)
+}
+
+/// `baluchon ARGS…` for the other host, reporting progress as events.
+fn remote_command(bin: &str, args: &[String]) -> String {
+    let mut command = format!("{} --progress-events", shell_quote(bin));
+    for arg in args {
+        command.push(' ');
+        command.push_str(&shell_quote(arg));
+    }
+    command
+}
+
+/// Runs a remote baluchon, its stdout copied to ours and its progress rendered here.
+fn run_remote(
+    conn: &Connection,
+    command: &str,
+    progress: &CliProgress,
+) -> Result<(), TransportError> {
+    let host = conn.target().host.clone();
+    conn.run_reporting(command, None, &mut std::io::stdout(), &mut |line| {
+        progress.relay(line, &host)
+    })
+}
+
+/// A private directory there for uploads of the bundle with this digest: an interrupted
+/// upload resumes into it.
+fn upload_dir(conn: &Connection, digest: &str) -> anyhow::Result<String> {
+    Ok(conn.output(&format!(
+        "d=\"$HOME/.cache/baluchon/uploads/{}\" && mkdir -p -m 700 \"$d\" && chmod 700 \"$d\" && cd \"$d\" && pwd -P",
+        &digest[..32]
+    ))?)
+}
+
+fn send(
+    conn: &Connection,
+    source: &mut dyn UploadSource,
+    remote: &str,
+    label: &str,
+    progress: &CliProgress,
+) -> Result<UploadReport, TransportError> {
+    progress.start(label, Some(source.size()?));
+    let report = conn.upload(source, remote, &mut |bytes| progress.add(bytes))?;
+    if report.resumed_from > 0 {
+        eprintln!(
+            "{label}: resumed at byte {} of {}",
+            report.resumed_from, report.bytes
+        );
+    }
+    Ok(report)
+}
+
+/// The options of `baluchon import` that the other host's import gets.
+#[derive(Debug, Default)]
+pub struct RemoteImport {
+    pub args: Vec<String>,
 }
 
 pub fn import(
@@ -73,43 +139,49 @@ pub fn import(
     ssh: &SshArgs,
     bundle: &Path,
     signer: &Path,
-    extra: &[String],
+    options: &RemoteImport,
+    progress: &CliProgress,
 ) -> anyhow::Result<()> {
     let conn = ssh.connect(url)?;
-    // A directory named after the bundle's digest: an interrupted upload resumes into it.
-    let digest = baluchon_transport::sha256_prefix(bundle, u64::MAX)?;
-    let dir = conn.output(&format!(
-        "d=\"$HOME/.cache/baluchon/uploads/{}\" && mkdir -p -m 700 \"$d\" && chmod 700 \"$d\" && cd \"$d\" && pwd -P",
-        &digest[..32]
-    ))?;
+    let mut source = LocalFile::new(bundle);
+    let dir = upload_dir(&conn, &source.sha256()?)?;
     let bin = remote_baluchon(&conn, &dir)?;
     let remote_bundle = format!("{dir}/bundle.baluchon");
-    let sent = conn.upload(bundle, &remote_bundle)?;
-    if sent.resumed_from > 0 {
-        eprintln!(
-            "resumed the upload of {} at byte {}",
-            bundle.display(),
-            sent.resumed_from
-        );
-    }
-    let remote_signer = format!("{dir}/allowed_signers");
-    conn.upload(signer, &remote_signer)?;
-    let mut command = format!(
-        "{} --no-progress import {} --signer {}",
-        shell_quote(&bin),
-        shell_quote(&remote_bundle),
-        shell_quote(&remote_signer)
-    );
-    for arg in extra {
-        command.push(' ');
-        command.push_str(&shell_quote(arg));
-    }
-    let result = conn.run(&command, None, &mut std::io::stdout());
+    send(
+        &conn,
+        &mut source,
+        &remote_bundle,
+        &format!("to {}", conn.target().host),
+        progress,
+    )?;
+    let result = import_there(&conn, &bin, &dir, signer, options, progress);
     // The upload is kept for a retry only when the import did not run to its end.
     if result.is_ok() {
         conn.output(&format!("rm -rf {}", shell_quote(&dir)))?;
     }
     result.with_context(|| format!("importing {} on {} failed", bundle.display(), conn.target()))
+}
+
+/// Runs the import of `dir/bundle.baluchon` there, checked against our signer file.
+fn import_there(
+    conn: &Connection,
+    bin: &str,
+    dir: &str,
+    signer: &Path,
+    options: &RemoteImport,
+    progress: &CliProgress,
+) -> anyhow::Result<()> {
+    let remote_signer = format!("{dir}/allowed_signers");
+    conn.upload(&mut LocalFile::new(signer), &remote_signer, &mut |_| {})?;
+    let mut args = vec![
+        "import".to_owned(),
+        format!("{dir}/bundle.baluchon"),
+        "--signer".to_owned(),
+        remote_signer,
+    ];
+    args.extend(options.args.iter().cloned());
+    run_remote(conn, &remote_command(bin, &args), progress)?;
+    Ok(())
 }
 
 /// Runs `baluchon export …` on the other host into a private directory there, then brings
@@ -121,6 +193,7 @@ pub fn export(
     remote_args: &[String],
     sign_key: Option<&Path>,
     output: Option<&Path>,
+    progress: &CliProgress,
 ) -> anyhow::Result<()> {
     if let Some(output) = output {
         anyhow::ensure!(
@@ -130,24 +203,21 @@ pub fn export(
         );
     }
     let conn = ssh.connect(url)?;
-    let dir = conn.output("umask 077 && mktemp -d \"${TMPDIR:-/tmp}/baluchon-export.XXXXXXXX\"")?;
+    let dir = private_temp_dir(&conn)?;
     let result = (|| -> anyhow::Result<()> {
         let bin = remote_baluchon(&conn, &dir)?;
         let remote_bundle = format!("{dir}/bundle.baluchon");
-        let mut command = format!("{} --no-progress", shell_quote(&bin));
-        for arg in remote_args {
-            command.push(' ');
-            command.push_str(&shell_quote(arg));
-        }
+        let mut args = remote_args.to_vec();
         if let (Some(key), Some(_)) = (sign_key, output) {
-            command.push_str(&format!(
-                " --sign-key {} -o {}",
-                shell_quote(&key.to_string_lossy()),
-                shell_quote(&remote_bundle)
-            ));
+            args.extend([
+                "--sign-key".to_owned(),
+                key.to_string_lossy().into_owned(),
+                "-o".to_owned(),
+                remote_bundle.clone(),
+            ]);
         }
         // The remote export's sequence counter lives with the exporter's state, there.
-        conn.run(&command, None, &mut std::io::stdout())?;
+        run_remote(&conn, &remote_command(&bin, &args), progress)?;
         if let Some(output) = output {
             let sha256 = conn.download(&remote_bundle, output)?;
             eprintln!("fetched {} (sha256 {sha256})", output.display());
@@ -158,4 +228,205 @@ pub fn export(
     result.with_context(|| format!("exporting on {} failed", conn.target()))?;
     cleaned?;
     Ok(())
+}
+
+fn private_temp_dir(conn: &Connection) -> anyhow::Result<String> {
+    Ok(conn.output("umask 077 && mktemp -d \"${TMPDIR:-/tmp}/baluchon-export.XXXXXXXX\"")?)
+}
+
+/// Move an app instance from one host to another, over SSH, through this machine
+///
+/// Both hosts' keys are checked before anything runs. The source host exports the instance
+/// into a signed bundle (signed there, with --sign-key); the bundle streams from there
+/// through this machine to the target without being stored here (unless --keep); a cut
+/// connection to either host is reopened and the transfer resumes where the target's copy
+/// ends, after re-hashing it. The target checks the whole bundle's sha256, then verifies its
+/// signature against --signer (sent from here) and imports it: staged and planned first,
+/// then applied with a journal, rolled back on any failure. The source is left as it was,
+/// and temporary files are removed on both hosts.
+///
+/// Examples:
+///   baluchon migrate --from ssh://root@old.example --to ssh://root@new.example \
+///       --app wordpress --instance blog.example --sign-key /etc/baluchon/signing_key \
+///       --signer allowed_signers --domain blog.new.example
+///   baluchon migrate … --plan            (everything but the import's changes)
+///   baluchon migrate … --keep blog.baluchon
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The host the app leaves: ssh://user@host[:port]
+    #[arg(long, value_name = "URL")]
+    from: String,
+    /// The host the app moves to: ssh://user@host[:port]
+    #[arg(long, value_name = "URL")]
+    to: String,
+    /// The app's recipe name
+    #[arg(long)]
+    app: String,
+    /// The instance to move (as `baluchon detect` lists it on the source)
+    #[arg(long)]
+    instance: String,
+    /// The signing key, a file on the source host
+    #[arg(long, value_name = "FILE")]
+    sign_key: PathBuf,
+    /// Trusted signers, here: the target accepts only a bundle signed by one of them
+    #[arg(long, value_name = "FILE")]
+    signer: PathBuf,
+    /// The instance's new domain
+    #[arg(long)]
+    domain: Option<String>,
+    /// Also keep a copy of the bundle here (it then travels source → here → target)
+    #[arg(long, value_name = "FILE")]
+    keep: Option<PathBuf>,
+    /// Transfer and verify everything, and show what the import would do; change nothing
+    #[arg(long)]
+    plan: bool,
+    /// What to do with existing files on the target that differ from the bundle's: refuse,
+    /// replace, rename (as for `baluchon import`)
+    #[arg(long, default_value = "refuse", value_parser = ["refuse", "replace", "rename"])]
+    on_conflict: String,
+    /// How many times a cut transfer is resumed before giving up
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    #[command(flatten)]
+    ssh: SshArgs,
+}
+
+pub fn migrate(args: &MigrateArgs, progress: &CliProgress) -> anyhow::Result<()> {
+    if let Some(keep) = &args.keep {
+        anyhow::ensure!(
+            fs_err::symlink_metadata(keep).is_err(),
+            "{} already exists; choose another --keep or remove it",
+            keep.display()
+        );
+    }
+    // Both keys are checked before the source does any work.
+    let mut source = args.ssh.connect(&args.from)?;
+    let mut target = args.ssh.connect(&args.to)?;
+    let export_dir = private_temp_dir(&source)?;
+    let mut upload = None;
+    let result = migrate_through(
+        args,
+        &mut source,
+        &mut target,
+        &export_dir,
+        &mut upload,
+        progress,
+    );
+    // Temporary files go on every path: a later run exports afresh, so a partial upload
+    // could not be resumed by it anyway.
+    let mut cleaned = source
+        .output(&format!("rm -rf {}", shell_quote(&export_dir)))
+        .map(drop);
+    if let Some(dir) = upload {
+        cleaned = cleaned.and(
+            target
+                .output(&format!("rm -rf {}", shell_quote(&dir)))
+                .map(drop),
+        );
+    }
+    result.with_context(|| {
+        format!(
+            "moving {} from {} to {} failed",
+            args.instance,
+            source.target(),
+            target.target()
+        )
+    })?;
+    cleaned.context("the migration succeeded, but a temporary directory could not be removed")?;
+    Ok(())
+}
+
+fn migrate_through(
+    args: &MigrateArgs,
+    source: &mut Connection,
+    target: &mut Connection,
+    export_dir: &str,
+    upload: &mut Option<String>,
+    progress: &CliProgress,
+) -> anyhow::Result<()> {
+    let from_bin = remote_baluchon(source, export_dir)?;
+    let bundle = format!("{export_dir}/bundle.baluchon");
+    let export = [
+        "export",
+        "--app",
+        &args.app,
+        "--instance",
+        &args.instance,
+        "--sign-key",
+        &args.sign_key.to_string_lossy(),
+        "-o",
+        &bundle,
+    ]
+    .map(str::to_owned);
+    run_remote(source, &remote_command(&from_bin, &export), progress)
+        .context("the export on the source host failed")?;
+    if let Some(keep) = &args.keep {
+        progress.start("fetching a copy", None);
+        let sha256 = source.download(&bundle, keep)?;
+        eprintln!("kept a copy in {} (sha256 {sha256})", keep.display());
+    }
+
+    let digest = RemoteFile::new(source, &bundle).sha256()?;
+    let dir = upload_dir(target, &digest)?;
+    *upload = Some(dir.clone());
+    let to_bin = remote_baluchon(target, &dir)?;
+    let label = format!("{} → {}", source.target().host, target.target().host);
+    let mut attempt = 0;
+    loop {
+        let sent = match &args.keep {
+            Some(keep) => send(
+                target,
+                &mut LocalFile::new(keep),
+                &format!("{dir}/bundle.baluchon"),
+                &label,
+                progress,
+            ),
+            None => send(
+                target,
+                &mut RemoteFile::new(source, &bundle),
+                &format!("{dir}/bundle.baluchon"),
+                &label,
+                progress,
+            ),
+        };
+        match sent {
+            Ok(_) => break,
+            Err(err) if attempt < args.retries && resumable(&err) => {
+                attempt += 1;
+                eprintln!(
+                    "the transfer was cut ({err}); reconnecting to resume, attempt {attempt} of {}",
+                    args.retries
+                );
+                std::thread::sleep(Duration::from_secs(2 * u64::from(attempt)));
+                // Either side may be the one that dropped.
+                *source = args.ssh.connect(&args.from)?;
+                *target = args.ssh.connect(&args.to)?;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+
+    let mut import = RemoteImport::default();
+    if let Some(domain) = &args.domain {
+        import.args.extend(["--domain".to_owned(), domain.clone()]);
+    }
+    import
+        .args
+        .extend(["--on-conflict".to_owned(), args.on_conflict.clone()]);
+    if args.plan {
+        import.args.push("--plan".to_owned());
+    }
+    import_there(target, &to_bin, &dir, &args.signer, &import, progress)
+        .context("the import on the target host failed")
+}
+
+/// A transfer error that a new connection may get past; a corrupted copy is not one.
+fn resumable(err: &TransportError) -> bool {
+    matches!(
+        err,
+        TransportError::Ssh { .. }
+            | TransportError::Io(_)
+            | TransportError::Stalled { .. }
+            | TransportError::Connect { .. }
+    )
 }

@@ -6,19 +6,24 @@
 //! * Commands run over exec channels: stdout and stderr are both drained, and the exit status
 //!   is read only after the channel is closed (before that, libssh2 reports 0).
 //! * Uploads stream over `cat`, not SFTP (much slower in libssh2), into a `.part` file that a
-//!   later run resumes after re-hashing what the remote side has.
+//!   later run resumes after re-hashing what the remote side has. The source may itself be a
+//!   file on a third host, streamed through this machine without being stored here.
+//! * Keepalives (SSH and TCP) keep quiet sessions up; no progress for the timeout is a stall.
 //!
 //! This is the only crate that depends on `ssh2`. It never prints and never exits.
 
+mod known_hosts;
+mod transfer;
+
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use base64::Engine as _;
-use sha2::{Digest, Sha256};
-use ssh2::{CheckResult, HashType, KnownHostFileKind, Session};
+use ssh2::Session;
+
+pub use transfer::{sha256_prefix, LocalFile, RemoteFile, UploadReport, UploadSource};
 
 /// Where to connect: `ssh://user@host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +73,9 @@ impl std::fmt::Display for SshTarget {
         write!(f, "ssh://{}@{}:{}", self.user, self.host, self.port)
     }
 }
+
+/// How often a quiet session sends an SSH keepalive.
+const KEEPALIVE_SECONDS: u32 = 15;
 
 /// How to trust and authenticate.
 #[derive(Debug, Clone)]
@@ -128,6 +136,18 @@ pub enum TransportError {
         new: String,
         known_hosts: PathBuf,
     },
+    #[error("{target} presented host key {fingerprint}, which {known_hosts} marks @revoked: do not connect; the host's administrator must replace that key")]
+    RevokedHostKey {
+        target: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+    },
+    #[error("{known_hosts} trusts {target} only through a @cert-authority line, and baluchon cannot check host certificates: add the host's own key {fingerprint} there after checking it out of band, or pin it with --host-key")]
+    CertificateOnly {
+        target: String,
+        fingerprint: String,
+        known_hosts: PathBuf,
+    },
     #[error("{target} presented host key {presented}, which is not the pinned {pinned}")]
     NotPinned {
         target: String,
@@ -182,14 +202,6 @@ pub fn shell_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
 }
 
-/// What `ssh-keygen -l` prints for a key: `SHA256:` and unpadded base64.
-fn fingerprint(hash: &[u8]) -> String {
-    format!(
-        "SHA256:{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash)
-    )
-}
-
 impl Connection {
     pub fn open(target: &SshTarget, options: &ConnectOptions) -> Result<Self, TransportError> {
         let name = target.to_string();
@@ -214,6 +226,14 @@ impl Connection {
                 source,
             }
         })?;
+        // A peer that vanished without a word (a host powered off, a NAT entry dropped) is
+        // noticed by the kernel instead of leaving a read waiting forever.
+        rustix::net::sockopt::set_socket_keepalive(&tcp, true).map_err(|e| {
+            TransportError::Connect {
+                target: name.clone(),
+                source: e.into(),
+            }
+        })?;
         let mut session = Session::new().map_err(ssh)?;
         session.set_timeout(u32::try_from(options.timeout.as_millis()).unwrap_or(u32::MAX));
         session.set_tcp_stream(tcp);
@@ -226,7 +246,7 @@ impl Connection {
             )
             .map_err(ssh)?;
         session.handshake().map_err(ssh)?;
-        check_host_key(&session, target, options)?;
+        known_hosts::check_host_key(&session, target, options)?;
 
         match &options.identity {
             Some(key) => {
@@ -252,6 +272,8 @@ impl Connection {
                 ),
             });
         }
+        // Only now: configured before the handshake, it makes libssh2's key exchange fail.
+        session.set_keepalive(false, KEEPALIVE_SECONDS);
         Ok(Self {
             session,
             target: target.clone(),
@@ -279,6 +301,18 @@ impl Connection {
         input: Option<&mut dyn Read>,
         output: &mut dyn Write,
     ) -> Result<(), TransportError> {
+        self.run_reporting(command, input, output, &mut |_| false)
+    }
+
+    /// [`Connection::run`], handing each line of the command's stderr to `event` as it
+    /// arrives; lines `event` takes (returns true for) are left out of the error's stderr.
+    pub fn run_reporting(
+        &self,
+        command: &str,
+        input: Option<&mut dyn Read>,
+        output: &mut dyn Write,
+        event: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), TransportError> {
         let mut channel = self.session.channel_session().map_err(|e| self.ssh(e))?;
         channel.exec(command).map_err(|e| self.ssh(e))?;
         if let Some(input) = input {
@@ -288,7 +322,9 @@ impl Connection {
                 if n == 0 {
                     break;
                 }
-                channel.write_all(&buf[..n])?;
+                channel
+                    .write_all(&buf[..n])
+                    .map_err(|e| self.stalled_or(e, command))?;
             }
         }
         channel.send_eof().map_err(|e| self.ssh(e))?;
@@ -296,6 +332,7 @@ impl Connection {
         // stderr left unread fills the window and stalls the command. No progress for the
         // whole timeout is a stall.
         let mut stderr = Vec::new();
+        let mut line = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         self.session.set_blocking(false);
         let drained = (|| -> Result<(), TransportError> {
@@ -314,7 +351,16 @@ impl Connection {
                 match channel.stderr().read(&mut buf) {
                     Ok(0) => {}
                     Ok(n) => {
-                        stderr.extend_from_slice(&buf[..n]);
+                        for &byte in &buf[..n] {
+                            line.push(byte);
+                            if byte == b'\n' {
+                                let text = String::from_utf8_lossy(&line);
+                                if !event(text.trim_end()) {
+                                    stderr.extend_from_slice(&line);
+                                }
+                                line.clear();
+                            }
+                        }
                         if stderr.len() > 64 * 1024 {
                             stderr.drain(..stderr.len() - 64 * 1024);
                         }
@@ -328,19 +374,45 @@ impl Connection {
                 } else if channel.eof() {
                     return Ok(());
                 } else if last_progress.elapsed() > self.timeout {
-                    return Err(TransportError::Stalled {
-                        target: self.target.to_string(),
-                        command: command.to_owned(),
-                        seconds: self.timeout.as_secs(),
-                    });
+                    return Err(self.stalled(command));
                 } else {
+                    // A quiet command (a long restore) must not look like a dead link to
+                    // the server or to a firewall in between.
+                    let _ = self.session.keepalive_send();
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
         })();
         self.session.set_blocking(true);
         drained?;
+        stderr.extend_from_slice(&line);
         channel.wait_close().map_err(|e| self.ssh(e))?;
+        self.exit_result(&channel, command, &stderr)
+    }
+
+    fn stalled(&self, command: &str) -> TransportError {
+        TransportError::Stalled {
+            target: self.target.to_string(),
+            command: command.to_owned(),
+            seconds: self.timeout.as_secs(),
+        }
+    }
+
+    /// A blocking write that timed out is a stall; anything else is what it is.
+    fn stalled_or(&self, error: io::Error, command: &str) -> TransportError {
+        if error.kind() == io::ErrorKind::TimedOut {
+            self.stalled(command)
+        } else {
+            error.into()
+        }
+    }
+
+    fn exit_result(
+        &self,
+        channel: &ssh2::Channel,
+        command: &str,
+        stderr: &[u8],
+    ) -> Result<(), TransportError> {
         let status = channel.exit_status().map_err(|e| self.ssh(e))?;
         let signal = channel.exit_signal().map_err(|e| self.ssh(e))?;
         if status == 0 && signal.exit_signal.is_none() {
@@ -354,7 +426,7 @@ impl Connection {
                 None => format!("exit status {status}"),
             },
             code: signal.exit_signal.is_none().then_some(status),
-            stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+            stderr: String::from_utf8_lossy(stderr).trim().to_owned(),
         })
     }
 
@@ -365,215 +437,59 @@ impl Connection {
         Ok(String::from_utf8_lossy(&out).trim().to_owned())
     }
 
-    /// Uploads `local` to `remote` through `remote.part`. A `.part` left by an interrupted
-    /// upload is kept if its bytes hash like the start of `local`, and the upload goes on
-    /// from there. The whole file is hashed on both sides before it takes its final name.
-    pub fn upload(&self, local: &Path, remote: &str) -> Result<UploadReport, TransportError> {
-        let part = format!("{remote}.part");
-        let qpart = shell_quote(&part);
-        let size = fs_err::metadata(local)?.len();
-        let existing: u64 = self
-            .output(&format!(
-                "if [ -f {qpart} ]; then wc -c < {qpart}; else echo 0; fi"
-            ))?
-            .trim()
-            .parse()
-            .unwrap_or(0);
-        let mut resumed_from = 0;
-        if existing > 0 && existing <= size {
-            let theirs = self.output(&format!("sha256sum < {qpart}"))?;
-            let ours = sha256_prefix(local, existing)?;
-            if theirs.split_whitespace().next() == Some(ours.as_str()) {
-                resumed_from = existing;
-            }
-        }
-        let mut file = fs_err::File::open(local)?;
-        io::Seek::seek(&mut file, io::SeekFrom::Start(resumed_from))?;
-        let redirect = if resumed_from > 0 { ">>" } else { ">" };
-        self.run(
-            &format!("umask 077 && cat {redirect} {qpart}"),
-            Some(&mut file),
-            &mut io::sink(),
-        )?;
-        let ours = sha256_prefix(local, size)?;
-        let theirs = self.output(&format!("sha256sum < {qpart}"))?;
-        let theirs = theirs.split_whitespace().next().unwrap_or("").to_owned();
-        if theirs != ours {
-            // A wrong .part must not be resumed from.
-            let _ = self.output(&format!("rm -f {qpart}"));
-            return Err(TransportError::Corrupted {
-                target: self.target.to_string(),
-                path: remote.to_owned(),
-                local: ours,
-                remote: theirs,
-            });
-        }
-        self.output(&format!("mv -f {qpart} {}", shell_quote(remote)))?;
-        Ok(UploadReport {
-            bytes: size,
-            resumed_from,
-            sha256: ours,
+    /// Runs `command` (one that writes little to stderr, such as `cat`) and streams its
+    /// stdout; the end of the stream is an error if the command failed.
+    pub fn reader(&self, command: &str) -> Result<RemoteReader<'_>, TransportError> {
+        let mut channel = self.session.channel_session().map_err(|e| self.ssh(e))?;
+        channel.exec(command).map_err(|e| self.ssh(e))?;
+        channel.send_eof().map_err(|e| self.ssh(e))?;
+        Ok(RemoteReader {
+            conn: self,
+            channel,
+            command: command.to_owned(),
+            done: false,
         })
     }
 }
 
-impl Connection {
-    /// Downloads `remote` into a new file `local` (which must not exist), through a hidden
-    /// temporary file beside it, and checks it against the remote side's sha256 before it
-    /// takes its name. Returns the sha256.
-    pub fn download(&self, remote: &str, local: &Path) -> Result<String, TransportError> {
-        let quoted = shell_quote(remote);
-        let theirs = self.output(&format!("sha256sum < {quoted}"))?;
-        let theirs = theirs.split_whitespace().next().unwrap_or("").to_owned();
-        let dir = match local.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let mut partial = tempfile::Builder::new()
-            .prefix(".baluchon-download.")
-            .tempfile_in(&dir)?;
-        self.run(&format!("cat {quoted}"), None, partial.as_file_mut())?;
-        partial.as_file().sync_all()?;
-        let ours = sha256_prefix(partial.path(), u64::MAX)?;
-        if ours != theirs {
-            return Err(TransportError::Corrupted {
-                target: self.target.to_string(),
-                path: remote.to_owned(),
-                local: ours,
-                remote: theirs,
-            });
-        }
-        partial
-            .persist_noclobber(local)
-            .map_err(|e| TransportError::Io(e.error))?;
-        Ok(ours)
+/// The stdout of a command on another host; see [`Connection::reader`].
+pub struct RemoteReader<'a> {
+    conn: &'a Connection,
+    channel: ssh2::Channel,
+    command: String,
+    done: bool,
+}
+
+impl std::fmt::Debug for RemoteReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteReader")
+            .field("command", &self.command)
+            .finish_non_exhaustive()
     }
 }
 
-/// What an upload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UploadReport {
-    pub bytes: u64,
-    /// Bytes a previous, interrupted upload had already delivered.
-    pub resumed_from: u64,
-    pub sha256: String,
-}
-
-/// The sha256 (hex) of the first `len` bytes of a file.
-pub fn sha256_prefix(path: &Path, len: u64) -> Result<String, TransportError> {
-    let mut hasher = Sha256::new();
-    let mut file = fs_err::File::open(path)?.take(len);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
+impl Read for RemoteReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done {
+            return Ok(0);
         }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
-fn check_host_key(
-    session: &Session,
-    target: &SshTarget,
-    options: &ConnectOptions,
-) -> Result<(), TransportError> {
-    let name = target.to_string();
-    let ssh = |source| TransportError::Ssh {
-        target: name.clone(),
-        source,
-    };
-    let (key, key_type) = session.host_key().ok_or_else(|| TransportError::Connect {
-        target: name.clone(),
-        source: io::Error::other("the host presented no key"),
-    })?;
-    let presented = fingerprint(session.host_key_hash(HashType::Sha256).ok_or_else(|| {
-        TransportError::Connect {
-            target: name.clone(),
-            source: io::Error::other("the host key cannot be hashed"),
+        let n = self
+            .channel
+            .read(buf)
+            .map_err(|e| io::Error::other(self.conn.stalled_or(e, &self.command)))?;
+        if n > 0 {
+            return Ok(n);
         }
-    })?);
-    if !options.pinned.is_empty() {
-        return if options.pinned.iter().any(|p| p == &presented) {
-            Ok(())
-        } else {
-            Err(TransportError::NotPinned {
-                target: name,
-                presented,
-                pinned: options.pinned.join(", "),
-            })
-        };
-    }
-    let mut known = session.known_hosts().map_err(ssh)?;
-    if options.known_hosts.exists() {
-        known
-            .read_file(&options.known_hosts, KnownHostFileKind::OpenSSH)
-            .map_err(ssh)?;
-    }
-    // How OpenSSH names the host in known_hosts.
-    let entry = if target.port == 22 {
-        target.host.clone()
-    } else {
-        format!("[{}]:{}", target.host, target.port)
-    };
-    // check_port, not check: the latter ignores `[host]:port` entries.
-    match known.check_port(&target.host, target.port, key) {
-        CheckResult::Match => Ok(()),
-        CheckResult::NotFound if options.accept_new_host_key => {
-            known
-                .add(
-                    &entry,
-                    key,
-                    "added by baluchon --accept-new-host-key",
-                    key_type.into(),
-                )
-                .map_err(ssh)?;
-            known
-                .write_file(&options.known_hosts, KnownHostFileKind::OpenSSH)
-                .map_err(ssh)?;
-            Ok(())
-        }
-        CheckResult::NotFound => Err(TransportError::UnknownHostKey {
-            target: name,
-            fingerprint: presented,
-            known_hosts: options.known_hosts.clone(),
-        }),
-        CheckResult::Mismatch => {
-            let old: Vec<String> = known
-                .hosts()
-                .map_err(ssh)?
-                .iter()
-                .filter(|h| h.name() == Some(entry.as_str()))
-                .filter_map(|h| {
-                    let blob = base64::engine::general_purpose::STANDARD
-                        .decode(h.key())
-                        .ok()?;
-                    Some(fingerprint(&Sha256::digest(blob)))
-                })
-                .collect();
-            Err(TransportError::ChangedHostKey {
-                target: name,
-                old: if old.is_empty() {
-                    "another key".to_owned()
-                } else {
-                    old.join(", ")
-                },
-                new: presented,
-                known_hosts: options.known_hosts.clone(),
-            })
-        }
-        CheckResult::Failure => Err(TransportError::Connect {
-            target: name,
-            source: io::Error::other(format!(
-                "cannot check the host key against {}",
-                options.known_hosts.display()
-            )),
-        }),
+        self.done = true;
+        let mut stderr = Vec::new();
+        let _ = self.channel.stderr().read_to_end(&mut stderr);
+        self.channel
+            .wait_close()
+            .map_err(|e| io::Error::other(self.conn.ssh(e)))?;
+        self.conn
+            .exit_result(&self.channel, &self.command, &stderr)
+            .map_err(io::Error::other)?;
+        Ok(0)
     }
 }
 

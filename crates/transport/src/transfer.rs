@@ -1,0 +1,309 @@
+//! Moving files: uploads (from a local file, or streamed from a file on another host) that
+//! resume after a cut, and downloads; every transfer is checked by sha256 at both ends.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use sha2::{Digest, Sha256};
+
+use crate::{shell_quote, Connection, TransportError};
+
+/// Chunks in flight between the thread reading a source and the one writing to the target.
+const PIPELINE_DEPTH: usize = 16;
+const CHUNK: usize = 256 * 1024;
+
+/// Where an upload's bytes come from.
+pub trait UploadSource: Send {
+    fn size(&mut self) -> Result<u64, TransportError>;
+    /// The sha256 (hex) of the whole source.
+    fn sha256(&mut self) -> Result<String, TransportError>;
+    /// The sha256 (hex) of the first `len` bytes.
+    fn sha256_prefix(&mut self, len: u64) -> Result<String, TransportError>;
+    /// The bytes from `offset` to the end.
+    fn read_from(&mut self, offset: u64) -> Result<Box<dyn Read + Send + '_>, TransportError>;
+}
+
+/// A file on this machine. Its digest is computed once, whoever asks first.
+#[derive(Debug)]
+pub struct LocalFile {
+    path: PathBuf,
+    sha256: Option<String>,
+}
+
+impl LocalFile {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_owned(),
+            sha256: None,
+        }
+    }
+}
+
+impl UploadSource for LocalFile {
+    fn size(&mut self) -> Result<u64, TransportError> {
+        Ok(fs_err::metadata(&self.path)?.len())
+    }
+
+    fn sha256(&mut self) -> Result<String, TransportError> {
+        if self.sha256.is_none() {
+            self.sha256 = Some(sha256_prefix(&self.path, u64::MAX)?);
+        }
+        Ok(self.sha256.clone().unwrap_or_default())
+    }
+
+    fn sha256_prefix(&mut self, len: u64) -> Result<String, TransportError> {
+        sha256_prefix(&self.path, len)
+    }
+
+    fn read_from(&mut self, offset: u64) -> Result<Box<dyn Read + Send + '_>, TransportError> {
+        let mut file = fs_err::File::open(&self.path)?;
+        io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;
+        Ok(Box::new(file))
+    }
+}
+
+/// A file on another host, streamed from there through this machine: nothing is stored here.
+#[derive(Debug)]
+pub struct RemoteFile<'a> {
+    conn: &'a Connection,
+    path: String,
+}
+
+impl<'a> RemoteFile<'a> {
+    pub fn new(conn: &'a Connection, path: &str) -> Self {
+        Self {
+            conn,
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl UploadSource for RemoteFile<'_> {
+    fn size(&mut self) -> Result<u64, TransportError> {
+        let text = self
+            .conn
+            .output(&format!("wc -c < {}", shell_quote(&self.path)))?;
+        text.trim().parse().map_err(|_| {
+            TransportError::Io(io::Error::other(format!(
+                "{}: `wc -c` printed {text:?}",
+                self.path
+            )))
+        })
+    }
+
+    fn sha256(&mut self) -> Result<String, TransportError> {
+        first_word(
+            &self
+                .conn
+                .output(&format!("sha256sum < {}", shell_quote(&self.path)))?,
+        )
+    }
+
+    fn sha256_prefix(&mut self, len: u64) -> Result<String, TransportError> {
+        first_word(&self.conn.output(&format!(
+            "head -c {len} < {} | sha256sum",
+            shell_quote(&self.path)
+        ))?)
+    }
+
+    fn read_from(&mut self, offset: u64) -> Result<Box<dyn Read + Send + '_>, TransportError> {
+        Ok(Box::new(self.conn.reader(&format!(
+            "tail -c +{} < {}",
+            offset + 1,
+            shell_quote(&self.path)
+        ))?))
+    }
+}
+
+fn first_word(text: &str) -> Result<String, TransportError> {
+    let word = text.split_whitespace().next().unwrap_or("");
+    if word.len() == 64 && word.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(word.to_ascii_lowercase())
+    } else {
+        Err(TransportError::Io(io::Error::other(format!(
+            "expected a sha256, got {text:?}"
+        ))))
+    }
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadReport {
+    pub bytes: u64,
+    /// Bytes a previous, interrupted upload had already delivered.
+    pub resumed_from: u64,
+    pub sha256: String,
+}
+
+/// Counts what passes, for progress.
+struct Counting<'a, R> {
+    inner: R,
+    sent: &'a mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.sent)(n as u64);
+        Ok(n)
+    }
+}
+
+/// Reads chunks a reader thread sends, so that reading the source (another SSH session,
+/// with its own decryption) and writing to the target overlap.
+struct Pipe {
+    chunks: mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.current.len() {
+            match self.chunks.recv() {
+                Ok(chunk) => {
+                    self.current = chunk?;
+                    self.at = 0;
+                }
+                // The reader thread ended after its last chunk.
+                Err(mpsc::RecvError) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.at);
+        buf[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Connection {
+    /// Uploads `source` to `remote` through `remote.part`. A `.part` left by an interrupted
+    /// upload is kept if its bytes hash like the start of the source, and the upload goes on
+    /// from there. The whole file is hashed on both sides before it takes its final name.
+    /// `sent` hears of every chunk delivered.
+    pub fn upload(
+        &self,
+        source: &mut dyn UploadSource,
+        remote: &str,
+        sent: &mut dyn FnMut(u64),
+    ) -> Result<UploadReport, TransportError> {
+        let part = format!("{remote}.part");
+        let qpart = shell_quote(&part);
+        let size = source.size()?;
+        let existing: u64 = self
+            .output(&format!(
+                "if [ -f {qpart} ]; then wc -c < {qpart}; else echo 0; fi"
+            ))?
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let mut resumed_from = 0;
+        if existing > 0 && existing <= size {
+            let theirs = first_word(&self.output(&format!("sha256sum < {qpart}"))?)?;
+            if theirs == source.sha256_prefix(existing)? {
+                resumed_from = existing;
+            }
+        }
+        sent(resumed_from);
+        let redirect = if resumed_from > 0 { ">>" } else { ">" };
+        let command = format!("umask 077 && cat {redirect} {qpart}");
+        std::thread::scope(|scope| -> Result<(), TransportError> {
+            let mut reader = source.read_from(resumed_from)?;
+            let (tx, rx) = mpsc::sync_channel(PIPELINE_DEPTH);
+            scope.spawn(move || loop {
+                let mut chunk = vec![0u8; CHUNK];
+                match reader.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        if tx.send(Ok(chunk)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                }
+            });
+            let mut input = Counting {
+                inner: Pipe {
+                    chunks: rx,
+                    current: Vec::new(),
+                    at: 0,
+                },
+                sent: &mut *sent,
+            };
+            self.run(&command, Some(&mut input), &mut io::sink())
+        })?;
+        let ours = source.sha256()?;
+        let theirs = first_word(&self.output(&format!("sha256sum < {qpart}"))?)?;
+        if theirs != ours {
+            // A wrong .part must not be resumed from.
+            let _ = self.output(&format!("rm -f {qpart}"));
+            return Err(TransportError::Corrupted {
+                target: self.target().to_string(),
+                path: remote.to_owned(),
+                local: ours,
+                remote: theirs,
+            });
+        }
+        self.output(&format!("mv -f {qpart} {}", shell_quote(remote)))?;
+        Ok(UploadReport {
+            bytes: size,
+            resumed_from,
+            sha256: ours,
+        })
+    }
+
+    /// Downloads `remote` into a new file `local` (which must not exist), through a hidden
+    /// temporary file beside it, and checks it against the remote side's sha256 before it
+    /// takes its name. Returns the sha256.
+    pub fn download(&self, remote: &str, local: &Path) -> Result<String, TransportError> {
+        let quoted = shell_quote(remote);
+        let theirs = first_word(&self.output(&format!("sha256sum < {quoted}"))?)?;
+        let dir = match local.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let mut partial = tempfile::Builder::new()
+            .prefix(".baluchon-download.")
+            .tempfile_in(&dir)?;
+        self.run(&format!("cat {quoted}"), None, partial.as_file_mut())?;
+        partial.as_file().sync_all()?;
+        let ours = sha256_prefix(partial.path(), u64::MAX)?;
+        if ours != theirs {
+            return Err(TransportError::Corrupted {
+                target: self.target().to_string(),
+                path: remote.to_owned(),
+                local: ours,
+                remote: theirs,
+            });
+        }
+        partial
+            .persist_noclobber(local)
+            .map_err(|e| TransportError::Io(e.error))?;
+        Ok(ours)
+    }
+}
+
+/// The sha256 (hex) of the first `len` bytes of a file.
+pub fn sha256_prefix(path: &Path, len: u64) -> Result<String, TransportError> {
+    let mut hasher = Sha256::new();
+    let mut file = fs_err::File::open(path)?.take(len);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
