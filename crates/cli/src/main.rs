@@ -6,6 +6,7 @@
 
 mod app;
 mod app_import;
+mod backup;
 mod demo;
 mod export;
 mod import;
@@ -46,6 +47,10 @@ enum Command {
     Verify(verify::VerifyArgs),
     Inspect(inspect::InspectArgs),
     Import(import::ImportArgs),
+    Backup(backup::BackupArgs),
+    Backups(backup::BackupsArgs),
+    Schedule(backup::ScheduleArgs),
+    Fleet(backup::FleetArgs),
     Migrate(remote::MigrateArgs),
     Recover(app_import::RecoverArgs),
     Rollback(import::RollbackArgs),
@@ -69,6 +74,10 @@ fn main() -> ExitCode {
         Command::Verify(args) => verify::run(&args, &progress),
         Command::Inspect(args) => inspect::run(&args),
         Command::Import(args) => import::run(&args, &progress),
+        Command::Backup(args) => backup::backup(&args, &progress),
+        Command::Backups(args) => backup::backups(&args, &progress),
+        Command::Schedule(args) => backup::schedule(&args),
+        Command::Fleet(args) => backup::fleet(&args, !cli.no_progress),
         Command::Migrate(args) => remote::migrate(&args, &progress),
         Command::Recover(args) => app_import::recover_command(&args),
         Command::Rollback(args) => import::rollback(&args),
