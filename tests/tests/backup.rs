@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use baluchon_tests::apps::{unique, Site};
 use baluchon_tests::fixture::{baluchon_bin, small_tree, Keys};
 use baluchon_tests::sshd::Sshd;
 
@@ -604,4 +605,55 @@ tenant = "gone"
     );
     let (keys, _) = setup.listed(&[], &to.display().to_string(), &[]);
     assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+#[test]
+fn a_wordpress_tenant_is_backed_up_to_s3_and_verifies() {
+    let domain = format!("{}.test", unique("wp-backup"));
+    let site = Site::create("wordpress", &domain);
+    let s3 = S3Server::start();
+    let env = s3.env();
+    let setup = Setup::new();
+    let to = format!("s3://{BUCKET}/nightly");
+    // Built (or found up to date) outside the timed run.
+    baluchon_bin();
+    let started = Instant::now();
+    let report: serde_json::Value = serde_json::from_str(&setup.ok(
+        &env,
+        &strings(&[
+            "backup",
+            "--app",
+            "wordpress",
+            "--instance",
+            &domain,
+            "--to",
+            &to,
+            "--sign-key",
+            &setup.keys.private.display().to_string(),
+            "--json",
+        ]),
+    ))
+    .unwrap();
+    // The figures docs/backups.md quotes; shown with --nocapture.
+    eprintln!(
+        "WordPress test tenant: {} bytes in {:.2} s (export {:.2} s, upload {:.2} s)",
+        report["size"],
+        started.elapsed().as_secs_f64(),
+        report["export_seconds"].as_f64().unwrap(),
+        report["upload_seconds"].as_f64().unwrap()
+    );
+    assert_eq!(report["tenant"], domain.as_str());
+    let key = report["key"].as_str().unwrap();
+    assert!(key.starts_with(&format!("{domain}/")), "{key}");
+
+    let signer = setup.keys.allowed_signers.display().to_string();
+    setup.ok(
+        &env,
+        &strings(&["backups", "verify", &to, "--signer", &signer]),
+    );
+    // The post is in the stored bundle's database dump.
+    let bundle = s3.object(&format!("nightly/{key}"));
+    let dump = zstd::decode_all(&baluchon_tests::outer_member(&bundle, "data/db/main.sql.zst")[..])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&dump).contains(site.fact("canary")));
 }
