@@ -16,7 +16,8 @@ use crate::BackupError;
 /// Multipart part size: Garage stores 1 MiB blocks and took 8 MiB parts well; S3 wants at
 /// least 5 MiB for every part but the last.
 const PART_SIZE: usize = 8 << 20;
-/// Parts in flight at once; with the part being filled, memory stays under 3 × PART_SIZE.
+/// Parts in flight at once; with the buffer read and the part being filled, memory stays
+/// under 4 × PART_SIZE.
 const PARTS_IN_FLIGHT: usize = 2;
 
 /// S3 endpoint, region, credentials and options, as the caller gathered them.
