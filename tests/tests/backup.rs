@@ -334,6 +334,15 @@ fn check_fails_when_the_newest_backup_is_too_old_or_missing() {
         ]),
     );
     assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL blog: no backup"));
+
+    // An empty destination (a wrong prefix, backups that never ran) is no success either.
+    let empty = setup.dir.path().join("empty").display().to_string();
+    let out = setup.run(
+        &[],
+        &strings(&["backups", "check", &empty, "--signer", &signer]),
+    );
+    assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no backup"));
 }
 
@@ -484,6 +493,63 @@ fn backups_over_ssh_are_stored_listed_and_verified() {
         .concat(),
     );
     assert!(verified.contains("1 backups verified"), "{verified}");
+}
+
+#[test]
+fn a_fleet_tenant_on_another_host_is_backed_up_by_the_baluchon_there() {
+    let sshd = Sshd::start();
+    let setup = Setup::new();
+    let known_hosts = setup.dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    // The loopback host is this machine: the same paths, as that host sees them.
+    let to = setup.dir.path().join("backups");
+    let inventory = setup.dir.path().join("fleet.toml");
+    fs_err::write(
+        &inventory,
+        format!(
+            r#"
+[defaults]
+to = "{to}"
+sign_key = "{key}"
+
+[[tenant]]
+host = "{host}"
+baluchon = "{bin}"
+path = "{tree}"
+tenant = "remote-shop"
+"#,
+            to = to.display(),
+            key = setup.keys.private.display(),
+            host = sshd.url(),
+            bin = baluchon_bin().display(),
+            tree = setup.tree.display(),
+        ),
+    )
+    .unwrap();
+    let table = setup.ok(
+        &[],
+        &strings(&[
+            "fleet",
+            "backup",
+            "--inventory",
+            &inventory.display().to_string(),
+            "--known-hosts",
+            &known_hosts.display().to_string(),
+            "--identity",
+            &sshd.client_key().display().to_string(),
+        ]),
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("remote-shop@"))
+        .unwrap_or_else(|| panic!("no row in:\n{table}"));
+    assert!(
+        row.contains(" ok ") && row.contains("remote-shop/"),
+        "{row}"
+    );
+    let (keys, _) = setup.listed(&[], &to.display().to_string(), &[]);
+    assert_eq!(keys.len(), 1);
+    assert!(row.ends_with(&keys[0]), "{row}");
 }
 
 #[test]

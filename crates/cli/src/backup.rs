@@ -653,9 +653,10 @@ fn check(args: &CheckArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     let now = Timestamp::now();
     let mut rows = Vec::new();
     let newest = newest_per_tenant(&listing.backups);
-    if let (Some(tenant), true) = (&args.target.tenant, newest.is_empty()) {
+    // Nothing at all to check is a failure too: a wrong prefix, or backups that never ran.
+    if newest.is_empty() {
         rows.push(serde_json::json!({
-            "tenant": tenant, "ok": false, "newest": null,
+            "tenant": args.target.tenant, "ok": false, "newest": null,
             "problem": "no backup",
         }));
     }
@@ -686,7 +687,7 @@ fn check(args: &CheckArgs, progress: &dyn Progress) -> anyhow::Result<()> {
     let failing: Vec<&str> = rows
         .iter()
         .filter(|r| r["ok"] == false)
-        .filter_map(|r| r["tenant"].as_str())
+        .map(|r| r["tenant"].as_str().unwrap_or("any tenant"))
         .collect();
     if args.json {
         println!(
@@ -707,7 +708,10 @@ fn check(args: &CheckArgs, progress: &dyn Progress) -> anyhow::Result<()> {
                     r["newest"].as_str().unwrap_or(""),
                     r["age_seconds"]
                 ),
-                Some(problem) => println!("FAIL {}: {problem}", r["tenant"].as_str().unwrap_or("")),
+                Some(problem) => println!(
+                    "FAIL {}: {problem}",
+                    r["tenant"].as_str().unwrap_or("any tenant")
+                ),
             }
         }
     }
@@ -985,6 +989,8 @@ struct Entry {
     to: Option<String>,
     sign_key: Option<PathBuf>,
     host: Option<String>,
+    /// The baluchon command on `host`.
+    baluchon: Option<String>,
 }
 
 /// A tenant's bar, fed by the export, then by the upload.
@@ -1039,7 +1045,10 @@ fn run_entry(
     if let Some(host) = &entry.host {
         bar.set_message(format!("on {host}"));
         let conn = destination.ssh.connect(host)?;
-        let mut command = "baluchon --no-progress backup --json".to_owned();
+        let mut command = format!(
+            "{} --no-progress backup --json",
+            baluchon_transport::shell_quote(entry.baluchon.as_deref().unwrap_or("baluchon"))
+        );
         for arg in tenant.to_args().iter().chain(&[
             "--to".to_owned(),
             to.clone(),
