@@ -10,8 +10,9 @@ cd "$(dirname "$0")"
 
 # Debian packages the tests and the demo use: stock tools the format promises to work with
 # (tar, zstd, sha256sum, ssh-keygen), mount for the full-disk tests, a C compiler for zstd-sys,
-# OpenSSL headers for libssh2-sys, and an sshd for the SSH tests (started on loopback by them).
-packages=(tar zstd coreutils openssh-client openssh-server util-linux gcc libc6-dev pkg-config libssl-dev)
+# OpenSSL headers for libssh2-sys, an sshd for the SSH tests (started on loopback by them), and
+# ip (iproute2) for the two-host suite.
+packages=(tar zstd coreutils openssh-client openssh-server util-linux iproute2 gcc libc6-dev pkg-config libssl-dev)
 
 install_packages() {
     local missing=()

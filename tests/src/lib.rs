@@ -3,6 +3,7 @@
 pub mod apps;
 pub mod fixture;
 pub mod forge;
+pub mod hosts;
 pub mod sshd;
 pub mod tree;
 
