@@ -10,9 +10,9 @@ cd "$(dirname "$0")"
 
 # Debian packages the tests and the demo use: stock tools the format promises to work with
 # (tar, zstd, sha256sum, ssh-keygen), mount for the full-disk tests, a C compiler for zstd-sys,
-# OpenSSL headers for libssh2-sys, an sshd for the SSH tests (started on loopback by them), and
-# ip (iproute2) for the two-host suite.
-packages=(tar zstd coreutils openssh-client openssh-server util-linux iproute2 gcc libc6-dev pkg-config libssl-dev)
+# OpenSSL headers for libssh2-sys, an sshd for the SSH tests (started on loopback by them),
+# ip (iproute2) for the two-host suite, and the stock age CLI that must open encrypted bundles.
+packages=(tar zstd coreutils openssh-client openssh-server util-linux iproute2 gcc libc6-dev pkg-config libssl-dev age)
 
 install_packages() {
     local missing=()

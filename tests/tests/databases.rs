@@ -249,6 +249,8 @@ impl Scratch {
                 &self.keys.private,
                 &"-o",
                 &self.bundle(),
+                // The spec file holds the database password, which no import regenerates.
+                &"--allow-clear-secrets",
             ],
             &self.work.path().join("state"),
         );

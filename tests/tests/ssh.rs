@@ -447,7 +447,7 @@ fn an_app_migrates_from_one_host_to_another_through_this_machine() {
         let mut command = Command::new(baluchon_bin());
         command
             .args(["migrate", "--from", &sshd.url(), "--to", &sshd.url()])
-            .args(["--app", "wordpress", "--instance", &old, "--domain", &new])
+            .args(["--app", "wordpress", "--instance", &old])
             .arg("--sign-key")
             .arg(&keys.private)
             .arg("--signer")
@@ -462,13 +462,13 @@ fn an_app_migrates_from_one_host_to_another_through_this_machine() {
         command.output().unwrap()
     };
 
-    let out = migrate(&[&"--plan"]);
+    let out = migrate(&[&"--plan", &"--domain", &new]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let (status, _) = http_get(&new, "/");
     assert_ne!(status, 200, "a plan changes nothing");
 
     let kept = dir.path().join("kept.baluchon");
-    let out = migrate(&[&"--keep", &kept]);
+    let out = migrate(&[&"--keep", &kept, &"--domain", &new]);
     assert!(
         out.status.success(),
         "{}\n{}",
@@ -505,6 +505,51 @@ fn an_app_migrates_from_one_host_to_another_through_this_machine() {
     let uploads = Path::new("/root/.cache/baluchon/uploads").join(&digest[..32]);
     assert!(!uploads.exists(), "{} was left behind", uploads.display());
 
+    // Encrypted on the source to the new host's key, decrypted only there.
+    let third = format!("{}.test", unique("wp-migrate-sealed"));
+    let host_key = dir.path().join("new-host.age");
+    let generated = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&host_key)
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    let recipient = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&host_key)
+        .output()
+        .unwrap();
+    let kept_sealed = dir.path().join("kept-sealed.baluchon");
+    let out = migrate(&[
+        &"--domain",
+        &third,
+        &"--encrypt-to",
+        &text(&recipient.stdout).trim(),
+        &"--decrypt-with",
+        &host_key,
+        &"--keep",
+        &kept_sealed,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        text(&out.stdout)
+    );
+    let (status, page) = http_get(&third, &format!("/?p={}", site.fact("post_id")));
+    assert_eq!(status, 200);
+    assert!(text(&page).contains(site.fact("canary")));
+    let listing = Command::new("tar")
+        .arg("-tf")
+        .arg(&kept_sealed)
+        .output()
+        .unwrap();
+    assert!(
+        text(&listing.stdout).contains("data/bundle.baluchon.age"),
+        "what crossed this machine was encrypted"
+    );
+
     drop(site);
     script("wordpress-site.sh", &["remove", &new]);
+    script("wordpress-site.sh", &["remove", &third]);
 }

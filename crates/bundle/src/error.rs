@@ -27,6 +27,35 @@ pub enum Error {
     Signing(#[from] baluchon_signature::Error),
     #[error(transparent)]
     Extract(#[from] ExtractError),
+    #[error(transparent)]
+    Seal(#[from] SealError),
+}
+
+/// Why a sealed (encrypted) bundle could not be made or opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    #[error("{text:?} is not a recipient: {reason}")]
+    Recipient { text: String, reason: String },
+    #[error("cannot decrypt with {path}: {reason}")]
+    Identity {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("a sealed bundle needs at least one recipient")]
+    NoRecipient,
+    #[error("encryption failed: {0}")]
+    Encrypt(String),
+    #[error("the bundle is encrypted, and none of the given keys opens it (or its age header is damaged)")]
+    Decrypt(#[source] age::DecryptError),
+    #[error("the encrypted bundle is damaged or cut short")]
+    Stream(#[source] io::Error),
+    #[error("the bundle is encrypted: give a key that can open it (--decrypt-with)")]
+    KeyNeeded,
+    #[error("the encrypted bundle is for tenant {inner:?}, its envelope says {outer:?}")]
+    TenantMismatch { outer: String, inner: String },
+    #[error(transparent)]
+    Io(#[from] io::Error),
 }
 
 impl From<OuterError> for Error {

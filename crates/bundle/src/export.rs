@@ -84,6 +84,12 @@ pub trait Selection {
     /// Decides for `path` (relative to the source directory) before it is read. A directory
     /// that is archived is descended into, and each of its entries is asked about in turn.
     fn select(&self, path: &EntryPath, is_dir: bool) -> Select;
+
+    /// Content to archive instead of the regular file at `path` (its metadata is kept): a
+    /// config file with its secrets left out, say.
+    fn replacement(&self, _path: &EntryPath) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 /// A [`Selection`]'s answer for one entry.
@@ -802,6 +808,9 @@ impl Walker<'_> {
         }
         let mut meta = self.meta(&stat);
         (meta.xattrs, meta.xattrs_not_archived) = read_xattrs(fd.as_fd()).map_err(unreadable)?;
+        if let Some(content) = self.selection.replacement(path) {
+            return self.replaced(path, meta, &content);
+        }
         let inode = (stat.st_dev, stat.st_ino);
         if let Some((first, digest)) = self.hardlinks.get(&inode).cloned() {
             self.sums
@@ -872,6 +881,37 @@ impl Walker<'_> {
                 sha256,
                 extents,
                 changed: change,
+            },
+        })
+    }
+
+    /// Archives `content` as the regular file `path`, with the file's own metadata.
+    fn replaced(&mut self, path: &EntryPath, meta: Meta, content: &[u8]) -> Result<(), Error> {
+        let size = content.len() as u64;
+        self.tar.header(
+            path.as_bytes(),
+            &Kind::File {
+                size,
+                extents: None,
+            },
+            &tar_meta(&meta),
+        )?;
+        self.tar.sink().write_all(content)?;
+        self.tar.end(size)?;
+        let mut hasher = Hasher::default();
+        hasher.update(content);
+        let sha256 = hasher.finish().0;
+        self.summary.content_bytes = self.summary.content_bytes.saturating_add(size);
+        self.sums
+            .write_all(&sha256sum_line(&sha256, path.as_bytes()))?;
+        self.record(Entry {
+            path: path.clone(),
+            kind: EntryKind::File {
+                meta,
+                size,
+                sha256,
+                extents: None,
+                changed: None,
             },
         })
     }

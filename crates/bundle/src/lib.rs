@@ -18,11 +18,12 @@ mod layout;
 mod outer;
 mod progress;
 mod readme;
+mod sealed;
 mod tarfmt;
 mod verify;
 
 pub use digest::Sha256Digest;
-pub use error::{Error, ExportError, ExtractError, Invalid};
+pub use error::{Error, ExportError, ExtractError, Invalid, SealError};
 pub use export::{
     export_tree, BundleWriter, ExportOptions, ExportReport, Select, Selection, WholeTree,
 };
@@ -37,6 +38,7 @@ pub use index::{
 pub use layout::{FILES_INDEX, FILES_PAYLOAD, SIGNATURE_NAMESPACE};
 pub use outer::OuterError;
 pub use progress::{NoProgress, Phase, Progress};
+pub use sealed::{seal, Identities, Recipient, SealOptions, SEALED_MEDIA_TYPE, SEALED_PAYLOAD};
 pub use tarfmt::TarError;
 pub use verify::{verify, Authenticated, Bundle, Inspection, Policy, Unverified, Verified};
 

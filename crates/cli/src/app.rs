@@ -178,8 +178,10 @@ pub fn capture(
     key: &SigningKey,
     progress: &dyn Progress,
     json: bool,
+    keep_secrets: bool,
 ) -> anyhow::Result<()> {
     let mut options = CaptureOptions::new(output.to_owned());
+    options.keep_secrets = keep_secrets;
     options.tenant = Some(tenant.to_owned());
     options.sequence = sequence;
     let report = capture_instance(recipe, instance, &LocalHost::new(), &options, key, progress)
@@ -236,6 +238,12 @@ pub fn capture(
     }
     for o in &d.omitted {
         println!("not captured: {o}");
+    }
+    if !d.redacted_secrets.is_empty() {
+        println!(
+            "left out of the bundle (the import makes new ones): {}",
+            d.redacted_secrets.join(", ")
+        );
     }
     Ok(())
 }

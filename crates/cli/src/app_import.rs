@@ -84,6 +84,12 @@ pub fn run(
     if let Some(dir) = &report.backup_dir {
         println!("files this import displaced are kept in {}", dir.display());
     }
+    if !report.plan.regenerated_secrets.is_empty() {
+        println!(
+            "regenerated (the bundle left them out): {}",
+            report.plan.regenerated_secrets.join(", ")
+        );
+    }
     println!(
         "imported {} instance {} as {} (bundle {}, sequence {})",
         report.plan.app,

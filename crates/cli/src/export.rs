@@ -62,6 +62,16 @@ pub struct ExportArgs {
     /// export of this tenant recorded on this machine]
     #[arg(long)]
     sequence: Option<u64>,
+    /// Encrypt the bundle to this recipient (repeatable): an age key (age1…), an SSH public
+    /// key (ssh-ed25519 …, ssh-rsa …), or a file of them, one per line. Anyone can still
+    /// verify the encrypted bundle; only the recipients can open it
+    #[arg(long, value_name = "RECIPIENT")]
+    encrypt_to: Vec<String>,
+    /// App exports without --encrypt-to: keep secret values (passwords, keys) in the
+    /// bundle's config files even where the import cannot regenerate them. Without it, the
+    /// secrets the import regenerates are left out, and any other one stops the export
+    #[arg(long, requires = "app")]
+    allow_clear_secrets: bool,
     /// Print the report as JSON on standard output
     #[arg(long)]
     json: bool,
@@ -84,6 +94,13 @@ pub fn run(args: &ExportArgs, progress: &crate::progress::CliProgress) -> anyhow
         }
         if args.json {
             remote_args.push("--json".to_owned());
+        }
+        if args.allow_clear_secrets {
+            remote_args.push("--allow-clear-secrets".to_owned());
+        }
+        // Parsed here, so that a file of recipients is read on this side.
+        for recipient in crate::sealed::recipients(&args.encrypt_to)? {
+            remote_args.extend(["--encrypt-to".to_owned(), format!("{recipient:?}")]);
         }
         if args.plan {
             remote_args.push("--plan".to_owned());
@@ -113,9 +130,20 @@ pub fn run(args: &ExportArgs, progress: &crate::progress::CliProgress) -> anyhow
         let key = load_signing_key(sign_key)?;
         let tenant = args.tenant.clone().unwrap_or_else(|| instance.clone());
         return with_sequence(&tenant, args.sequence, |sequence| {
-            crate::app::capture(
-                &recipe, &resolved, &tenant, sequence, output, &key, progress, args.json,
-            )
+            sealed_if_asked(args, output, &key, |output| {
+                let keep_secrets = args.allow_clear_secrets || !args.encrypt_to.is_empty();
+                crate::app::capture(
+                    &recipe,
+                    &resolved,
+                    &tenant,
+                    sequence,
+                    output,
+                    &key,
+                    progress,
+                    args.json,
+                    keep_secrets,
+                )
+            })
         });
     }
     let (Some(path), Some(tenant), Some(sign_key), Some(output)) =
@@ -125,12 +153,37 @@ pub fn run(args: &ExportArgs, progress: &crate::progress::CliProgress) -> anyhow
     };
     let key = load_signing_key(sign_key)?;
     with_sequence(tenant, args.sequence, |sequence| {
-        let mut options = ExportOptions::new(path.clone(), tenant.clone(), output.clone());
-        options.sequence = sequence;
-        let report = export_tree(&options, &key, progress)
-            .with_context(|| format!("exporting {} failed", path.display()))?;
-        print_report(&report, args.json)
+        sealed_if_asked(args, output, &key, |output| {
+            let mut options = ExportOptions::new(path.clone(), tenant.clone(), output.to_owned());
+            options.sequence = sequence;
+            let report = export_tree(&options, &key, progress)
+                .with_context(|| format!("exporting {} failed", path.display()))?;
+            print_report(&report, args.json)
+        })
     })
+}
+
+/// Runs `export` into `output`, or, with --encrypt-to, into a private file beside it that
+/// is then encrypted into `output` and removed.
+fn sealed_if_asked(
+    args: &ExportArgs,
+    output: &Path,
+    key: &SigningKey,
+    export: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    if args.encrypt_to.is_empty() {
+        return export(output);
+    }
+    let recipients = crate::sealed::recipients(&args.encrypt_to)?;
+    anyhow::ensure!(
+        fs_err::symlink_metadata(output).is_err(),
+        "{} already exists; choose another output or remove it",
+        output.display()
+    );
+    let dir = crate::sealed::inner_dir(output)?;
+    let inner = dir.path().join("inner.baluchon");
+    export(&inner)?;
+    crate::sealed::seal_into(&inner, &recipients, key, output, args.json)
 }
 
 /// Runs `export` with the tenant's next sequence number (or `explicit`), and records it
@@ -262,10 +315,14 @@ impl SequenceFile {
     }
 
     fn record(&self, sequence: u64) -> anyhow::Result<()> {
-        if let Some(dir) = self.path.parent() {
-            fs_err::create_dir_all(dir)?;
-        }
-        fs_err::write(&self.path, format!("{sequence}\n"))?;
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        fs_err::create_dir_all(dir)?;
+        // Written aside and renamed: a concurrent export never reads half a number.
+        let mut partial = tempfile::NamedTempFile::new_in(dir)?;
+        std::io::Write::write_all(&mut partial, format!("{sequence}\n").as_bytes())?;
+        partial
+            .persist(&self.path)
+            .map_err(|e| anyhow::Error::new(e.error).context(self.path.display().to_string()))?;
         Ok(())
     }
 }

@@ -77,6 +77,10 @@ pub struct ImportArgs {
     /// Create symlinks that point outside the tree (absolute or escaping with ..)
     #[arg(long)]
     allow_outside_symlinks: bool,
+    /// An age identity file or an SSH private key (ed25519 or RSA, without passphrase) to
+    /// open an encrypted bundle with (repeatable); with --to, a file on that host
+    #[arg(long, value_name = "KEY")]
+    decrypt_with: Vec<PathBuf>,
     /// Print the report as JSON on standard output
     #[arg(long)]
     json: bool,
@@ -119,6 +123,13 @@ pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow
         if args.json {
             extra.push("--json".to_owned());
         }
+        // Key files on the other host: the bundle is decrypted there, never here.
+        for key in &args.decrypt_with {
+            extra.extend([
+                "--decrypt-with".to_owned(),
+                key.to_string_lossy().into_owned(),
+            ]);
+        }
         return crate::remote::import(
             url,
             &args.ssh,
@@ -128,6 +139,34 @@ pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow
             progress,
         );
     }
+    // An encrypted bundle: its envelope is verified whole before anything is decrypted,
+    // then the bundle inside is verified and imported from a private temporary directory.
+    if crate::sealed::is_sealed(&args.bundle, &trust, &policy, progress)? {
+        let outer = Bundle::open(&args.bundle)
+            .and_then(|b| b.authenticate(&trust, &policy, progress))
+            .and_then(|b| b.verify_payload(progress))
+            .with_context(|| format!("{} failed verification", args.bundle.display()))?;
+        let dir = match &args.path {
+            Some(_) => tempfile::tempdir()?,
+            None => {
+                fs_err::create_dir_all(&args.work_dir)?;
+                tempfile::tempdir_in(&args.work_dir)?
+            }
+        };
+        let inner = crate::sealed::decrypt(&outer, &args.decrypt_with, dir.path())?;
+        let policy = crate::sealed::inner_policy(&outer, &policy);
+        return import_here(args, &inner, &trust, policy, progress);
+    }
+    import_here(args, &args.bundle, &trust, policy, progress)
+}
+
+fn import_here(
+    args: &ImportArgs,
+    bundle_path: &std::path::Path,
+    trust: &TrustedSigners,
+    policy: Policy,
+    progress: &crate::progress::CliProgress,
+) -> anyhow::Result<()> {
     let Some(path) = &args.path else {
         let mut options = baluchon_migrate::ImportOptions::new();
         options.work_dir.clone_from(&args.work_dir);
@@ -139,8 +178,8 @@ pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow
         };
         options.policy = policy;
         return crate::app_import::run(
-            &args.bundle,
-            &trust,
+            bundle_path,
+            trust,
             &options,
             args.plan,
             args.json,
@@ -148,8 +187,8 @@ pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow
         );
     };
     let failed = || format!("importing {} failed", args.bundle.display());
-    let bundle = Bundle::open(&args.bundle)
-        .and_then(|b| b.authenticate(&trust, &policy, progress))
+    let bundle = Bundle::open(bundle_path)
+        .and_then(|b| b.authenticate(trust, &policy, progress))
         .with_context(failed)?;
 
     if args.dry_run {

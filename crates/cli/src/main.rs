@@ -13,6 +13,7 @@ mod import;
 mod inspect;
 mod progress;
 mod remote;
+mod sealed;
 mod verify;
 
 use std::process::ExitCode;

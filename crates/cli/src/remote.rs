@@ -284,6 +284,13 @@ pub struct MigrateArgs {
     /// replace, rename (as for `baluchon import`)
     #[arg(long, default_value = "refuse", value_parser = ["refuse", "replace", "rename"])]
     on_conflict: String,
+    /// Encrypt the bundle to this recipient (repeatable; see `baluchon export --help`): it
+    /// then crosses this machine encrypted
+    #[arg(long, value_name = "RECIPIENT", requires = "decrypt_with")]
+    encrypt_to: Vec<String>,
+    /// A key file on the target host that opens the encrypted bundle (repeatable)
+    #[arg(long, value_name = "KEY")]
+    decrypt_with: Vec<PathBuf>,
     /// How many times a cut transfer is resumed before giving up
     #[arg(long, default_value_t = 3)]
     retries: u32,
@@ -346,7 +353,7 @@ fn migrate_through(
 ) -> anyhow::Result<()> {
     let from_bin = remote_baluchon(source, export_dir)?;
     let bundle = format!("{export_dir}/bundle.baluchon");
-    let export = [
+    let mut export = [
         "export",
         "--app",
         &args.app,
@@ -357,7 +364,11 @@ fn migrate_through(
         "-o",
         &bundle,
     ]
-    .map(str::to_owned);
+    .map(str::to_owned)
+    .to_vec();
+    for recipient in crate::sealed::recipients(&args.encrypt_to)? {
+        export.extend(["--encrypt-to".to_owned(), format!("{recipient:?}")]);
+    }
     run_remote(source, &remote_command(&from_bin, &export), progress)
         .context("the export on the source host failed")?;
     if let Some(keep) = &args.keep {
@@ -415,6 +426,12 @@ fn migrate_through(
         .extend(["--on-conflict".to_owned(), args.on_conflict.clone()]);
     if args.plan {
         import.args.push("--plan".to_owned());
+    }
+    for key in &args.decrypt_with {
+        import.args.extend([
+            "--decrypt-with".to_owned(),
+            key.to_string_lossy().into_owned(),
+        ]);
     }
     import_there(target, &to_bin, &dir, &args.signer, &import, progress)
         .context("the import on the target host failed")

@@ -27,6 +27,9 @@ pub struct CaptureOptions {
     pub tenant: Option<String>,
     pub sequence: u64,
     pub threads: usize,
+    /// Archive secret values as they are (the bundle will be encrypted, or the user said
+    /// so); otherwise they are left out, or the capture refuses (see [`crate::secrets`]).
+    pub keep_secrets: bool,
 }
 
 impl CaptureOptions {
@@ -36,6 +39,7 @@ impl CaptureOptions {
             tenant: None,
             sequence: 1,
             threads: std::thread::available_parallelism().map_or(2, usize::from),
+            keep_secrets: false,
         }
     }
 }
@@ -345,7 +349,18 @@ pub fn capture_instance(
     progress: &dyn Progress,
 ) -> Result<CaptureReport, CaptureError> {
     let (sets, omitted) = preflight(instance)?;
-    let selection = selection(&sets, instance)?;
+    let mut selection = selection(&sets, instance)?;
+    let mut redacted_secrets = Vec::new();
+    if !options.keep_secrets {
+        let redactions = crate::secrets::redact(recipe, instance, host)?;
+        if !redactions.kept.is_empty() {
+            return Err(CaptureError::ClearSecrets {
+                names: redactions.kept,
+            });
+        }
+        selection.replace(redactions.files);
+        redacted_secrets = redactions.regenerated;
+    }
     let installed = host.packages()?;
     let tenant = options
         .tenant
@@ -397,6 +412,7 @@ pub fn capture_instance(
             .filter(|(_, v)| v.secret)
             .map(|(k, _)| k.clone())
             .collect(),
+        redacted_secrets,
         files: sets
             .iter()
             .enumerate()

@@ -26,6 +26,10 @@ pub struct AppDescription {
     /// Values read from the source host; secrets are named in `secret_values` only.
     pub values: BTreeMap<String, String>,
     pub secret_values: Vec<String>,
+    /// Secrets left out of the bundle's config files (replaced by `BALUCHON-REDACTED`),
+    /// which the import regenerates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redacted_secrets: Vec<String>,
     pub files: Vec<FileSetRecord>,
     /// Entries inside the file sets that were deliberately not copied, each with why.
     pub excluded: Vec<ExcludedEntry>,

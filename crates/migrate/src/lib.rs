@@ -11,6 +11,7 @@ mod description;
 mod error;
 mod import;
 pub mod rewrite;
+mod secrets;
 mod selection;
 
 pub use capture::{

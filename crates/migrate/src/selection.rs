@@ -30,6 +30,8 @@ pub struct AppSelection {
     package_files: BTreeMap<Vec<u8>, (String, String)>,
     /// Entries archived per set (the deepest set containing each entry).
     counts: RefCell<Vec<u64>>,
+    /// Relative path → the content archived instead of the file's (secrets left out).
+    replacements: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 impl AppSelection {
@@ -63,7 +65,17 @@ impl AppSelection {
             roots,
             package_files,
             counts,
+            replacements: BTreeMap::new(),
         })
+    }
+
+    /// Archives `content` instead of the file at each absolute path.
+    pub fn replace(&mut self, files: BTreeMap<std::path::PathBuf, Vec<u8>>) {
+        for (path, content) in files {
+            let bytes = path.as_os_str().as_bytes();
+            let rel = bytes.strip_prefix(b"/").unwrap_or(bytes).to_vec();
+            self.replacements.insert(rel, content);
+        }
     }
 
     /// The deepest set that contains `path` (relative to `/`).
@@ -93,6 +105,10 @@ fn below<'p>(path: &'p [u8], base: &[u8]) -> Option<&'p [u8]> {
 }
 
 impl Selection for AppSelection {
+    fn replacement(&self, path: &EntryPath) -> Option<Vec<u8>> {
+        self.replacements.get(path.as_bytes()).cloned()
+    }
+
     fn select(&self, path: &EntryPath, is_dir: bool) -> Select {
         let bytes = path.as_bytes();
         let mut deepest: Option<usize> = None;

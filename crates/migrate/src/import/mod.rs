@@ -103,6 +103,8 @@ pub struct ImportPlan {
     pub databases: Vec<PlannedDatabase>,
     /// Values rewritten in the app's config files, and where.
     pub rewrites: Vec<String>,
+    /// Secrets the bundle left out, given new values here.
+    pub regenerated_secrets: Vec<String>,
     /// Commands that check and reload services, in order.
     pub services: Vec<String>,
     pub on_conflict: OnConflict,
@@ -638,6 +640,14 @@ impl Planner<'_> {
             }
         }
 
+        // Secrets the recipe regenerates besides database passwords (keys, salts): new
+        // random values.
+        for rule in &self.recipe.definition().rehost {
+            if rule.with == RehostSource::Generate && !new.contains_key(&rule.value) {
+                new.insert(rule.value.clone(), host::new_password());
+            }
+        }
+
         // Rewrites: values written back where they were read, domains replaced in files
         // and in database content.
         let mut config_rewrites = Vec::new();
@@ -757,6 +767,24 @@ impl Planner<'_> {
                     continue;
                 }
             };
+            let staged = match staged_file(self.tree, &d.files, &path) {
+                Ok(staged) => staged,
+                Err(reason) => {
+                    self.blockers
+                        .push(format!("{path}, which holds {}: {reason}", rule.value));
+                    continue;
+                }
+            };
+            // A secret the app's config does not set (an optional key or salt): nothing to
+            // regenerate.
+            if rule.with == RehostSource::Generate
+                && fs_err::read_to_string(&staged)
+                    .ok()
+                    .and_then(|text| baluchon_recipe::php_value(&text, slot.as_slot()))
+                    .is_none()
+            {
+                continue;
+            }
             rewrites.push(format!(
                 "{path}: {} {}",
                 name,
@@ -766,14 +794,6 @@ impl Planner<'_> {
                     format!("{from} → {to}")
                 }
             ));
-            let staged = match staged_file(self.tree, &d.files, &path) {
-                Ok(staged) => staged,
-                Err(reason) => {
-                    self.blockers
-                        .push(format!("{path}, which holds {}: {reason}", rule.value));
-                    continue;
-                }
-            };
             config_rewrites.push(ConfigRewrite {
                 file: staged,
                 kind: RewriteKind::Php {
@@ -1003,6 +1023,22 @@ impl Planner<'_> {
             },
             None => None,
         };
+        // A secret left out of the bundle must get a new value here, or the app would run
+        // with the placeholder.
+        for name in &d.redacted_secrets {
+            let regenerated = self
+                .recipe
+                .definition()
+                .rehost
+                .iter()
+                .any(|r| &r.value == name && r.with == RehostSource::Generate);
+            if !regenerated {
+                self.blockers.push(format!(
+                    "the bundle left out the secret {name}, and this host's {} recipe does not regenerate it: ask for an encrypted bundle",
+                    d.app
+                ));
+            }
+        }
         let plan = ImportPlan {
             bundle_id: header.bundle_id.clone(),
             tenant: header.tenant.clone(),
@@ -1023,6 +1059,7 @@ impl Planner<'_> {
             files: placements,
             databases: planned_dbs,
             rewrites,
+            regenerated_secrets: d.redacted_secrets.clone(),
             services: checks.iter().chain(&reloads).map(|c| c.join(" ")).collect(),
             on_conflict: self.options.on_conflict,
             conflicts,
