@@ -723,3 +723,69 @@ fn a_wordpress_tenant_is_backed_up_to_s3_and_verifies() {
         .unwrap();
     assert!(String::from_utf8_lossy(&dump).contains(site.fact("canary")));
 }
+
+#[test]
+fn an_encrypted_backup_is_verified_without_the_key_and_restored_with_it() {
+    let setup = Setup::new();
+    let to = setup.dir.path().join("backups").display().to_string();
+    let signer = setup.keys.allowed_signers.display().to_string();
+    let key = setup.dir.path().join("restore.age");
+    let generated = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let recipient = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&key)
+        .output()
+        .unwrap();
+    let recipient = String::from_utf8(recipient.stdout).unwrap();
+    let mut args = setup.backup_args("vault", &to);
+    args.extend(strings(&["--encrypt-to", recipient.trim()]));
+    setup.ok(&[], &args);
+
+    let (keys, _) = setup.listed(&[], &to, &[]);
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let stored = Path::new(&to).join(&keys[0]);
+    let members = Command::new("tar")
+        .arg("-tf")
+        .arg(&stored)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&members.stdout).contains("data/bundle.baluchon.age"),
+        "the stored bundle is encrypted"
+    );
+    // Monitoring needs no key: signature and ciphertext are checked.
+    setup.ok(
+        &[],
+        &strings(&["backups", "verify", &to, "--signer", &signer]),
+    );
+    let restored = setup.dir.path().join("restored");
+    setup.ok(
+        &[],
+        &strings(&[
+            "import",
+            &stored.display().to_string(),
+            "--signer",
+            &signer,
+            "--path",
+            &restored.display().to_string(),
+            "--decrypt-with",
+            &key.display().to_string(),
+        ]),
+    );
+    let original = Command::new("diff")
+        .arg("-r")
+        .arg(&setup.tree)
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(
+        original.status.success(),
+        "{}",
+        String::from_utf8_lossy(&original.stdout)
+    );
+}

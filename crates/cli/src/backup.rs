@@ -162,6 +162,11 @@ pub struct BackupArgs {
     work_dir: Option<PathBuf>,
     #[command(flatten)]
     destination: DestinationArgs,
+    /// Encrypt the backup to this recipient (repeatable; see `baluchon export --help`):
+    /// stored bundles are then readable only with the recipients' keys, and still verified
+    /// by `backups verify` without them
+    #[arg(long, value_name = "RECIPIENT")]
+    encrypt_to: Vec<String>,
     /// Print the result as JSON on standard output
     #[arg(long)]
     json: bool,
@@ -191,12 +196,14 @@ impl Outcome {
     }
 }
 
-/// Exports the tenant and stores the bundle. `upload` is told the bundle's size before it
-/// is sent and then receives its progress.
+/// Exports the tenant (encrypted to `recipients`, if any) and stores the bundle. `upload`
+/// is told the bundle's size before it is sent and then receives its progress.
+#[allow(clippy::too_many_arguments)]
 fn back_up(
     tenant: &TenantArgs,
     to: &str,
     sign_key: &Path,
+    recipients: &[baluchon_bundle::Recipient],
     work_dir: Option<&Path>,
     destination: &DestinationArgs,
     export: &dyn Progress,
@@ -226,6 +233,7 @@ fn back_up(
             let mut options = CaptureOptions::new(output.clone());
             options.tenant = Some(name.clone());
             options.sequence = sequence;
+            options.keep_secrets = !recipients.is_empty();
             capture_instance(
                 &recipe,
                 &resolved,
@@ -244,6 +252,18 @@ fn back_up(
                 .with_context(|| format!("exporting {} failed", path.display()))?
         }
         _ => anyhow::bail!("say what to back up: --app and --instance, or --path and --tenant"),
+    };
+    let (report, output) = if recipients.is_empty() {
+        (report, output)
+    } else {
+        let sealed = work.path().join(format!("{name}.sealed.baluchon"));
+        let options = baluchon_bundle::SealOptions {
+            tenant: &name,
+            sequence,
+        };
+        let report = baluchon_bundle::seal(&output, recipients, options, &key, &sealed)
+            .context("encrypting the backup failed")?;
+        (report, sealed)
     };
     let export_time = started.elapsed();
     let started = Instant::now();
@@ -269,10 +289,12 @@ fn back_up(
 }
 
 pub fn backup(args: &BackupArgs, progress: &dyn Progress) -> anyhow::Result<()> {
+    let recipients = crate::sealed::recipients(&args.encrypt_to)?;
     let outcome = back_up(
         &args.tenant,
         &args.to,
         &args.sign_key,
+        &recipients,
         args.work_dir.as_deref(),
         &args.destination,
         progress,
@@ -1072,6 +1094,8 @@ fn run_entry(
         &tenant,
         to,
         sign_key,
+        // Fleet inventories do not name recipients yet: their backups are not encrypted.
+        &[],
         defaults.work_dir.as_deref(),
         destination,
         &progress,
