@@ -396,7 +396,7 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
     for b in &listing.backups {
         println!("{:<24} {}  {:>12}  {}", b.tenant, b.created, b.size, b.key);
     }
-    println!("{} backups", listing.backups.len());
+    println!("{} backup(s)", listing.backups.len());
     if !listing.incomplete.is_empty() {
         println!(
             "{} objects are not complete backups (unfinished uploads): `backups prune` removes those over a day old",
