@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 /// like ours is always a leftover that may be removed.
 const LOCK: &str = "/run/baluchon-e2e.lock";
 
+/// The pair's temporary directory: keys, known_hosts, the hosts' mount points and logs.
+const TEMP_PREFIX: &str = "baluchon-e2e-";
+
 /// Where a host sees `tests/apps` (e2e-host.sh mounts it there).
 const APPS_IN_HOST: &str = "/usr/local/lib/baluchon-e2e/apps";
 
@@ -218,6 +221,34 @@ impl Host {
         &self.host_key
     }
 
+    /// Caps what the controller sends to this host (a token bucket on the controller's end
+    /// of the link), or lifts the cap.
+    pub fn limit_link(&self, bits_per_second: Option<u64>) {
+        match bits_per_second {
+            Some(rate) => run_ok(
+                Command::new("tc")
+                    .args(["qdisc", "replace", "dev", &self.link])
+                    .args([
+                        "root",
+                        "tbf",
+                        "rate",
+                        &format!("{rate}bit"),
+                        "burst",
+                        "64kb",
+                        "latency",
+                        "400ms",
+                    ]),
+            ),
+            None => run_ok(Command::new("tc").args(["qdisc", "del", "dev", &self.link, "root"])),
+        };
+    }
+
+    /// Brings the controller's end of the link down, as a pulled cable would, or up again.
+    pub fn set_link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        run_ok(Command::new("ip").args(["link", "set", &self.link, state]));
+    }
+
     /// Gives the host a new SSH host key (sshd restarts; open sessions stay).
     pub fn rotate_host_key(&mut self) {
         self.sh(
@@ -277,14 +308,19 @@ impl Host {
                existing=(); for d in "${dirs[@]}"; do [ -e "$d" ] && existing+=("$d"); done
                find "${existing[@]}" -printf '%p %y %m %u:%g %l\n'
                find "${existing[@]}" -type f -exec sha256sum {} +
-               for db in $(mariadb -N -B -e "SELECT schema_name FROM information_schema.schemata
-                           WHERE schema_name NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')"); do
-                   echo "mariadb database $db $(mariadb-dump --skip-dump-date --single-transaction -- "$db" | sha256sum)"
+               # Assignments, not loops over $(…): a query that fails must fail the listing.
+               dbs=$(mariadb -N -B -e "SELECT schema_name FROM information_schema.schemata
+                   WHERE schema_name NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')")
+               for db in $dbs; do
+                   sum=$(mariadb-dump --skip-dump-date --single-transaction -- "$db" | sha256sum)
+                   echo "mariadb database $db $sum"
                done
                mariadb -N -B -e "SELECT CONCAT('mariadb user ', user, '@', host) FROM mysql.user"
-               for db in $(runuser -u postgres -- psql -At -c 'SELECT datname FROM pg_database WHERE datallowconn'); do
+               dbs=$(runuser -u postgres -- psql -At -c 'SELECT datname FROM pg_database WHERE datallowconn')
+               for db in $dbs; do
                    # \restrict lines carry a new random key in every dump.
-                   echo "postgresql database $db $(runuser -u postgres -- pg_dump -- "$db" | grep -v '^\\\(un\)\?restrict ' | sha256sum)"
+                   sum=$(runuser -u postgres -- pg_dump -- "$db" | { grep -v '^\\\(un\)\?restrict ' || true; } | sha256sum)
+                   echo "postgresql database $db $sum"
                done
                runuser -u postgres -- psql -At -c "SELECT 'postgresql role ' || rolname FROM pg_roles""#,
         );
@@ -340,8 +376,17 @@ impl Hosts {
             .expect("open the e2e lock");
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("e2e lock");
         let started = Instant::now();
+        // Left by a run that was killed (its hosts ended with it): no pair is alive now.
+        for entry in fs_err::read_dir(std::env::temp_dir())
+            .expect("the temporary directory")
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                let _ = fs_err::remove_dir_all(entry.path());
+            }
+        }
         let dir = tempfile::Builder::new()
-            .prefix("baluchon-e2e-")
+            .prefix(TEMP_PREFIX)
             .tempdir()
             .expect("temporary directory");
         let (a, b) = std::thread::scope(|s| {

@@ -380,9 +380,7 @@ impl ViaRelay {
             &known_hosts,
             &[format!("[{}]:{} {}", at.ip(), at.port(), b.host_key())],
         );
-        // baluchon is installed on B: only the bundle crosses the slow relay.
-        let installed = b.path("/usr/local/bin/baluchon");
-        fs_err::copy(baluchon_bin(), installed).expect("install baluchon on B");
+        install_baluchon(b);
         Self {
             to: To {
                 url: format!("ssh://root@{}:{}", at.ip(), at.port()),
@@ -391,6 +389,12 @@ impl ViaRelay {
             relay,
         }
     }
+}
+
+/// Installs this baluchon on `host`: only the bundle then crosses a slowed link.
+fn install_baluchon(host: &Host) {
+    let installed = host.path("/usr/local/bin/baluchon");
+    fs_err::copy(baluchon_bin(), installed).expect("install baluchon");
 }
 
 /// A WordPress site on A with a 16 MiB upload that does not compress.
@@ -499,6 +503,46 @@ fn a_connection_cut_mid_transfer_resumes_and_completes() {
 }
 
 #[test]
+fn the_link_to_b_down_mid_transfer_then_up_again_the_migration_completes() {
+    let world = World::new("link-down");
+    let b = world.b();
+    let (blog, upload) = big_blog(world.a(), "link.provider-a.test");
+    install_baluchon(b);
+    b.limit_link(Some(64_000_000));
+    let new = "link.provider-b.test";
+    let mut migrate = world.migrate(
+        "wordpress",
+        &blog.domain,
+        &world.to_b(),
+        &["--domain", new, "--ssh-timeout", "3"],
+    );
+
+    let started = Instant::now();
+    let out = with_fault_mid_upload(b, &mut migrate, || {
+        b.set_link(false);
+        std::thread::sleep(Duration::from_millis(3500));
+        b.set_link(true);
+        b.limit_link(None);
+    });
+    assert_ok(&out, "the migration across a link down for 3.5 s");
+    // Either the stall was noticed and the transfer resumed on a new connection, or TCP
+    // got the old one through: both must end with B fully migrated.
+    let resumed = text(&out.stderr).contains("the transfer was cut");
+    println!(
+        "e2e link-down: migration in {:.1} s ({})",
+        started.elapsed().as_secs_f64(),
+        if resumed {
+            "resumed on a new connection"
+        } else {
+            "the connection survived"
+        }
+    );
+    blog.assert_served(b, new, &upload);
+    assert_no_leftovers(&world);
+    world.done();
+}
+
+#[test]
 fn a_full_disk_on_b_during_staging_is_a_clear_error_and_b_is_unchanged() {
     let world = World::new("disk-full");
     let b = world.b();
@@ -561,7 +605,7 @@ fn an_import_killed_mid_apply_on_b_is_recovered_by_the_next_run() {
         );
         assert!(
             b.state() != before,
-            "it died mid-apply, with B half changed"
+            "it died mid-apply, with B half changed: {stderr}"
         );
     });
 }
