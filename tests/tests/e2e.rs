@@ -322,9 +322,19 @@ fn a_client_leaves_with_a_file_checked_by_stock_tools_and_imported_later() {
     fs_err::remove_dir_all(Path::new(tree).parent().expect("the recipe's directory"))
         .expect("remove the recipe's directory");
 
-    // The client has left A; later, B takes the file.
+    // The client has left A; later, B takes the file. A copy damaged on the way (after
+    // SSH, which would have caught it) is refused by B's own checks, and B stays as it was.
     a.script("wordpress-site.sh", &["remove", &blog.domain]);
     let new = "shop.provider-b.test";
+    let mut bytes = fs_err::read(&bundle).expect("read the bundle");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    let damaged = world.hosts.dir.path().join("damaged.baluchon");
+    fs_err::write(&damaged, bytes).expect("write the damaged copy");
+    let before = b.state();
+    let out = run(&mut world.import_to(&damaged, &world.to_b(), &["--domain", new]));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_unchanged(b, &before, "after the damaged copy");
     let out = world
         .import_to(&bundle, &world.to_b(), &["--domain", new])
         .output()
