@@ -486,6 +486,12 @@ fn an_app_migrates_from_one_host_to_another_through_this_machine() {
         "{}",
         text(&out.stdout)
     );
+    // The unencrypted bundle left the password, keys and salts out; the target made new ones.
+    assert!(
+        text(&out.stdout).contains("regenerated (the bundle left them out): auth_key"),
+        "{}",
+        text(&out.stdout)
+    );
     let (status, page) = http_get(&new, &format!("/?p={}", site.fact("post_id")));
     assert_eq!(status, 200);
     assert!(text(&page).contains(site.fact("canary")));
