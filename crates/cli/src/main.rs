@@ -11,6 +11,7 @@ mod demo;
 mod export;
 mod import;
 mod inspect;
+mod manual;
 mod progress;
 mod remote;
 mod sealed;
@@ -58,10 +59,12 @@ enum Command {
     Confirm(import::ConfirmArgs),
     Keygen(export::KeygenArgs),
     Demo(demo::DemoArgs),
+    Completions(manual::CompletionsArgs),
+    Man(manual::ManArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = manual::parse();
     let progress = progress::CliProgress::new(if cli.progress_events {
         progress::Mode::Events
     } else if cli.no_progress {
@@ -85,6 +88,8 @@ fn main() -> ExitCode {
         Command::Confirm(args) => import::confirm(&args),
         Command::Keygen(args) => export::keygen(&args),
         Command::Demo(args) => demo::run(&args, &progress),
+        Command::Completions(args) => manual::completions(&args),
+        Command::Man(args) => manual::man(&args),
     };
     progress.clear();
     match result {
