@@ -102,7 +102,8 @@ do_provision() {
     "$HERE/start.sh" >/dev/null
 
     ssh-keygen -q -t ed25519 -N '' -C "$(hostname)" -f /etc/ssh/ssh_host_ed25519_key
-    mkdir -p -m 700 /root/.ssh /run/sshd
+    install -d -m 700 /root/.ssh
+    install -d -m 755 /run/sshd
     write_sshd_config "$addr" ""
     start_sshd "$addr"
 

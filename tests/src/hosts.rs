@@ -193,7 +193,8 @@ impl Host {
         self.script("e2e-host.sh", args)
     }
 
-    /// A path of the host's file system as the controller can read it.
+    /// A path of the host's file system as the controller can read it. An absolute link met
+    /// on the way resolves on the controller's file system, not the host's.
     pub fn path(&self, absolute: &str) -> PathBuf {
         PathBuf::from(format!("/proc/{}/root{absolute}", self.init))
     }
