@@ -18,6 +18,7 @@ use clap::Args;
 /// Example:
 ///   baluchon detect --json
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct DetectArgs {
     /// Print JSON on standard output
     #[arg(long)]

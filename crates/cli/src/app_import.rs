@@ -191,6 +191,7 @@ fn print_plan(plan: &ImportPlan) {
 /// Example:
 ///   baluchon recover --tenant blog.example.org
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct RecoverArgs {
     /// The tenant whose import to recover
     #[arg(long)]

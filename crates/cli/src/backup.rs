@@ -147,6 +147,7 @@ fn state_dir() -> anyhow::Result<PathBuf> {
 ///   baluchon backup --app wordpress --instance blog.example.org --to s3://bundles/nightly --sign-key /etc/baluchon/sign_ed25519
 ///   baluchon backup --path /srv/www/shop --tenant shop --to /var/backups/baluchon --sign-key key
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct BackupArgs {
     #[command(flatten)]
     tenant: TenantArgs,
@@ -363,6 +364,7 @@ impl Target {
 /// Example:
 ///   baluchon backups list s3://bundles/nightly --tenant shop
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 struct ListArgs {
     #[command(flatten)]
     target: Target,
@@ -415,6 +417,7 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
 ///   baluchon backups get s3://bundles/nightly --tenant shop -o shop.baluchon
 ///   baluchon import shop.baluchon --signer allowed_signers --path /srv/www/shop --replace
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 struct GetArgs {
     #[command(flatten)]
     target: Target,
@@ -496,6 +499,7 @@ impl Checking {
 /// Example:
 ///   baluchon backups verify s3://bundles/nightly --signer allowed_signers --latest
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 struct VerifyArgs {
     #[command(flatten)]
     target: Target,
@@ -558,6 +562,7 @@ fn verify(args: &VerifyArgs, progress: &dyn Progress) -> anyhow::Result<()> {
 /// Example:
 ///   baluchon backups prune s3://bundles/nightly --keep-daily 7 --keep-weekly 4 --keep-monthly 6 --dry-run
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 struct PruneArgs {
     #[command(flatten)]
     target: Target,
@@ -638,6 +643,7 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
 /// Example:
 ///   baluchon backups check s3://bundles/nightly --signer allowed_signers --max-age 26h --json
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 struct CheckArgs {
     #[command(flatten)]
     target: Target,
@@ -781,6 +787,7 @@ enum ScheduleCommand {
 ///   baluchon schedule install --app wordpress --instance blog.example.org --to s3://bundles/nightly --sign-key /etc/baluchon/sign_ed25519 --dry-run
 ///   baluchon schedule install --path /srv/www/shop --tenant shop --to /var/backups/baluchon --sign-key key -- --work-dir /var/tmp
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 struct InstallArgs {
     #[command(flatten)]
     tenant: TenantArgs,
@@ -973,6 +980,7 @@ enum FleetCommand {
 /// Example:
 ///   baluchon fleet backup --inventory /etc/baluchon/fleet.toml --jobs 4
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 struct FleetBackupArgs {
     /// The inventory file
     #[arg(long, value_name = "FILE")]

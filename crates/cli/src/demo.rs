@@ -16,6 +16,7 @@ use clap::Args;
 /// Example:
 ///   baluchon demo
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct DemoArgs {
     /// Work in this directory instead of a new temporary one (it must not exist)
     #[arg(long)]

@@ -23,6 +23,7 @@ use clap::Args;
 ///   baluchon export --app wordpress --instance blog.example.org --plan
 ///   baluchon export --path /srv/www/shop --tenant shop --sign-key ~/.ssh/baluchon_ed25519 -o shop.baluchon
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct ExportArgs {
     /// App whose instance to export (a recipe name: wordpress, dokuwiki, custom, or one of
     /// the host's own in /etc/baluchon/recipes)
@@ -335,6 +336,7 @@ impl SequenceFile {
 /// Example:
 ///   baluchon keygen -o ~/.ssh/baluchon_ed25519 --principal exports@oldhost.example
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct KeygenArgs {
     /// Private key file to create
     #[arg(short, long)]
@@ -347,7 +349,10 @@ pub struct KeygenArgs {
 pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
     let key = SigningKey::generate(&args.principal)?;
     key.write_openssh_file(&args.output)?;
-    let public = args.output.with_extension("pub");
+    // FILE.pub as ssh-keygen names it: with_extension would turn key.ed25519 into key.pub.
+    let mut public = args.output.clone().into_os_string();
+    public.push(".pub");
+    let public = PathBuf::from(public);
     fs_err::write(&public, format!("{}\n", key.public_key_line()))?;
     println!("private key: {}", args.output.display());
     println!("public key:  {} ({})", public.display(), key.fingerprint());

@@ -28,6 +28,7 @@ use clap::Args;
 ///   baluchon import shop.baluchon --path /srv/www/shop --signer allowed_signers --dry-run
 ///   baluchon import shop.baluchon --path /srv/www/shop --signer allowed_signers --replace
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct ImportArgs {
     /// The bundle file
     bundle: PathBuf,
@@ -306,6 +307,7 @@ fn import_here(
 /// Example:
 ///   baluchon rollback --path /srv/www/shop
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct RollbackArgs {
     /// The destination given to `baluchon import --path`
     #[arg(long)]
@@ -325,6 +327,7 @@ pub fn rollback(args: &RollbackArgs) -> anyhow::Result<()> {
 /// Example:
 ///   baluchon confirm --path /srv/www/shop
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct ConfirmArgs {
     /// The destination given to `baluchon import --path`
     #[arg(long)]

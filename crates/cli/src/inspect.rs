@@ -13,6 +13,7 @@ use clap::Args;
 /// Example:
 ///   baluchon inspect shop.baluchon --json
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct InspectArgs {
     /// The bundle file
     bundle: PathBuf,

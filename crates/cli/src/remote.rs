@@ -252,6 +252,7 @@ fn private_temp_dir(conn: &Connection) -> anyhow::Result<String> {
 ///   baluchon migrate … --plan            (everything but the import's changes)
 ///   baluchon migrate … --keep blog.baluchon
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct MigrateArgs {
     /// The host the app leaves: ssh://user@host[:port]
     #[arg(long, value_name = "URL")]

@@ -19,6 +19,7 @@ use clap::Args;
 ///   baluchon verify shop.baluchon --signer allowed_signers
 ///   baluchon verify shop.baluchon --signer allowed_signers --decrypt-with ~/.ssh/id_ed25519
 #[derive(Debug, Args)]
+#[command(verbatim_doc_comment)]
 pub struct VerifyArgs {
     /// The bundle file
     bundle: PathBuf,
