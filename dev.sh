@@ -37,8 +37,10 @@ case "${1:-}" in
     demo)
         install_packages
         need_cargo
-        cargo build --release --locked -p baluchon-cli
-        ./target/release/baluchon demo
+        # The test build's profile: `./dev.sh test` then reuses every compiled dependency
+        # (dependencies are optimised in it too; see the root Cargo.toml).
+        cargo build --locked -p baluchon-cli
+        ./target/debug/baluchon demo
         ;;
     test)
         install_packages
