@@ -301,6 +301,39 @@ fn a_transfer_streamed_from_another_host_resumes_after_a_cut() {
 }
 
 #[test]
+fn an_upload_to_a_full_disk_says_so() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let local = dir.path().join("big.bin");
+    fs_err::write(&local, vec![42u8; 3 << 20]).unwrap();
+    // A 1 MiB tmpfs receives 3 MiB: `tee` cannot write, yet the pipeline it is in succeeds.
+    let full = dir.path().join("full");
+    fs_err::create_dir(&full).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&full)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let conn = Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap();
+    let result = conn.upload(
+        &mut LocalFile::new(&local),
+        &full.join("big.bin").display().to_string(),
+        &mut |_| {},
+    );
+    let unmounted = Command::new("umount").arg(&full).status().unwrap();
+    assert!(unmounted.success());
+    match result {
+        Err(TransportError::Short { stored, size, .. }) => {
+            assert!(stored < size, "{stored} of {size}");
+        }
+        other => panic!("expected a short upload, got {other:?}"),
+    }
+}
+
+#[test]
 fn an_app_bundle_is_imported_on_the_other_side_of_an_ssh_connection() {
     services();
     let sshd = Sshd::start();

@@ -181,8 +181,9 @@ pub fn seal(
             .unwrap_or_else(|_| Err(io::Error::other("the encryption thread panicked")));
         (written, encrypted)
     });
-    encrypted.map_err(|e| SealError::Encrypt(e.to_string()))?;
+    // The writer's own failure (a full disk) explains a broken pipe in the encryption.
     let (writer, _) = written?;
+    encrypted.map_err(|e| SealError::Encrypt(e.to_string()))?;
     writer.finish()
 }
 

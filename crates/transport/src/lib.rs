@@ -171,6 +171,13 @@ pub enum TransportError {
         code: Option<i32>,
         stderr: String,
     },
+    #[error("only {stored} of {size} bytes reached the disk of {target} in {path}: is it full?")]
+    Short {
+        target: String,
+        path: String,
+        stored: u64,
+        size: u64,
+    },
     #[error("the upload to {target}:{path} arrived with sha256 {remote}, not {local}")]
     Corrupted {
         target: String,

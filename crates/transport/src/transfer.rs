@@ -247,10 +247,12 @@ impl Connection {
         }
         sent(resumed_from);
         // A fresh copy is hashed there as it arrives; a resumed one is hashed whole after.
+        // Then the size that reached the disk: a pipeline's status is its last command's,
+        // so a `tee` that could not write (a full disk) shows only there.
         let command = if resumed_from > 0 {
-            format!("umask 077 && cat >> {qpart} && {SHA256} < {qpart}")
+            format!("umask 077 && cat >> {qpart} && {SHA256} < {qpart} && wc -c < {qpart}")
         } else {
-            format!("umask 077 && tee {qpart} | {SHA256}")
+            format!("umask 077 && tee {qpart} | {SHA256} && wc -c < {qpart}")
         };
         let mut theirs = Vec::new();
         std::thread::scope(|scope| -> Result<(), TransportError> {
@@ -284,7 +286,17 @@ impl Connection {
             self.run(&command, Some(&mut input), &mut theirs)
         })?;
         let ours = source.sha256()?;
-        let theirs = first_word(&String::from_utf8_lossy(&theirs))?;
+        let reply = String::from_utf8_lossy(&theirs);
+        let stored: Option<u64> = reply.lines().last().and_then(|l| l.trim().parse().ok());
+        if stored != Some(size) {
+            return Err(TransportError::Short {
+                target: self.target().to_string(),
+                path: part,
+                stored: stored.unwrap_or(0),
+                size,
+            });
+        }
+        let theirs = first_word(&reply)?;
         if theirs != ours {
             // A wrong .part must not be resumed from.
             let _ = self.output(&format!("rm -f {qpart}"));
