@@ -27,14 +27,19 @@ struct To {
 struct World {
     hosts: Hosts,
     keys: Keys,
+    bin: PathBuf,
     name: &'static str,
 }
 
 impl World {
     fn new(name: &'static str) -> Self {
         // Built before the hosts, which would otherwise idle through a build.
-        baluchon_bin();
+        let built = baluchon_bin();
         let hosts = Hosts::start();
+        // A copy of our own: a rebuild meanwhile would replace the file under a running
+        // baluchon, which uploads itself to the hosts.
+        let bin = hosts.dir.path().join("baluchon");
+        fs_err::copy(built, &bin).expect("copy baluchon");
         let keys = Keys::new(hosts.dir.path());
         let on_a = hosts.a.path(SIGN_KEY_ON_A);
         fs_err::copy(&keys.private, &on_a).expect("copy the signing key to A");
@@ -42,7 +47,12 @@ impl World {
             "e2e {name}: hosts up in {:.1} s",
             hosts.started().elapsed().as_secs_f64()
         );
-        Self { hosts, keys, name }
+        Self {
+            hosts,
+            keys,
+            bin,
+            name,
+        }
     }
 
     fn a(&self) -> &Host {
@@ -55,7 +65,7 @@ impl World {
 
     /// `baluchon args…` on the controller, with its state in the pair's directory.
     fn baluchon(&self) -> Command {
-        let mut command = Command::new(baluchon_bin());
+        let mut command = Command::new(&self.bin);
         command
             .env("BALUCHON_STATE_DIR", self.hosts.dir.path())
             .env_remove("BALUCHON_SIGN_KEY")
@@ -390,7 +400,7 @@ impl ViaRelay {
             &known_hosts,
             &[format!("[{}]:{} {}", at.ip(), at.port(), b.host_key())],
         );
-        install_baluchon(b);
+        install_baluchon(world, b);
         Self {
             to: To {
                 url: format!("ssh://root@{}:{}", at.ip(), at.port()),
@@ -402,9 +412,9 @@ impl ViaRelay {
 }
 
 /// Installs this baluchon on `host`: only the bundle then crosses a slowed link.
-fn install_baluchon(host: &Host) {
+fn install_baluchon(world: &World, host: &Host) {
     let installed = host.path("/usr/local/bin/baluchon");
-    fs_err::copy(baluchon_bin(), installed).expect("install baluchon");
+    fs_err::copy(&world.bin, installed).expect("install baluchon");
 }
 
 /// A WordPress site on A with a 16 MiB upload that does not compress.
@@ -517,7 +527,7 @@ fn the_link_to_b_down_mid_transfer_then_up_again_the_migration_completes() {
     let world = World::new("link-down");
     let b = world.b();
     let (blog, upload) = big_blog(world.a(), "link.provider-a.test");
-    install_baluchon(b);
+    install_baluchon(&world, b);
     b.limit_link(Some(64_000_000));
     let new = "link.provider-b.test";
     let mut migrate = world.migrate(
