@@ -503,19 +503,37 @@ fn dokuwiki_moves_to_a_new_domain_replacing_the_default_config() {
     drop(site); // vhost gone, page and media deleted, accounts and local.php reset
 
     // The host's own DokuWiki config now differs from the tenant's: refused by default,
-    // replaced on request (the host's files are kept in the import's backup directory).
+    // replaced on request. The work directory is on a filesystem of its own (as a separate
+    // /var often is): the host's files cannot be renamed into its backup directory, and
+    // are kept beside themselves instead.
     let refused = moved.import(&["--domain", &new], &[]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+    fs_err::create_dir_all(&moved.work).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
+        .arg(&moved.work)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root");
     let out = moved.import(
         &["--domain", &new, "--on-conflict", "replace", "--json"],
         &[],
     );
+    let unmounted = Command::new("umount").arg(&moved.work).status().unwrap();
+    assert!(unmounted.success());
     assert!(out.status.success(), "import: {}", text(&out.stderr));
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let backup = PathBuf::from(report["backup_dir"].as_str().expect("a backup directory"));
+    let kept_beside = |dir: &str, name: &str| {
+        fs_err::read_dir(dir).unwrap().any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}.baluchon-old-"))
+        })
+    };
     assert!(
-        backup.join("etc/dokuwiki/local.php").exists()
-            || backup.join("var/lib/dokuwiki/acl/users.auth.php").exists()
+        kept_beside("/etc/dokuwiki", "local.php")
+            || kept_beside("/var/lib/dokuwiki/acl", "users.auth.php"),
+        "the host's files are kept beside themselves"
     );
 
     let (status, page) = http_get(&new, &format!("/doku.php?id={page_id}"));
@@ -545,6 +563,19 @@ fn dokuwiki_moves_to_a_new_domain_replacing_the_default_config() {
     );
 
     script("dokuwiki-site.sh", &["remove", &new]);
+    // The host's files this import kept aside: the removal above reset the originals.
+    for dir in ["/etc/dokuwiki", "/var/lib/dokuwiki/acl"] {
+        for entry in fs_err::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .contains(".baluchon-old-")
+            {
+                fs_err::remove_file(entry.path()).unwrap();
+            }
+        }
+    }
 }
 
 #[test]

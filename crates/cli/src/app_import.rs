@@ -64,12 +64,13 @@ pub fn run(
         Ok(())
     };
     let report = prepared.apply(&hook).map_err(|e| {
-        let rolled_back = !matches!(e, ImportError::RollbackFailed { .. });
-        anyhow::Error::new(e).context(if rolled_back {
-            format!("{}; the host was rolled back", failed())
-        } else {
-            format!("{}, and the host could not be fully rolled back", failed())
-        })
+        let outcome = match e {
+            // Refused before its first change: there was nothing to roll back.
+            ImportError::Blocked(_) => "nothing was changed",
+            ImportError::RollbackFailed { .. } => "and the host could not be fully rolled back",
+            _ => "the host was rolled back",
+        };
+        anyhow::Error::new(e).context(format!("{}; {outcome}", failed()))
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -321,16 +321,17 @@ pub fn migrate(args: &MigrateArgs, progress: &CliProgress) -> anyhow::Result<()>
         progress,
     );
     // Temporary files go on every path: a later run exports afresh, so a partial upload
-    // could not be resumed by it anyway.
-    let mut cleaned = source
-        .output(&format!("rm -rf {}", shell_quote(&export_dir)))
-        .map(drop);
+    // could not be resumed by it anyway. A connection that died is opened once more for it.
+    let remove = |conn: &Connection, url: &str, dir: &str| {
+        let command = format!("rm -rf {}", shell_quote(dir));
+        conn.output(&command).map(drop).or_else(|_| {
+            let again = args.ssh.connect(url)?;
+            Ok::<_, anyhow::Error>(again.output(&command).map(drop)?)
+        })
+    };
+    let mut cleaned = remove(&source, &args.from, &export_dir);
     if let Some(dir) = upload {
-        cleaned = cleaned.and(
-            target
-                .output(&format!("rm -rf {}", shell_quote(&dir)))
-                .map(drop),
-        );
+        cleaned = cleaned.and(remove(&target, &args.to, &dir));
     }
     result.with_context(|| {
         format!(
@@ -404,15 +405,32 @@ fn migrate_through(
         match sent {
             Ok(_) => break,
             Err(err) if attempt < args.retries && resumable(&err) => {
-                attempt += 1;
-                eprintln!(
-                    "the transfer was cut ({err}); reconnecting to resume, attempt {attempt} of {}",
-                    args.retries
-                );
-                std::thread::sleep(Duration::from_secs(2 * u64::from(attempt)));
-                // Either side may be the one that dropped.
-                *source = args.ssh.connect(&args.from)?;
-                *target = args.ssh.connect(&args.to)?;
+                eprintln!("the transfer was cut ({err}); reconnecting to resume");
+                // Either side may be the one that dropped. A reconnection that fails for
+                // the same kind of reason (the link still down) uses up an attempt too.
+                loop {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_secs(2 * u64::from(attempt)));
+                    eprintln!("attempt {attempt} of {}", args.retries);
+                    match args
+                        .ssh
+                        .connect(&args.from)
+                        .and_then(|s| Ok((s, args.ssh.connect(&args.to)?)))
+                    {
+                        Ok((s, t)) => {
+                            *source = s;
+                            *target = t;
+                            break;
+                        }
+                        Err(e)
+                            if attempt < args.retries
+                                && e.downcast_ref::<TransportError>().is_some_and(resumable) =>
+                        {
+                            eprintln!("reconnecting failed: {e:#}");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
             }
             Err(err) => return Err(err.into()),
         }

@@ -209,6 +209,11 @@ pub fn place(
                 continue;
             }
             Existing::Differs => {
+                let beside = || {
+                    let mut name = target.file_name().unwrap_or_default().to_owned();
+                    name.push(format!(".baluchon-old-{}", displace.suffix));
+                    target.with_file_name(name)
+                };
                 let kept = match displace.policy {
                     OnConflict::Refuse => {
                         return Err(ImportError::Blocked(vec![format!(
@@ -216,14 +221,19 @@ pub fn place(
                             target.display()
                         )]))
                     }
-                    OnConflict::Replace => displace
-                        .backup_dir
-                        .join(target.strip_prefix("/").unwrap_or(&target)),
-                    OnConflict::Rename => {
-                        let mut name = target.file_name().unwrap_or_default().to_owned();
-                        name.push(format!(".baluchon-old-{}", displace.suffix));
-                        target.with_file_name(name)
+                    OnConflict::Replace => {
+                        let inside = displace
+                            .backup_dir
+                            .join(target.strip_prefix("/").unwrap_or(&target));
+                        // A rename cannot cross filesystems (a separate /var is common):
+                        // then the old file is kept beside itself, as with `rename`.
+                        if same_filesystem(&target, &inside) {
+                            inside
+                        } else {
+                            beside()
+                        }
                     }
+                    OnConflict::Rename => beside(),
                 };
                 // Something already at the keeping place (an earlier import's backup) would
                 // be overwritten, and undoing would then move the wrong thing back.
@@ -331,6 +341,18 @@ fn harden_system_config(
         )?;
     }
     Ok(())
+}
+
+/// Whether `path` and the place `to` (which may not exist yet: its nearest existing
+/// ancestor then) are on one filesystem, so that a rename between them can work.
+fn same_filesystem(path: &Path, to: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(from) = fs_err::symlink_metadata(path) else {
+        return false;
+    };
+    to.ancestors()
+        .find_map(|dir| std::fs::metadata(dir).ok())
+        .is_some_and(|there| there.dev() == from.dev())
 }
 
 fn meta_is_dir(path: &Path) -> Result<bool, ImportError> {
