@@ -495,8 +495,12 @@ fn an_app_migrates_from_one_host_to_another_through_this_machine() {
         command.output().unwrap()
     };
 
-    let out = migrate(&[&"--plan", &"--domain", &new]);
+    let out = migrate(&[&"--plan", &"--json", &"--domain", &new]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Standard output is the target's plan alone, as JSON.
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+    assert_eq!(plan["domain"]["to"], new.as_str(), "{plan}");
     let (status, _) = http_get(&new, "/");
     assert_ne!(status, 200, "a plan changes nothing");
 

@@ -89,16 +89,15 @@ fn remote_command(bin: &str, args: &[String]) -> String {
     command
 }
 
-/// Runs a remote baluchon, its stdout copied to ours and its progress rendered here.
+/// Runs a remote baluchon, its stdout copied to `out` and its progress rendered here.
 fn run_remote(
     conn: &Connection,
     command: &str,
     progress: &CliProgress,
+    out: &mut dyn std::io::Write,
 ) -> Result<(), TransportError> {
     let host = conn.target().host.clone();
-    conn.run_reporting(command, None, &mut std::io::stdout(), &mut |line| {
-        progress.relay(line, &host)
-    })
+    conn.run_reporting(command, None, out, &mut |line| progress.relay(line, &host))
 }
 
 /// A private directory there for uploads of the bundle with this digest: an interrupted
@@ -180,7 +179,12 @@ fn import_there(
         remote_signer,
     ];
     args.extend(options.args.iter().cloned());
-    run_remote(conn, &remote_command(bin, &args), progress)?;
+    run_remote(
+        conn,
+        &remote_command(bin, &args),
+        progress,
+        &mut std::io::stdout(),
+    )?;
     Ok(())
 }
 
@@ -217,7 +221,12 @@ pub fn export(
             ]);
         }
         // The remote export's sequence counter lives with the exporter's state, there.
-        run_remote(&conn, &remote_command(&bin, &args), progress)?;
+        run_remote(
+            &conn,
+            &remote_command(&bin, &args),
+            progress,
+            &mut std::io::stdout(),
+        )?;
         if let Some(output) = output {
             let sha256 = conn.download(&remote_bundle, output)?;
             eprintln!("fetched {} (sha256 {sha256})", output.display());
@@ -292,6 +301,10 @@ pub struct MigrateArgs {
     /// A key file on the target host that opens the encrypted bundle (repeatable)
     #[arg(long, value_name = "KEY")]
     decrypt_with: Vec<PathBuf>,
+    /// Print the target's import report as JSON on standard output (progress and notes
+    /// stay on standard error)
+    #[arg(long)]
+    json: bool,
     /// How many times a cut transfer is resumed before giving up
     #[arg(long, default_value_t = 3)]
     retries: u32,
@@ -371,8 +384,14 @@ fn migrate_through(
     for recipient in crate::sealed::recipients(&args.encrypt_to)? {
         export.extend(["--encrypt-to".to_owned(), format!("{recipient:?}")]);
     }
-    run_remote(source, &remote_command(&from_bin, &export), progress)
-        .context("the export on the source host failed")?;
+    // Standard output is the import's report (JSON with --json): the export's goes to stderr.
+    run_remote(
+        source,
+        &remote_command(&from_bin, &export),
+        progress,
+        &mut std::io::stderr(),
+    )
+    .context("the export on the source host failed")?;
     if let Some(keep) = &args.keep {
         progress.start("fetching a copy", None);
         let sha256 = source.download(&bundle, keep)?;
@@ -445,6 +464,9 @@ fn migrate_through(
         .extend(["--on-conflict".to_owned(), args.on_conflict.clone()]);
     if args.plan {
         import.args.push("--plan".to_owned());
+    }
+    if args.json {
+        import.args.push("--json".to_owned());
     }
     for key in &args.decrypt_with {
         import.args.extend([
