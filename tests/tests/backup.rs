@@ -671,6 +671,28 @@ tenant = "gone"
     );
     let (keys, _) = setup.listed(&[], &to.display().to_string(), &[]);
     assert_eq!(keys.len(), 2, "{keys:?}");
+
+    // The same summary for a script: one object per tenant, and still exit 1.
+    let out = setup.run(
+        &[],
+        &strings(&[
+            "fleet",
+            "backup",
+            "--inventory",
+            &inventory.display().to_string(),
+            "--json",
+        ]),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ok: Vec<bool> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["ok"].as_bool().unwrap())
+        .collect();
+    assert_eq!(ok.iter().filter(|o| **o).count(), 2, "{rows}");
+    assert!(rows.to_string().contains("\"tenant\":\"gone\""), "{rows}");
 }
 
 #[test]

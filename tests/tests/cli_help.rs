@@ -402,3 +402,121 @@ fn runnable_block(doc: &str, name: &str) -> String {
         .expect("a ```sh block right after the marker");
     body[..body.find("```").expect("closing fence")].to_owned()
 }
+
+/// Runs `baluchon ARGS` in `dir`, expects success, and parses standard output as JSON.
+fn json_of(dir: &Path, args: &[&str]) -> serde_json::Value {
+    let out = run(baluchon(dir).args(args));
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", text(&out.stdout)))
+}
+
+#[test]
+fn reporting_commands_speak_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = json_of(
+        d,
+        &[
+            "keygen",
+            "-o",
+            "key",
+            "--principal",
+            "ops@host.example",
+            "--json",
+        ],
+    );
+    assert!(key["allowed_signers"]
+        .as_str()
+        .unwrap()
+        .starts_with("ops@host.example namespaces="));
+    fs_err::write(
+        d.join("signers"),
+        format!("{}\n", key["allowed_signers"].as_str().unwrap()),
+    )
+    .unwrap();
+
+    let recovered = json_of(
+        d,
+        &[
+            "recover",
+            "--tenant",
+            "shop",
+            "--work-dir",
+            "work",
+            "--json",
+        ],
+    );
+    assert_eq!(recovered["interrupted_import"], false);
+
+    let units = json_of(
+        d,
+        &[
+            "schedule",
+            "install",
+            "--path",
+            "/srv/shop",
+            "--tenant",
+            "shop",
+            "--to",
+            "/backups",
+            "--sign-key",
+            "key",
+            "--unit-dir",
+            "units",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert!(units["timer"]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Persistent=true"));
+    assert_eq!(units["written"], false);
+    assert!(!d.join("units").exists());
+
+    // A tree imported over another, then rolled back and imported again and confirmed.
+    fs_err::create_dir_all(d.join("tree")).unwrap();
+    fs_err::write(d.join("tree/index.html"), "new").unwrap();
+    fs_err::create_dir_all(d.join("site")).unwrap();
+    fs_err::write(d.join("site/index.html"), "old").unwrap();
+    json_of(
+        d,
+        &[
+            "export",
+            "--path",
+            "tree",
+            "--tenant",
+            "shop",
+            "--sign-key",
+            "key",
+            "-o",
+            "b.baluchon",
+            "--json",
+        ],
+    );
+    let import = [
+        "import",
+        "b.baluchon",
+        "--signer",
+        "signers",
+        "--path",
+        "site",
+        "--replace",
+        "--json",
+    ];
+    json_of(d, &import);
+    let rolled_back = json_of(d, &["rollback", "--path", "site", "--json"]);
+    assert_eq!(rolled_back["action"], "restored");
+    assert_eq!(
+        fs_err::read_to_string(d.join("site/index.html")).unwrap(),
+        "old"
+    );
+    json_of(d, &import);
+    let confirmed = json_of(d, &["confirm", "--path", "site", "--json"]);
+    assert_eq!(confirmed["action"], "confirmed");
+    assert_eq!(
+        fs_err::read_to_string(d.join("site/index.html")).unwrap(),
+        "new"
+    );
+}

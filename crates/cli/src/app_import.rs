@@ -200,12 +200,24 @@ pub struct RecoverArgs {
     /// Where imports keep their state
     #[arg(long, default_value = baluchon_migrate::DEFAULT_WORK_DIR)]
     work_dir: PathBuf,
+    /// Print the result as JSON on standard output
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn recover_command(args: &RecoverArgs) -> anyhow::Result<()> {
-    match recover(&args.work_dir, &args.tenant)
-        .with_context(|| format!("recovering the import of {} failed", args.tenant))?
-    {
+    let outcome = recover(&args.work_dir, &args.tenant)
+        .with_context(|| format!("recovering the import of {} failed", args.tenant))?;
+    if args.json {
+        let value = serde_json::json!({
+            "tenant": args.tenant,
+            "interrupted_import": outcome.is_some(),
+            "outcome": outcome,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    match outcome {
         Some(message) => println!("{message}"),
         None => println!("no interrupted import of {}: nothing to do", args.tenant),
     }

@@ -812,6 +812,9 @@ struct InstallArgs {
     /// Print the units (or the cron line) and write nothing
     #[arg(long)]
     dry_run: bool,
+    /// Print what was written (or would be, with --dry-run) as JSON on standard output
+    #[arg(long)]
+    json: bool,
     /// Passed on to `baluchon backup`
     #[arg(last = true)]
     backup_args: Vec<String>,
@@ -884,6 +887,11 @@ fn install(args: &InstallArgs) -> anyhow::Result<()> {
             line.join(" ")
         ))
     };
+    if args.cron && args.json {
+        let value = serde_json::json!({ "cron": cron()? });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
     if args.cron {
         println!("# for /etc/cron.d/baluchon-backup-{tenant}");
         println!("{}", cron()?);
@@ -923,6 +931,24 @@ fn install(args: &InstallArgs) -> anyhow::Result<()> {
          WantedBy=timers.target\n",
         args.on_calendar, args.randomized_delay
     );
+    let service_path = args.unit_dir.join(format!("{unit}.service"));
+    let timer_path = args.unit_dir.join(format!("{unit}.timer"));
+    if args.json {
+        if !args.dry_run {
+            fs_err::create_dir_all(&args.unit_dir)?;
+            fs_err::write(&service_path, &service)?;
+            fs_err::write(&timer_path, &timer)?;
+        }
+        let value = serde_json::json!({
+            "written": !args.dry_run,
+            "service": { "path": service_path, "content": service },
+            "timer": { "path": timer_path, "content": timer },
+            "systemd_running": systemd,
+            "cron": if systemd { None } else { Some(cron()?) },
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
     if args.dry_run {
         println!(
             "# {}",
@@ -990,6 +1016,9 @@ struct FleetBackupArgs {
     jobs: usize,
     #[command(flatten)]
     destination: DestinationArgs,
+    /// Print the summary as JSON on standard output
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -1177,19 +1206,34 @@ fn fleet_backup(args: &FleetBackupArgs, bars: bool) -> anyhow::Result<()> {
     let _ = multi.clear();
     let mut rows = rows.into_inner().unwrap_or_default();
     rows.sort_by_key(|(i, _)| *i);
+    let failed = rows.iter().filter(|(_, row)| row.result.is_err()).count();
+    if args.json {
+        let value: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(_, row)| {
+                serde_json::json!({
+                    "tenant": row.tenant,
+                    "ok": row.result.is_ok(),
+                    "key": row.result.as_ref().ok(),
+                    "error": row.result.as_ref().err(),
+                    "size": row.size,
+                    "seconds": row.seconds,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        anyhow::ensure!(failed == 0, "{failed} of {} tenants failed", rows.len());
+        return Ok(());
+    }
     let width = names.iter().map(String::len).max().unwrap_or(6).max(6);
     println!(
         "{:<width$}  {:<6}  {:>12}  {:>8}  key or error",
         "tenant", "result", "bytes", "seconds"
     );
-    let mut failed = 0;
     for (_, row) in &rows {
         let (status, detail) = match &row.result {
             Ok(key) => ("ok", key.clone()),
-            Err(e) => {
-                failed += 1;
-                ("FAILED", e.clone())
-            }
+            Err(e) => ("FAILED", e.clone()),
         };
         println!(
             "{:<width$}  {status:<6}  {:>12}  {:>8.1}  {detail}",

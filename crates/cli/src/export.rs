@@ -344,6 +344,9 @@ pub struct KeygenArgs {
     /// Who signs: the name verifiers will see in allowed_signers
     #[arg(long, default_value = "bundles@localhost")]
     principal: String,
+    /// Print the result as JSON on standard output
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
@@ -354,14 +357,25 @@ pub fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {
     public.push(".pub");
     let public = PathBuf::from(public);
     fs_err::write(&public, format!("{}\n", key.public_key_line()))?;
-    println!("private key: {}", args.output.display());
-    println!("public key:  {} ({})", public.display(), key.fingerprint());
-    println!("allowed_signers line for verifiers:");
-    println!(
+    let allowed_signers = format!(
         "{} namespaces=\"{}\" {}",
         args.principal,
         baluchon_bundle::SIGNATURE_NAMESPACE,
         key.public_key_line()
     );
+    if args.json {
+        let value = serde_json::json!({
+            "private_key": args.output,
+            "public_key": public,
+            "fingerprint": key.fingerprint(),
+            "allowed_signers": allowed_signers,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("private key: {}", args.output.display());
+    println!("public key:  {} ({})", public.display(), key.fingerprint());
+    println!("allowed_signers line for verifiers:");
+    println!("{allowed_signers}");
     Ok(())
 }

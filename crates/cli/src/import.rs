@@ -312,14 +312,32 @@ pub struct RollbackArgs {
     /// The destination given to `baluchon import --path`
     #[arg(long)]
     path: PathBuf,
+    /// Print the result as JSON on standard output
+    #[arg(long)]
+    json: bool,
+}
+
+/// Says what happened to `path`, as a line or as JSON.
+fn done(json: bool, action: &str, path: &std::path::Path, line: &str) -> anyhow::Result<()> {
+    if json {
+        let value = serde_json::json!({ "action": action, "path": path });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 pub fn rollback(args: &RollbackArgs) -> anyhow::Result<()> {
     Destination::lock(&args.path)
         .and_then(Destination::roll_back)
         .with_context(|| format!("rolling back {} failed", args.path.display()))?;
-    println!("restored the former content of {}", args.path.display());
-    Ok(())
+    done(
+        args.json,
+        "restored",
+        &args.path,
+        &format!("restored the former content of {}", args.path.display()),
+    )
 }
 
 /// Delete the content an import replaced, keeping the imported tree
@@ -332,6 +350,9 @@ pub struct ConfirmArgs {
     /// The destination given to `baluchon import --path`
     #[arg(long)]
     path: PathBuf,
+    /// Print the result as JSON on standard output
+    #[arg(long)]
+    json: bool,
 }
 
 pub fn confirm(args: &ConfirmArgs) -> anyhow::Result<()> {
@@ -345,6 +366,10 @@ pub fn confirm(args: &ConfirmArgs) -> anyhow::Result<()> {
     }
     dest.confirm()
         .with_context(|| format!("confirming {} failed", args.path.display()))?;
-    println!("deleted the former content of {}", args.path.display());
-    Ok(())
+    done(
+        args.json,
+        "confirmed",
+        &args.path,
+        &format!("deleted the former content of {}", args.path.display()),
+    )
 }
