@@ -8,6 +8,8 @@
 #   openssh_checked  the same plus what baluchon also does: sha256sum here and of the copy there
 #   baluchon         crates/transport/examples/upload.rs: Connection::upload (stream into
 #                    FILE.part, sha256 of both sides, rename), as `import --to` and `migrate` use
+# Then, to show what bounds libssh2 itself, crates/transport/examples/ssh_factors.rs sends the
+# bundle raw (no hashing) per cipher and write size.
 # The ratio is openssh_cat time / baluchon time: above 1, baluchon is faster. A measurement,
 # not a test: it exits 0 whatever the ratio. See docs/benchmarks.md.
 set -Eeuo pipefail
@@ -22,7 +24,7 @@ cleanup() { [[ -n $sshd_pid ]] && kill "$sshd_pid" 2>/dev/null; rm -rf "$work"; 
 trap cleanup EXIT
 
 cargo build --release --locked -q -p baluchon-cli --manifest-path "$REPO/Cargo.toml"
-cargo build --release --locked -q -p baluchon-transport --example upload --manifest-path "$REPO/Cargo.toml"
+cargo build --release --locked -q -p baluchon-transport --example upload --example ssh_factors --manifest-path "$REPO/Cargo.toml"
 baluchon=$REPO/target/release/baluchon
 upload=$REPO/target/release/examples/upload
 
@@ -85,3 +87,8 @@ done
 ratio=$(echo "$(median "${times[openssh_cat]}") / $(median "${times[baluchon]}")" | bc -l)
 ratio_checked=$(echo "$(median "${times[openssh_checked]}") / $(median "${times[baluchon]}")" | bc -l)
 printf 'throughput ratio baluchon/openssh_cat: %.2fx (target >= 0.9x); vs openssh_checked: %.2fx\n' "$ratio" "$ratio_checked"
+
+# What bounds libssh2 itself: the raw send, no hashing, per cipher and write size (one run each).
+echo
+echo "libssh2 alone, to cat > /dev/null (OpenSSH cat above: $(median "${times[openssh_cat]}") s):"
+"$REPO/target/release/examples/ssh_factors" "$work/bundle.baluchon" "ssh://root@127.0.0.1:$port" "$work/known_hosts" "$work/client_key"
