@@ -119,3 +119,23 @@ impl SmallBundle {
         Self { dir, keys, bundle }
     }
 }
+
+/// The shell block that follows `<!-- runnable: NAME -->` in the docs/ file `doc`: what
+/// the docs promise to work is run as written.
+pub fn runnable_block(doc: &str, name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs")
+        .join(doc);
+    let text = fs_err::read_to_string(&path).expect("read the doc");
+    let marker = format!("<!-- runnable: {name} -->");
+    let after = text
+        .split_once(&marker)
+        .unwrap_or_else(|| panic!("{} has no {marker}", path.display()))
+        .1;
+    let start = after
+        .find("```")
+        .expect("a fenced block follows the marker");
+    let body = &after[start..];
+    let body = &body[body.find('\n').expect("a fence line") + 1..];
+    body[..body.find("```").expect("closing fence")].to_owned()
+}

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use baluchon_tests::fixture::baluchon_bin;
+use baluchon_tests::fixture::{baluchon_bin, runnable_block};
 
 /// The binary with a fixed help width and no colour, whatever the terminal or CI sets, and
 /// its state (export sequence numbers) kept in `dir`.
@@ -384,23 +384,6 @@ fn main_error_messages() {
         "--no-progress",
     ]));
     assert_redacted_snapshot("error_missing_bundle", dir, &failure(&missing));
-}
-
-/// The shell block that follows `<!-- runnable: NAME -->` in a docs/ file.
-fn runnable_block(doc: &str, name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../docs")
-        .join(doc);
-    let text = fs_err::read_to_string(&path).unwrap();
-    let marker = format!("<!-- runnable: {name} -->");
-    let after = text
-        .split_once(&marker)
-        .unwrap_or_else(|| panic!("{} has no {marker}", path.display()))
-        .1;
-    let body = after
-        .strip_prefix("\n```sh\n")
-        .expect("a ```sh block right after the marker");
-    body[..body.find("```").expect("closing fence")].to_owned()
 }
 
 /// Runs `baluchon ARGS` in `dir`, expects success, and parses standard output as JSON.

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use baluchon_tests::apps::text;
-use baluchon_tests::fixture::{baluchon_bin, Keys};
+use baluchon_tests::fixture::{baluchon_bin, runnable_block, Keys};
 use baluchon_tests::hosts::{Host, Hosts, Relay};
 
 /// Where the signing key lives on A: the exporting host signs.
@@ -771,20 +771,6 @@ fn upload_dirs(host: &Host) -> impl Iterator<Item = std::fs::DirEntry> {
         .into_iter()
         .flatten()
         .flatten()
-}
-
-/// The shell block that follows `<!-- runnable: NAME -->` in a docs/ file.
-fn runnable_block(doc: &str, name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../docs")
-        .join(doc);
-    let doc = fs_err::read_to_string(&path).expect("read the doc");
-    let after = doc
-        .split_once(&format!("<!-- runnable: {name} -->"))
-        .expect("the marker")
-        .1;
-    let body = after.split("```").nth(1).expect("a fenced block");
-    body.split_once('\n').expect("a fence line").1.to_owned()
 }
 
 /// An in-house app on A: PHP reading notes from PostgreSQL, under /srv/notes, described to

@@ -5,26 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use baluchon_bundle::SIGNATURE_NAMESPACE;
-use baluchon_tests::fixture::{verify, SmallBundle};
-
-/// The shell block that follows `<!-- runnable: NAME -->` in a docs/ file.
-fn runnable_block(doc: &str, name: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../docs")
-        .join(doc);
-    let text = fs_err::read_to_string(&path).unwrap();
-    let marker = format!("<!-- runnable: {name} -->");
-    let after = text
-        .split_once(&marker)
-        .unwrap_or_else(|| panic!("{} has no {marker}", path.display()))
-        .1;
-    let start = after
-        .find("```")
-        .expect("a fenced block follows the marker");
-    let body = &after[start..];
-    let body = &body[body.find('\n').unwrap() + 1..];
-    body[..body.find("```").expect("closing fence")].to_owned()
-}
+use baluchon_tests::fixture::{runnable_block, verify, SmallBundle};
 
 #[test]
 fn documented_stock_tools_recipe_verifies_lists_and_extracts_a_bundle() {
