@@ -65,7 +65,9 @@ impl UploadSource for LocalFile {
     fn read_from(&mut self, offset: u64) -> Result<Box<dyn Read + Send + '_>, TransportError> {
         let mut file = fs_err::File::open(&self.path)?;
         io::Seek::seek(&mut file, io::SeekFrom::Start(offset))?;
-        if offset > 0 {
+        // Already hashed (`import --to` names its upload directory after the digest), or
+        // read from the middle: nothing to hash on the way.
+        if offset > 0 || self.sha256.is_some() {
             return Ok(Box::new(file));
         }
         // Read whole: hash it on the way rather than reading it again afterwards.
