@@ -40,8 +40,8 @@ impl Work {
         for e in extra {
             args.push(e);
         }
-        // A custom app's spec file holds its database password, which no import
-        // regenerates: in clear only when asked.
+        // A custom app's spec file may hold its database password, which an import can
+        // regenerate only with the spec's env_file: in clear only when asked.
         if app == "custom" {
             args.push(&"--allow-clear-secrets");
         }

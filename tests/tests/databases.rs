@@ -249,7 +249,8 @@ impl Scratch {
                 &self.keys.private,
                 &"-o",
                 &self.bundle(),
-                // The spec file holds the database password, which no import regenerates.
+                // The spec names no env_file: an import could not give the app a new
+                // password, so the old one stays in the bundle, in clear only when asked.
                 &"--allow-clear-secrets",
             ],
             &self.work.path().join("state"),
@@ -536,6 +537,82 @@ fn wrong_postgres_password_fails_with_the_servers_message_and_writes_nothing() {
         "the password is shown:\n{stderr}"
     );
     eprintln!("wrong password: failed in {took:.2?}: {}", stderr.trim());
+}
+
+/// In clear, a custom app's database password leaves the bundle only when the spec names
+/// the app's env_file (where an import writes the new one); without it the export refuses.
+#[test]
+fn postgres_password_is_left_out_of_a_clear_bundle_only_with_the_apps_env_file() {
+    services();
+    let s = Scratch::new();
+    let password = format!("pw-{}-secret", s.name);
+    s.create_postgres(&password);
+    let section = format!(
+        "[postgresql]\nname = \"{0}\"\nuser = \"{0}\"\npassword = \"{password}\"\nhost = \"127.0.0.1\"\n",
+        s.sql
+    );
+    let export = || {
+        baluchon(
+            &[
+                &"export",
+                &"--app",
+                &"custom",
+                &"--instance",
+                &s.name,
+                &"--sign-key",
+                &s.keys.private,
+                &"-o",
+                &s.bundle(),
+            ],
+            &s.work.path().join("state"),
+        )
+    };
+    s.write_instance(&section);
+    let out = export();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("postgresql_password would be stored in clear"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!s.bundle().exists(), "no bundle after a refusal");
+
+    let env = s.srv.join("etc/db.env");
+    fs_err::create_dir_all(s.srv.join("etc")).expect("mkdir etc");
+    fs_err::write(
+        &env,
+        format!(
+            "PGDATABASE={0}\nPGUSER={0}\nPGPASSWORD='{password}'\n",
+            s.sql
+        ),
+    )
+    .expect("write db.env");
+    s.write_instance(&format!(
+        "config_dir = \"{}/etc\"\n{section}env_file = \"{}\"\n",
+        s.srv.display(),
+        env.display()
+    ));
+    let out = export();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .contains("left out of the bundle (the import makes new ones): postgresql_password"),
+        "{}",
+        text(&out.stdout)
+    );
+    let tar = String::from_utf8_lossy(&payload(&s.bundle(), "data/files.tar.zst")).into_owned();
+    assert!(
+        tar.contains("PGPASSWORD='BALUCHON-REDACTED'"),
+        "the app's copy left out"
+    );
+    assert!(
+        tar.contains("password = \"BALUCHON-REDACTED\""),
+        "the spec's copy left out"
+    );
+    assert!(
+        !tar.contains(&password),
+        "no copy of the password is in the bundle"
+    );
 }
 
 #[test]

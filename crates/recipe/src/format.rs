@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::slot::Slot;
+
 /// The only recipe format version this build reads.
 pub const RECIPE_FORMAT: u32 = 1;
 
@@ -80,6 +82,8 @@ pub struct ValueRule {
     pub regex: Option<String>,
     /// A dotted key in a TOML file.
     pub toml_key: Option<String>,
+    /// `KEY=value` in an environment file (dotenv, systemd `EnvironmentFile=`).
+    pub env_key: Option<String>,
     /// Used when the file, the match or the key is absent.
     pub default: Option<String>,
     /// Never shown, never written to the bundle's description (the config files that hold
@@ -199,6 +203,73 @@ pub struct RehostRule {
     /// Database content in which the old value is replaced.
     #[serde(default)]
     pub database: Vec<DatabaseRewrite>,
+    /// Other settings that receive the new value, besides the one it is read from: where
+    /// the app itself reads it when the value comes from a file of baluchon's.
+    #[serde(default)]
+    pub also: Vec<ValuePlace>,
+}
+
+/// A setting in a file: the file and one writable extractor.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValuePlace {
+    /// The file (a template filled with the values the bundle was made with); a template
+    /// that fills to nothing means "not configured for this instance".
+    pub file: String,
+    pub php_define: Option<String>,
+    pub php_variable: Option<String>,
+    pub php_array: Option<String>,
+    pub toml_key: Option<String>,
+    pub env_key: Option<String>,
+}
+
+impl ValuePlace {
+    /// The setting, if exactly one extractor is given.
+    pub fn slot(&self) -> Option<Slot> {
+        writable_slot(
+            &self.php_define,
+            &self.php_variable,
+            &self.php_array,
+            &self.toml_key,
+            &self.env_key,
+        )
+    }
+}
+
+impl ValueRule {
+    /// Where the value is read, if baluchon can also write it there.
+    pub fn slot(&self) -> Option<Slot> {
+        if self.regex.is_some() {
+            return None;
+        }
+        writable_slot(
+            &self.php_define,
+            &self.php_variable,
+            &self.php_array,
+            &self.toml_key,
+            &self.env_key,
+        )
+    }
+}
+
+fn writable_slot(
+    php_define: &Option<String>,
+    php_variable: &Option<String>,
+    php_array: &Option<String>,
+    toml_key: &Option<String>,
+    env_key: &Option<String>,
+) -> Option<Slot> {
+    let mut slots = [
+        php_define.clone().map(Slot::PhpDefine),
+        php_variable.clone().map(Slot::PhpVariable),
+        php_array.clone().map(Slot::PhpArray),
+        toml_key.clone().map(Slot::Toml),
+        env_key.clone().map(Slot::Env),
+    ]
+    .into_iter()
+    .flatten();
+    let slot = slots.next()?;
+    slots.next().is_none().then_some(slot)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -12,14 +12,14 @@ mod format;
 mod host;
 mod paths;
 mod recipe;
+mod slot;
 mod template;
 
 pub use dpkg::{installed as parse_dpkg_status, InstalledPackage, INFO_DIR as DPKG_INFO_DIR};
 pub use error::RecipeError;
-pub use extract::{php_value, set_php_value, PhpSlot};
 pub use format::{
     DatabaseRewrite, DatabaseRule, Engine, FileSet, HealthCheck, Packages, RecipeFile, RehostRule,
-    RehostSource, Role, ServiceKind, ServiceRule, ValueRule, RECIPE_FORMAT,
+    RehostSource, Role, ServiceKind, ServiceRule, ValuePlace, ValueRule, RECIPE_FORMAT,
 };
 pub use host::{HostView, LocalHost, MAX_VALUE_FILE};
 pub use paths::{check_allowed, check_within, ALLOWED_ROOTS};
@@ -27,4 +27,5 @@ pub use recipe::{
     builtin_recipes, Catalogue, Database, FileSetPlan, Health, Instance, Recipe, Service, Value,
     HOST_RECIPE_DIR,
 };
+pub use slot::Slot;
 pub use template::{expand as expand_template, placeholders as template_placeholders};

@@ -11,6 +11,7 @@ use crate::extract;
 use crate::format::{Engine, RecipeFile, RehostRule, Role, ServiceKind, ValueRule, RECIPE_FORMAT};
 use crate::host::{glob_in, HostView};
 use crate::paths::{check_allowed, check_within};
+use crate::slot::Slot;
 use crate::template::{expand, placeholders};
 
 /// Where a host keeps its own recipes; one with the name of a built-in one replaces it.
@@ -219,7 +220,7 @@ impl Recipe {
         }
         for (i, rule) in file.rehost.iter().enumerate() {
             check_rehost(rule, &known, &ids).map_err(|r| invalid(&format!("rehost[{i}]"), r))?;
-            for path in &rule.files {
+            for path in rule.files.iter().chain(rule.also.iter().map(|p| &p.file)) {
                 path_ok(&format!("rehost[{i}].files"), path)?;
             }
             for template in rule
@@ -381,6 +382,15 @@ impl Recipe {
         let fill = |field: &str, template: &str| {
             expand(template, &plain).map_err(|r| value_error(field, r))
         };
+        // An optional path made from an empty value is not configured: filling it would
+        // name its parent directory (`/etc/nginx/sites-enabled/` for an empty site name).
+        let unconfigured = |field: &str, template: &str| -> Result<bool, RecipeError> {
+            let empty_part = placeholders(template).is_ok_and(|used| {
+                used.iter()
+                    .any(|u| plain.get(*u).is_some_and(String::is_empty))
+            });
+            Ok(empty_part || fill(field, template)?.is_empty())
+        };
         let allowed_path = |field: &str, template: &str| -> Result<PathBuf, RecipeError> {
             let path = fill(field, template)?;
             check_allowed(&path).map_err(|r| not_allowed(field, &path, r))?;
@@ -391,7 +401,7 @@ impl Recipe {
         let mut files = Vec::new();
         for (i, set) in self.file.files.iter().enumerate() {
             let field = format!("files[{i}].path");
-            if set.optional && fill(&field, &set.path)?.is_empty() {
+            if set.optional && unconfigured(&field, &set.path)? {
                 omitted.push(format!("{field}: not configured"));
                 continue;
             }
@@ -414,7 +424,7 @@ impl Recipe {
         let mut services = Vec::new();
         for (i, rule) in self.file.services.iter().enumerate() {
             let field = format!("services[{i}].path");
-            if rule.optional && fill(&field, &rule.path)?.is_empty() {
+            if rule.optional && unconfigured(&field, &rule.path)? {
                 omitted.push(format!("{field}: not configured"));
                 continue;
             }
@@ -586,6 +596,8 @@ impl Recipe {
         } else if let Some(key) = &rule.toml_key {
             extract::toml_key(&text, key)
                 .map_err(|r| value_error(name, format!("{source}: {r}")))?
+        } else if let Some(key) = &rule.env_key {
+            Slot::Env(key.clone()).get(&text)
         } else if let Some(re) = self.regexes.get(name) {
             extract::regex_capture(&text, re)
         } else if rule.file_glob.is_some() {
@@ -670,11 +682,13 @@ fn check_value_rule(rule: &ValueRule) -> Result<(), String> {
         rule.php_array.is_some(),
         rule.regex.is_some(),
         rule.toml_key.is_some(),
+        rule.env_key.is_some(),
     ];
     let n = extractors.iter().filter(|e| **e).count();
     if n > 1 {
         return Err(
-            "at most one of php_define, php_variable, php_array, regex, toml_key".to_owned(),
+            "at most one of php_define, php_variable, php_array, regex, toml_key, env_key"
+                .to_owned(),
         );
     }
     if n == 1 && rule.package_version.is_some() {
@@ -701,6 +715,19 @@ fn check_rehost(
         if !databases.contains(rewrite.database.as_str()) {
             return Err(format!("database {} is not defined", rewrite.database));
         }
+    }
+    if rule.also.iter().any(|place| place.slot().is_none()) {
+        return Err(
+            "each place in `also` needs exactly one of php_define, php_variable, php_array, toml_key, env_key"
+                .to_owned(),
+        );
+    }
+    if rule
+        .also
+        .iter()
+        .any(|p| p.php_array.as_ref().is_some_and(|a| !a.contains('.')))
+    {
+        return Err("php_array is written array.key".to_owned());
     }
     Ok(())
 }

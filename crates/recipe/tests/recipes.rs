@@ -565,6 +565,7 @@ fn custom_instance_with_only_a_domain_and_data() {
         [
             "files[1].path: not configured",
             "files[2].path: not configured",
+            "files[4].path: not configured",
             "services[0].path: not configured",
             "services[1].path: not configured",
             "database mariadb: not configured",
@@ -774,7 +775,13 @@ fn the_documented_custom_instance_works() {
     assert_eq!(crm.version.as_deref(), Some("2.3"));
     let ids: Vec<&str> = crm.databases.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, ["mariadb", "sqlite"]);
-    assert_eq!(crm.files.len(), 4);
+    // The spec, code, config, data, and the site's link in sites-enabled.
+    assert_eq!(crm.files.len(), 5);
+    assert_eq!(
+        crm.files[4].path,
+        Path::new("/etc/nginx/sites-enabled/crm.example.org")
+    );
+    assert_eq!(crm.values["mariadb_env_file"].text, "/srv/crm/etc/db.env");
     assert_eq!(crm.services.len(), 2);
     assert_eq!(crm.omitted, ["database postgresql: not configured"]);
 }

@@ -20,8 +20,7 @@ use baluchon_bundle::{
     Bundle, Destination, ExtractOptions, Policy, Progress, Verified, FILES_PAYLOAD,
 };
 use baluchon_recipe::{
-    expand_template, set_php_value, template_placeholders, Engine, Health, PhpSlot, Recipe,
-    RehostSource, ServiceKind,
+    expand_template, template_placeholders, Engine, Health, Recipe, RehostSource, ServiceKind, Slot,
 };
 use baluchon_signature::TrustedSigners;
 use serde::{Deserialize, Serialize};
@@ -173,25 +172,8 @@ struct ConfigRewrite {
 }
 
 enum RewriteKind {
-    Php { slot: PhpAssignment, value: String },
+    Setting { slot: Slot, value: String },
     Text { old: String, new: String },
-}
-
-/// Where a PHP config assigns a value (an owned [`PhpSlot`]).
-enum PhpAssignment {
-    Define(String),
-    Variable(String),
-    Array(String),
-}
-
-impl PhpAssignment {
-    fn as_slot(&self) -> PhpSlot<'_> {
-        match self {
-            Self::Define(name) => PhpSlot::Define(name),
-            Self::Variable(name) => PhpSlot::Variable(name),
-            Self::Array(spec) => PhpSlot::Array(spec),
-        }
-    }
 }
 
 // Written by hand: a new password must never reach a debug log.
@@ -208,7 +190,7 @@ impl std::fmt::Debug for DatabaseTarget {
 impl std::fmt::Debug for RewriteKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Php { slot, .. } => write!(f, "Php({:?})", slot.as_slot()),
+            Self::Setting { slot, .. } => write!(f, "Setting({slot:?})"),
             Self::Text { old, new } => write!(f, "Text({old:?} -> {new:?})"),
         }
     }
@@ -669,6 +651,25 @@ impl Planner<'_> {
                 continue;
             }
             if rule.with == RehostSource::Domain {
+                // Where the domain is read from a setting (the custom recipe's spec), it is
+                // written back there; a domain made from the instance name has no place.
+                if let Some((path, slot)) = rules.get(&rule.value).and_then(|r| {
+                    Some((expand_template(r.file.as_deref()?, &old).ok()?, r.slot()?))
+                }) {
+                    let staged = staged_file(self.tree, &d.files, &path).ok();
+                    if let Some(staged) = staged
+                        .filter(|f| fs_err::read_to_string(f).is_ok_and(|t| slot.get(&t).is_some()))
+                    {
+                        rewrites.push(format!("{path}: {slot} {from} → {to}"));
+                        config_rewrites.push(ConfigRewrite {
+                            file: staged,
+                            kind: RewriteKind::Setting {
+                                slot,
+                                value: to.clone(),
+                            },
+                        });
+                    }
+                }
                 for template in &rule.files {
                     let Ok(path) = expand_template(template, &old) else {
                         continue;
@@ -737,7 +738,8 @@ impl Planner<'_> {
                 }
                 continue;
             }
-            // A value read from a file with an extractor is written back at the same place.
+            // A value read from a file with an extractor is written back at the same place,
+            // and in the other settings the recipe names (`also`).
             let Some(value_rule) = rules.get(&rule.value) else {
                 continue;
             };
@@ -751,56 +753,80 @@ impl Planner<'_> {
             let Ok(path) = expand_template(file_template, &old) else {
                 continue;
             };
-            let (name, slot) = match (
-                &value_rule.php_define,
-                &value_rule.php_variable,
-                &value_rule.php_array,
-            ) {
-                (Some(s), _, _) => (s.clone(), PhpAssignment::Define(s.clone())),
-                (_, Some(s), _) => (s.clone(), PhpAssignment::Variable(s.clone())),
-                (_, _, Some(s)) => (s.clone(), PhpAssignment::Array(s.clone())),
-                _ => {
+            let Some(slot) = value_rule.slot() else {
+                self.blockers.push(format!(
+                    "value {} must change, but only PHP, TOML and KEY=value settings can be rewritten",
+                    rule.value
+                ));
+                continue;
+            };
+            let mut places = vec![(path, slot)];
+            for place in &rule.also {
+                let (Ok(path), Some(slot)) = (expand_template(&place.file, &old), place.slot())
+                else {
+                    continue;
+                };
+                if !path.is_empty() {
+                    places.push((path, slot));
+                }
+            }
+            let unconfigured = !rule.also.is_empty() && places.len() == 1;
+            let mut staged_places = Vec::new();
+            for (i, (path, slot)) in places.into_iter().enumerate() {
+                let staged = match staged_file(self.tree, &d.files, &path) {
+                    Ok(staged) => staged,
+                    Err(reason) => {
+                        self.blockers
+                            .push(format!("{path}, which holds {}: {reason}", rule.value));
+                        continue;
+                    }
+                };
+                let set = fs_err::read_to_string(&staged)
+                    .ok()
+                    .is_some_and(|text| slot.get(&text).is_some());
+                if !set {
+                    // A secret the app's config does not set (an optional key or salt):
+                    // nothing to regenerate. Anywhere else the setting must be there.
+                    if i == 0 && rule.with == RehostSource::Generate {
+                        staged_places.clear();
+                        break;
+                    }
+                    if i == 0 && unconfigured {
+                        break;
+                    }
                     self.blockers.push(format!(
-                        "value {} must change, but only PHP config values can be rewritten",
+                        "{path} does not set {slot}, which must receive the new {}",
                         rule.value
                     ));
                     continue;
                 }
-            };
-            let staged = match staged_file(self.tree, &d.files, &path) {
-                Ok(staged) => staged,
-                Err(reason) => {
-                    self.blockers
-                        .push(format!("{path}, which holds {}: {reason}", rule.value));
-                    continue;
+                staged_places.push((path, staged, slot));
+                if unconfigured {
+                    self.blockers.push(format!(
+                        "value {} must change, but none of the app's settings that receive it is configured for this instance ({})",
+                        rule.value,
+                        rule.also.iter().map(|p| p.file.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                    staged_places.clear();
                 }
-            };
-            // A secret the app's config does not set (an optional key or salt): nothing to
-            // regenerate.
-            if rule.with == RehostSource::Generate
-                && fs_err::read_to_string(&staged)
-                    .ok()
-                    .and_then(|text| baluchon_recipe::php_value(&text, slot.as_slot()))
-                    .is_none()
-            {
-                continue;
             }
-            rewrites.push(format!(
-                "{path}: {} {}",
-                name,
-                if secret || rule.with == RehostSource::Generate {
-                    "new secret".to_owned()
-                } else {
-                    format!("{from} → {to}")
-                }
-            ));
-            config_rewrites.push(ConfigRewrite {
-                file: staged,
-                kind: RewriteKind::Php {
-                    slot,
-                    value: to.clone(),
-                },
-            });
+            for (path, staged, slot) in staged_places {
+                rewrites.push(format!(
+                    "{path}: {slot} {}",
+                    if secret || rule.with == RehostSource::Generate {
+                        "new secret".to_owned()
+                    } else {
+                        format!("{from} → {to}")
+                    }
+                ));
+                config_rewrites.push(ConfigRewrite {
+                    file: staged,
+                    kind: RewriteKind::Setting {
+                        slot,
+                        value: to.clone(),
+                    },
+                });
+            }
         }
         if !domain_changes && self.options.domain.is_some() {
             self.warnings
@@ -1577,11 +1603,12 @@ impl PreparedImport {
             let text = fs_err::read_to_string(&rewrite.file)?;
             let new = match &rewrite.kind {
                 RewriteKind::Text { old, new } => text.replace(old.as_str(), new),
-                RewriteKind::Php { slot, value } => set_php_value(&text, slot.as_slot(), value)
-                    .ok_or_else(|| ImportError::Rewrite {
+                RewriteKind::Setting { slot, value } => {
+                    slot.set(&text, value).ok_or_else(|| ImportError::Rewrite {
                         what: rewrite.file.display().to_string(),
-                        reason: format!("it assigns no literal to {:?}", slot.as_slot()),
-                    })?,
+                        reason: format!("it does not set {slot} to a literal"),
+                    })?
+                }
             };
             // In place: the staged file keeps its owner and mode.
             fs_err::write(&rewrite.file, new)?;
