@@ -192,9 +192,13 @@ fn compress_worker(work: &Mutex<Receiver<Chunk>>, done: &SyncSender<Frame>) -> i
     let mut compressor = zstd::bulk::Compressor::new(LEVEL)?;
     compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
     compressor.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
-    // A smaller match table than level 3's default: about 8% less CPU for 1.5% more bytes,
-    // which keeps export faster than `tar | zstd -3` while the bundle stays within 5% of it.
-    compressor.set_parameter(zstd::zstd_safe::CParameter::HashLog(16))?;
+    // Level 3 tuned for speed: a smaller short-match table and 6-byte minimum matches. On
+    // the benchmark tree (docs/benchmarks.md) that is about 13% less compression CPU than
+    // plain level 3 for 0.8% more bytes, which keeps export faster than `tar | zstd -3`
+    // while the bundle stays within 5% of its size.
+    compressor.set_parameter(zstd::zstd_safe::CParameter::HashLog(17))?;
+    compressor.set_parameter(zstd::zstd_safe::CParameter::ChainLog(14))?;
+    compressor.set_parameter(zstd::zstd_safe::CParameter::MinMatch(6))?;
     loop {
         // The lock is held only while waiting for the next chunk, never while compressing.
         let next = work

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use baluchon_signature::{TrustedSigners, VerifiedSigner};
 
@@ -393,8 +393,11 @@ impl Bundle<Authenticated> {
         // files. The channel is bounded, so memory is too.
         std::thread::scope(|scope| {
             let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
-            let decompressor = scope.spawn(move || decompress(region, declared, &tx, progress));
-            let checked = self.check_tree(ChannelReader::new(rx), index, sink);
+            // Read chunks go back to be filled again: no allocation per chunk.
+            let (free_tx, free_rx) = sync_channel::<Vec<u8>>(6);
+            let decompressor =
+                scope.spawn(move || decompress(region, declared, &tx, &free_rx, progress));
+            let checked = self.check_tree(ChannelReader::new(rx, free_tx), index, sink);
             let decompressed = decompressor
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("decompression thread panicked")));
@@ -1113,7 +1116,8 @@ struct Decompressed {
 fn decompress(
     region: Region<'_>,
     declared: u64,
-    tx: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+    tx: &SyncSender<io::Result<Vec<u8>>>,
+    free: &Receiver<Vec<u8>>,
     progress: &dyn Progress,
 ) -> io::Result<Decompressed> {
     let result = (|| {
@@ -1125,7 +1129,8 @@ fn decompress(
         decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
         let mut total = 0u64;
         loop {
-            let mut chunk = vec![0u8; 1 << 20];
+            let mut chunk = free.try_recv().unwrap_or_default();
+            chunk.resize(1 << 20, 0);
             let mut filled = 0;
             while filled < chunk.len() {
                 match decoder.read(&mut chunk[filled..]) {
@@ -1180,14 +1185,17 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 /// Reads the chunks the decompression thread sends; ends when the channel closes.
 struct ChannelReader {
     rx: Receiver<io::Result<Vec<u8>>>,
+    /// Where read chunks go back to the decompression thread.
+    free: SyncSender<Vec<u8>>,
     current: Vec<u8>,
     pos: usize,
 }
 
 impl ChannelReader {
-    fn new(rx: Receiver<io::Result<Vec<u8>>>) -> Self {
+    fn new(rx: Receiver<io::Result<Vec<u8>>>, free: SyncSender<Vec<u8>>) -> Self {
         Self {
             rx,
+            free,
             current: Vec::new(),
             pos: 0,
         }
@@ -1199,7 +1207,9 @@ impl Read for ChannelReader {
         while self.pos == self.current.len() {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    self.current = chunk;
+                    let read = std::mem::replace(&mut self.current, chunk);
+                    // Full (or the other side gone): the chunk is simply dropped.
+                    let _ = self.free.try_send(read);
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
