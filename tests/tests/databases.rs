@@ -587,6 +587,8 @@ fn postgres_password_is_left_out_of_a_clear_bundle_only_with_the_apps_env_file()
         ),
     )
     .expect("write db.env");
+    // Another name for the same file: it must not carry the password either.
+    fs_err::hard_link(&env, s.srv.join("etc/db.env.link")).expect("link db.env");
     s.write_instance(&format!(
         "config_dir = \"{}/etc\"\n{section}env_file = \"{}\"\n",
         s.srv.display(),
@@ -613,6 +615,13 @@ fn postgres_password_is_left_out_of_a_clear_bundle_only_with_the_apps_env_file()
         !tar.contains(&password),
         "no copy of the password is in the bundle"
     );
+    let index =
+        String::from_utf8_lossy(&payload(&s.bundle(), "files-index.jsonl.zst")).into_owned();
+    let link = index
+        .lines()
+        .find(|l| l.contains("etc/db.env.link"))
+        .unwrap_or_else(|| panic!("db.env.link is in the index:\n{index}"));
+    assert!(link.contains("\"hardlink\""), "still a hard link: {link}");
 }
 
 #[test]

@@ -7,15 +7,16 @@
 //! name that is renamed into place only once the signature is written and synced.
 
 use std::collections::HashMap;
-use std::ffi::CString;
+use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use baluchon_signature::SigningKey;
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 use rustix::io::Errno;
 
 use crate::compress::FrameCompressor;
@@ -89,6 +90,12 @@ pub trait Selection {
     /// config file with its secrets left out, say.
     fn replacement(&self, _path: &EntryPath) -> Option<Vec<u8>> {
         None
+    }
+
+    /// Every path `replacement` answers for, relative to the source directory: another hard
+    /// link to one of these files gets the same content, wherever the walk meets it first.
+    fn replaced_paths(&self) -> Vec<EntryPath> {
+        Vec::new()
     }
 }
 
@@ -299,6 +306,7 @@ impl<'k> BundleWriter<'k> {
             owners: HashMap::new(),
             groups: HashMap::new(),
             hardlinks: HashMap::new(),
+            replaced_inodes: replaced_inodes(&self.root, selection)?,
             summary: FilesSummary {
                 root: Meta {
                     mode: 0,
@@ -603,6 +611,8 @@ struct Walker<'p> {
     groups: HashMap<u32, Option<String>>,
     /// (device, inode) of multiply-linked files already archived: their path and digest.
     hardlinks: HashMap<(u64, u64), (EntryPath, Sha256Digest)>,
+    /// (device, inode) of multiply-linked files whose content is replaced, with the content.
+    replaced_inodes: HashMap<(u64, u64), Vec<u8>>,
     summary: FilesSummary,
     skipped: Vec<(EntryPath, SkipReason)>,
     changed: Vec<(EntryPath, Change)>,
@@ -808,9 +818,6 @@ impl Walker<'_> {
         }
         let mut meta = self.meta(&stat);
         (meta.xattrs, meta.xattrs_not_archived) = read_xattrs(fd.as_fd()).map_err(unreadable)?;
-        if let Some(content) = self.selection.replacement(path) {
-            return self.replaced(path, meta, &content);
-        }
         let inode = (stat.st_dev, stat.st_ino);
         if let Some((first, digest)) = self.hardlinks.get(&inode).cloned() {
             self.sums
@@ -822,6 +829,17 @@ impl Walker<'_> {
                     target: first,
                 },
             });
+        }
+        let replacement = self
+            .selection
+            .replacement(path)
+            .or_else(|| self.replaced_inodes.get(&inode).cloned());
+        if let Some(content) = replacement {
+            let sha256 = self.replaced(path, meta, &content)?;
+            if stat.st_nlink > 1 {
+                self.hardlinks.insert(inode, (path.clone(), sha256));
+            }
+            return Ok(());
         }
         let file = File::from(fd);
         let size = stat.st_size as u64;
@@ -885,8 +903,14 @@ impl Walker<'_> {
         })
     }
 
-    /// Archives `content` as the regular file `path`, with the file's own metadata.
-    fn replaced(&mut self, path: &EntryPath, meta: Meta, content: &[u8]) -> Result<(), Error> {
+    /// Archives `content` as the regular file `path`, with the file's own metadata; returns
+    /// the content's digest.
+    fn replaced(
+        &mut self,
+        path: &EntryPath,
+        meta: Meta,
+        content: &[u8],
+    ) -> Result<Sha256Digest, Error> {
         let size = content.len() as u64;
         self.tar.header(
             path.as_bytes(),
@@ -913,7 +937,8 @@ impl Walker<'_> {
                 extents: None,
                 changed: None,
             },
-        })
+        })?;
+        Ok(sha256)
     }
 
     /// Copies exactly `size` bytes: zeros stand in for what a shrinking file no longer has,
@@ -1093,6 +1118,33 @@ fn tar_meta(meta: &Meta) -> TarMeta<'_> {
 
 /// The `user.` extended attributes of an open file or directory, sorted, and the names of
 /// the others (which are not archived). A filesystem without xattrs has none.
+/// The multiply-linked regular files among `selection`'s replaced paths, found without
+/// following any link, with their replacement content.
+fn replaced_inodes(
+    root: &OwnedFd,
+    selection: &dyn Selection,
+) -> Result<HashMap<(u64, u64), Vec<u8>>, Error> {
+    let mut found = HashMap::new();
+    for path in selection.replaced_paths() {
+        let opened = rustix::fs::openat2(
+            root,
+            OsStr::from_bytes(path.as_bytes()),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        );
+        // A path that is not there (or not reachable without links) is met by no walk.
+        let Ok(fd) = opened else { continue };
+        let stat = rustix::fs::fstat(&fd).map_err(io::Error::from)?;
+        if FileType::from_raw_mode(stat.st_mode) == FileType::RegularFile && stat.st_nlink > 1 {
+            if let Some(content) = selection.replacement(&path) {
+                found.insert((stat.st_dev, stat.st_ino), content);
+            }
+        }
+    }
+    Ok(found)
+}
+
 fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<(Vec<Xattr>, Vec<String>)> {
     let mut names = vec![0u8; 4096];
     let len = loop {

@@ -109,6 +109,13 @@ impl Selection for AppSelection {
         self.replacements.get(path.as_bytes()).cloned()
     }
 
+    fn replaced_paths(&self) -> Vec<EntryPath> {
+        self.replacements
+            .keys()
+            .filter_map(|p| EntryPath::new(p.clone()).ok())
+            .collect()
+    }
+
     fn select(&self, path: &EntryPath, is_dir: bool) -> Select {
         let bytes = path.as_bytes();
         let mut deepest: Option<usize> = None;
