@@ -578,6 +578,8 @@ fn a_full_disk_on_b_during_staging_is_a_clear_error_and_b_is_unchanged() {
     assert!(stderr.contains("No space left on device"), "{stderr}");
     println!("e2e disk-full: refused with: {}", stderr.trim());
     assert_unchanged(b, &before, "after the full disk");
+    let staged = b.sh("find /var/lib/baluchon/imports -name staging");
+    assert!(staged.is_empty(), "staging left on B: {staged}");
 
     b.sh("umount /var/lib/baluchon");
     assert_ok(&run(&mut migrate), "the migration with room");

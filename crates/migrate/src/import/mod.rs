@@ -285,6 +285,8 @@ pub fn prepare_import(
         fs_err::remove_dir_all(&staging)?;
     }
     fs_err::create_dir_all(&staging)?;
+    // Until the prepared import owns it, a failure removes the staging area.
+    let mut cleanup = RemoveOnDrop(Some(staging.clone()));
     // Staged dumps and configs hold the tenant's data and secrets: root only.
     fs_err::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let tree = staging.join("tree");
@@ -364,6 +366,7 @@ pub fn prepare_import(
         };
         list.push(p.name.clone());
     }
+    cleanup.0 = None;
     Ok(Prepared::Ready(Box::new(PreparedImport {
         _bundle: bundle,
         _lock: lock,
@@ -1474,6 +1477,17 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+/// Removes a directory when dropped, unless emptied first.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.take() {
+            let _ = fs_err::remove_dir_all(dir);
+        }
+    }
 }
 
 impl Drop for PreparedImport {
