@@ -194,6 +194,79 @@ fn the_stock_age_cli_opens_it_with_the_clients_ssh_key() {
     );
 }
 
+/// A client's SSH key usually has a passphrase: given (here in the environment, there is no
+/// terminal), the key opens the bundle; missing or wrong, the refusal says which.
+#[test]
+fn an_ssh_key_with_a_passphrase_opens_the_bundle_once_given_it() {
+    let setup = setup();
+    let key = setup.dir.path().join("locked");
+    let out = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "correct horse",
+            "-C",
+            "locked",
+            "-f",
+        ])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let public = fs_err::read_to_string(key.with_extension("pub")).unwrap();
+    let tree = setup.dir.path().join("tree");
+    fs_err::create_dir_all(&tree).unwrap();
+    fs_err::write(tree.join("index.html"), "<h1>locked away</h1>").unwrap();
+    let bundle = setup.dir.path().join("locked.baluchon");
+    ok(&run(&[
+        &"export",
+        &"--path",
+        &tree,
+        &"--tenant",
+        &"client-site",
+        &"--sign-key",
+        &setup.keys.private,
+        &"-o",
+        &bundle,
+        &"--encrypt-to",
+        &public.trim(),
+    ]));
+    let dest = setup.dir.path().join("imported");
+    let import = |passphrase: Option<&str>| {
+        let mut command = Command::new(baluchon_bin());
+        command
+            .arg("import")
+            .arg(&bundle)
+            .arg("--signer")
+            .arg(&setup.keys.allowed_signers)
+            .arg("--path")
+            .arg(&dest)
+            .arg("--decrypt-with")
+            .arg(&key)
+            .env_remove("BALUCHON_DECRYPT_KEY_PASSPHRASE");
+        if let Some(p) = passphrase {
+            command.env("BALUCHON_DECRYPT_KEY_PASSPHRASE", p);
+        }
+        command.output().unwrap()
+    };
+    for (given, said) in [
+        (None, "the SSH key has a passphrase and none was given"),
+        (Some("wrong horse"), "wrong passphrase for the SSH key"),
+    ] {
+        let out = import(given);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(said), "{}", text(&out.stderr));
+        assert!(!dest.exists(), "nothing written");
+    }
+    ok(&import(Some("correct horse")));
+    assert_eq!(
+        fs_err::read_to_string(dest.join("index.html")).unwrap(),
+        "<h1>locked away</h1>"
+    );
+}
+
 #[test]
 fn a_wrong_key_or_a_damaged_ciphertext_is_refused_and_nothing_is_written() {
     let setup = setup();

@@ -95,8 +95,12 @@ impl std::fmt::Debug for Identities {
 
 impl Identities {
     /// Reads an age identity file (`AGE-SECRET-KEY-1…` lines) or an SSH private key
-    /// (ed25519 or RSA, without passphrase) from each file.
-    pub fn from_files(paths: &[&Path]) -> Result<Self, SealError> {
+    /// (ed25519 or RSA) from each file. `passphrase` is asked, once per file, for an SSH
+    /// key that has one.
+    pub fn from_files(
+        paths: &[&Path],
+        passphrase: &dyn Fn(&Path) -> Option<String>,
+    ) -> Result<Self, SealError> {
         let mut inner = Vec::new();
         for path in paths {
             let bytes = fs_err::read(path)?;
@@ -108,13 +112,18 @@ impl Identities {
                 match age::ssh::Identity::from_buffer(io::BufReader::new(&bytes[..]), None)
                     .map_err(|e| bad(&e.to_string()))?
                 {
-                    age::ssh::Identity::Unencrypted(key) => inner.push(Box::new(
-                        age::ssh::Identity::Unencrypted(key),
-                    ) as Box<dyn age::Identity>),
-                    age::ssh::Identity::Encrypted(_) => {
-                        return Err(bad(
-                            "the SSH key has a passphrase: decrypt with the stock `age -d -i KEY` (it asks for it), or use a copy without passphrase",
-                        ))
+                    age::ssh::Identity::Unencrypted(key) => inner
+                        .push(Box::new(age::ssh::Identity::Unencrypted(key))
+                            as Box<dyn age::Identity>),
+                    age::ssh::Identity::Encrypted(key) => {
+                        let secret = passphrase(path).ok_or_else(|| {
+                            bad("the SSH key has a passphrase and none was given")
+                        })?;
+                        // Decrypted once here, not at each stanza: one question per key.
+                        let key = key
+                            .decrypt(age::secrecy::SecretString::from(secret))
+                            .map_err(|_| bad("wrong passphrase for the SSH key"))?;
+                        inner.push(Box::new(age::ssh::Identity::Unencrypted(key)));
                     }
                     age::ssh::Identity::Unsupported(_) => {
                         return Err(bad("only ed25519 and RSA SSH keys can decrypt"))

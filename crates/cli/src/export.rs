@@ -269,16 +269,20 @@ pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {
 }
 
 pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
-    SigningKey::from_openssh_file(path, || {
-        if let Ok(secret) = std::env::var("BALUCHON_SIGN_KEY_PASSPHRASE") {
-            return Some(secret);
-        }
-        if std::io::stdin().is_terminal() {
-            return rpassword::prompt_password(format!("passphrase for {}: ", path.display())).ok();
-        }
-        None
-    })
-    .with_context(|| format!("cannot use the signing key {}", path.display()))
+    SigningKey::from_openssh_file(path, || passphrase("BALUCHON_SIGN_KEY_PASSPHRASE", path))
+        .with_context(|| format!("cannot use the signing key {}", path.display()))
+}
+
+/// A key file's passphrase: from the environment variable `var`, else asked on the
+/// terminal; none without either.
+pub fn passphrase(var: &str, path: &Path) -> Option<String> {
+    if let Ok(secret) = std::env::var(var) {
+        return Some(secret);
+    }
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password(format!("passphrase for {}: ", path.display())).ok();
+    }
+    None
 }
 
 /// The per-tenant sequence counter, in `$XDG_STATE_HOME/baluchon/sequences/TENANT`.

@@ -78,8 +78,9 @@ pub struct ImportArgs {
     /// Create symlinks that point outside the tree (absolute or escaping with ..)
     #[arg(long)]
     allow_outside_symlinks: bool,
-    /// An age identity file or an SSH private key (ed25519 or RSA, without passphrase) to
-    /// open an encrypted bundle with (repeatable); with --to, a file on that host
+    /// An age identity file or an SSH private key (ed25519 or RSA) to open an encrypted
+    /// bundle with (repeatable; a key's passphrase from BALUCHON_DECRYPT_KEY_PASSPHRASE, or
+    /// asked on the terminal); with --to, a file on that host, without passphrase
     #[arg(long, value_name = "KEY")]
     decrypt_with: Vec<PathBuf>,
     /// Print the report as JSON on standard output

@@ -99,8 +99,10 @@ pub fn decrypt(outer: &Bundle<Verified>, keys: &[PathBuf], dir: &Path) -> anyhow
     if keys.is_empty() {
         return Err(SealError::KeyNeeded.into());
     }
-    let identities =
-        Identities::from_files(&keys.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+    let paths: Vec<&Path> = keys.iter().map(PathBuf::as_path).collect();
+    let identities = Identities::from_files(&paths, &|path| {
+        crate::export::passphrase("BALUCHON_DECRYPT_KEY_PASSPHRASE", path)
+    })?;
     let inner = dir.join("inner.baluchon");
     outer.unseal(&identities, &inner)?;
     Ok(inner)

@@ -29,8 +29,9 @@ pub struct VerifyArgs {
     /// Also require the bundle to be for this tenant
     #[arg(long)]
     tenant: Option<String>,
-    /// An age identity file or an SSH private key (ed25519 or RSA, without passphrase) to
-    /// open an encrypted bundle with (repeatable)
+    /// An age identity file or an SSH private key (ed25519 or RSA) to open an encrypted
+    /// bundle with (repeatable; a key's passphrase from BALUCHON_DECRYPT_KEY_PASSPHRASE, or
+    /// asked on the terminal)
     #[arg(long, value_name = "KEY")]
     decrypt_with: Vec<PathBuf>,
     /// Print the result as JSON on standard output
