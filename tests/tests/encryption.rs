@@ -90,7 +90,13 @@ fn sealed_tree(setup: &Setup) -> (PathBuf, PathBuf) {
     fs_err::write(tree.join("sub/data.bin"), vec![7u8; 100_000]).unwrap();
     let bundle = setup.dir.path().join("sealed.baluchon");
     let (ssh, age) = public(setup);
-    ok(&run(&[
+    export_sealed(setup, &tree, &bundle, &[&ssh, &age]);
+    (tree, bundle)
+}
+
+/// Exports `tree` into `bundle` (sequence 1), encrypted to each of `recipients`.
+fn export_sealed(setup: &Setup, tree: &Path, bundle: &Path, recipients: &[&str]) {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
         &"export",
         &"--path",
         &tree,
@@ -102,12 +108,11 @@ fn sealed_tree(setup: &Setup) -> (PathBuf, PathBuf) {
         &"1",
         &"-o",
         &bundle,
-        &"--encrypt-to",
-        &ssh,
-        &"--encrypt-to",
-        &age,
-    ]));
-    (tree, bundle)
+    ];
+    for recipient in recipients {
+        args.extend([&"--encrypt-to" as &dyn AsRef<std::ffi::OsStr>, recipient]);
+    }
+    ok(&run(&args));
 }
 
 fn verify(setup: &Setup, bundle: &Path, key: Option<&Path>) -> Output {
@@ -220,19 +225,7 @@ fn an_ssh_key_with_a_passphrase_opens_the_bundle_once_given_it() {
     fs_err::create_dir_all(&tree).unwrap();
     fs_err::write(tree.join("index.html"), "<h1>locked away</h1>").unwrap();
     let bundle = setup.dir.path().join("locked.baluchon");
-    ok(&run(&[
-        &"export",
-        &"--path",
-        &tree,
-        &"--tenant",
-        &"client-site",
-        &"--sign-key",
-        &setup.keys.private,
-        &"-o",
-        &bundle,
-        &"--encrypt-to",
-        &public.trim(),
-    ]));
+    export_sealed(&setup, &tree, &bundle, &[public.trim()]);
     let dest = setup.dir.path().join("imported");
     let import = |passphrase: Option<&str>| {
         let mut command = Command::new(baluchon_bin());
