@@ -123,24 +123,27 @@ struct Move {
 impl Move {
     /// Exports `app` instance `instance` into a bundle.
     fn export(app: &str, instance: &str) -> Self {
+        Self::export_with(app, instance, &[])
+    }
+
+    fn export_with(app: &str, instance: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let keys = Keys::new(dir.path());
         let bundle = dir.path().join("app.baluchon");
         let work = dir.path().join("work");
-        let out = baluchon(
-            &[
-                &"export",
-                &"--app",
-                &app,
-                &"--instance",
-                &instance,
-                &"--sign-key",
-                &keys.private,
-                &"-o",
-                &bundle,
-            ],
-            dir.path(),
-        );
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"export",
+            &"--app",
+            &app,
+            &"--instance",
+            &instance,
+            &"--sign-key",
+            &keys.private,
+            &"-o",
+            &bundle,
+        ];
+        args.extend(extra.iter().map(|e| e as &dyn AsRef<std::ffi::OsStr>));
+        let out = baluchon(&args, dir.path());
         assert!(out.status.success(), "export: {}", text(&out.stderr));
         Self {
             dir,
@@ -165,6 +168,14 @@ impl Move {
             command.env(k, v);
         }
         command.output().unwrap()
+    }
+
+    /// The import fails saying `said`, and the host is as `before`.
+    fn assert_refused(&self, said: &str, before: &BTreeMap<String, String>) {
+        let out = self.import(&[], &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(said), "{}", text(&out.stderr));
+        assert_same_state(before, &host_state(), "after a refused import");
     }
 
     fn plan(&self, extra: &[&str]) -> Value {
@@ -475,14 +486,7 @@ fn conflicts_are_refused_by_default_and_the_plan_names_them() {
     let conflicts = plan["conflicts"].to_string();
     assert!(conflicts.contains(site.fact("vhost_path")), "{conflicts}");
     assert!(!plan["blockers"].as_array().unwrap().is_empty());
-    let out = moved.import(&[], &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("--on-conflict"),
-        "{}",
-        text(&out.stderr)
-    );
-    assert_same_state(&before, &host_state(), "after a refused import");
+    moved.assert_refused("--on-conflict", &before);
 }
 
 #[test]
@@ -727,7 +731,6 @@ fn accounts_the_files_belong_to_are_created_and_removed_on_failure() {
     ]);
     let name = unique("owned");
     let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
-    let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
     fs_err::create_dir_all(srv.join("data")).unwrap();
     fs_err::write(srv.join("data/notes.txt"), "the tenant's\n").unwrap();
     sh(&[
@@ -736,21 +739,12 @@ fn accounts_the_files_belong_to_are_created_and_removed_on_failure() {
         &format!("{account}:{account}"),
         srv.join("data").to_str().unwrap(),
     ]);
-    fs_err::create_dir_all("/etc/baluchon/custom").unwrap();
-    fs_err::write(
-        &spec,
-        format!(
-            "domain = \"{name}.test\"\ndata_dir = \"{}/data\"\n",
-            srv.display()
-        ),
-    )
-    .unwrap();
-    let moved = Move::export("custom", &name);
+    let moved = export_custom_data_app(&name, &srv);
+    let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
     // The new host: no such account, no such files.
     sh(&["userdel", &account]);
     let _ = Command::new("groupdel").arg(&account).output();
     fs_err::remove_dir_all(&srv).unwrap();
-    fs_err::remove_file(&spec).unwrap();
 
     let plan = moved.plan(&[]);
     assert_eq!(plan["users_to_create"], serde_json::json!([account]));
@@ -788,4 +782,104 @@ fn accounts_the_files_belong_to_are_created_and_removed_on_failure() {
     let _ = fs_err::remove_file(&spec);
     let _ = Command::new("userdel").arg(&account).output();
     let _ = Command::new("groupdel").arg(&account).output();
+}
+
+/// A custom app whose spec names no env_file: nothing would give the app its new database
+/// password, so the plan refuses, naming the setting it lacks, and the host is left alone.
+#[test]
+fn a_custom_app_database_without_its_env_file_is_refused_by_the_plan() {
+    services();
+    let name = unique("no-env");
+    let db = name.replace('-', "_");
+    mariadb_root(&format!(
+        "CREATE DATABASE `{db}`; CREATE USER '{db}'@'localhost' IDENTIFIED BY 'pw-{db}'; \
+         GRANT ALL ON `{db}`.* TO '{db}'@'localhost'"
+    ));
+    let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
+    fs_err::create_dir_all("/etc/baluchon/custom").unwrap();
+    fs_err::write(
+        &spec,
+        format!(
+            "domain = \"{name}.test\"\n[mariadb]\nname = \"{db}\"\nuser = \"{db}\"\n\
+             password = \"pw-{db}\"\nhost = \"localhost\"\n"
+        ),
+    )
+    .unwrap();
+    let moved = Move::export_with("custom", &name, &["--allow-clear-secrets"]);
+    mariadb_root(&format!(
+        "DROP DATABASE `{db}`; DROP USER '{db}'@'localhost'"
+    ));
+    fs_err::remove_file(&spec).unwrap();
+
+    let before = host_state();
+    let out = moved.import(&["--plan", "--json"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let blockers = plan["blockers"].to_string();
+    assert!(
+        blockers.contains(
+            "value mariadb_password must change, but none of the app's settings that receive it is configured for this instance ({mariadb_env_file})"
+        ),
+        "{blockers}"
+    );
+    moved.assert_refused("mariadb_env_file", &before);
+}
+
+/// The room check looks at the filesystem each file set goes to: a full one refuses the
+/// plan, naming it, even when the work directory's has room.
+#[test]
+fn a_destination_on_a_full_filesystem_is_refused_by_the_plan() {
+    let name = unique("full-fs");
+    let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
+    fs_err::create_dir_all(srv.join("data")).unwrap();
+    fs_err::write(srv.join("data/big.bin"), vec![7u8; 3 << 20]).unwrap();
+    let moved = export_custom_data_app(&name, &srv);
+    fs_err::remove_dir_all(&srv).unwrap();
+
+    // The destination's parent is a 1 MiB filesystem of its own.
+    fs_err::create_dir_all(&srv).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "small"])
+        .arg(&srv)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let out = moved.import(&["--plan", "--json"], &[]);
+    let _ = Command::new("umount").arg(&srv).status();
+    let _ = fs_err::remove_dir_all(&srv);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let blockers = plan["blockers"].to_string();
+    assert!(
+        blockers.contains(&format!(
+            "3145728 bytes are needed on the filesystem of {}",
+            srv.display()
+        )),
+        "{blockers}"
+    );
+    let disk = plan["disk"].as_array().unwrap();
+    let small = disk
+        .iter()
+        .find(|d| d["path"] == srv.display().to_string())
+        .unwrap_or_else(|| panic!("{disk:?}"));
+    assert_eq!(small["needed"], 3 << 20);
+    assert!(small["free"].as_u64().unwrap() < 3 << 20);
+}
+
+/// Exports the custom app `name` whose data directory is `srv/data`, described by a spec
+/// with only its domain and that directory; the spec is removed again.
+fn export_custom_data_app(name: &str, srv: &Path) -> Move {
+    let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
+    fs_err::create_dir_all("/etc/baluchon/custom").unwrap();
+    fs_err::write(
+        &spec,
+        format!(
+            "domain = \"{name}.test\"\ndata_dir = \"{}/data\"\n",
+            srv.display()
+        ),
+    )
+    .unwrap();
+    let moved = Move::export("custom", name);
+    fs_err::remove_file(&spec).unwrap();
+    moved
 }

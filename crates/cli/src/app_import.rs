@@ -171,10 +171,17 @@ fn print_plan(plan: &ImportPlan) {
     if let Some(url) = &plan.health_check {
         println!("health check: GET {url}");
     }
-    println!(
-        "disk: {} bytes needed, {} free",
-        plan.disk_needed, plan.disk_free
-    );
+    if plan.disk.is_empty() {
+        println!("disk: nothing to write beyond what is staged");
+    }
+    for need in &plan.disk {
+        println!(
+            "disk: {} bytes needed on the filesystem of {}, {} free",
+            need.needed,
+            need.path.display(),
+            need.free
+        );
+    }
     for warning in &plan.warnings {
         println!("warning: {warning}");
     }

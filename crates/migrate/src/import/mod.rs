@@ -16,9 +16,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use baluchon_bundle::{
-    Bundle, Destination, ExtractOptions, Policy, Progress, Verified, FILES_PAYLOAD,
-};
+use baluchon_bundle::{Bundle, Destination, ExtractOptions, Policy, Progress, Verified};
 use baluchon_recipe::{
     expand_template, template_placeholders, Engine, Health, Recipe, RehostSource, ServiceKind, Slot,
 };
@@ -84,6 +82,16 @@ pub struct PlannedDatabase {
     pub rewrites: Vec<String>,
 }
 
+/// Bytes the apply writes on one filesystem (files copied from staging on another
+/// filesystem, databases restored), and bytes free there.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskNeed {
+    /// Where on that filesystem: the first destination (or database directory) met.
+    pub path: PathBuf,
+    pub needed: u64,
+    pub free: u64,
+}
+
 /// What an import would do, computed without changing anything on the host.
 #[derive(Debug, Clone, Serialize)]
 pub struct ImportPlan {
@@ -108,9 +116,8 @@ pub struct ImportPlan {
     pub services: Vec<String>,
     pub on_conflict: OnConflict,
     pub conflicts: Vec<PathBuf>,
-    /// Bytes the files and databases need, and bytes free where they go.
-    pub disk_needed: u64,
-    pub disk_free: u64,
+    /// Room the apply needs beyond what is staged, on each filesystem it writes to.
+    pub disk: Vec<DiskNeed>,
     pub health_check: Option<String>,
     pub warnings: Vec<String>,
     /// Why the import would be refused; empty when it can proceed.
@@ -775,6 +782,7 @@ impl Planner<'_> {
             }
             let unconfigured = !rule.also.is_empty() && places.len() == 1;
             let mut staged_places = Vec::new();
+            let mut absent_secret = false;
             for (i, (path, slot)) in places.into_iter().enumerate() {
                 let staged = match staged_file(self.tree, &d.files, &path) {
                     Ok(staged) => staged,
@@ -787,31 +795,30 @@ impl Planner<'_> {
                 let set = fs_err::read_to_string(&staged)
                     .ok()
                     .is_some_and(|text| slot.get(&text).is_some());
-                if !set {
+                if set {
+                    staged_places.push((path, staged, slot));
+                } else if i == 0 && rule.with == RehostSource::Generate {
                     // A secret the app's config does not set (an optional key or salt):
-                    // nothing to regenerate. Anywhere else the setting must be there.
-                    if i == 0 && rule.with == RehostSource::Generate {
-                        staged_places.clear();
-                        break;
-                    }
-                    if i == 0 && unconfigured {
-                        break;
-                    }
+                    // nothing to regenerate.
+                    absent_secret = true;
+                    break;
+                } else {
                     self.blockers.push(format!(
                         "{path} does not set {slot}, which must receive the new {}",
                         rule.value
                     ));
-                    continue;
                 }
-                staged_places.push((path, staged, slot));
-                if unconfigured {
-                    self.blockers.push(format!(
-                        "value {} must change, but none of the app's settings that receive it is configured for this instance ({})",
-                        rule.value,
-                        rule.also.iter().map(|p| p.file.as_str()).collect::<Vec<_>>().join(", ")
-                    ));
-                    staged_places.clear();
-                }
+            }
+            if absent_secret {
+                continue;
+            }
+            if unconfigured {
+                self.blockers.push(format!(
+                    "value {} must change, but none of the app's settings that receive it is configured for this instance ({})",
+                    rule.value,
+                    rule.also.iter().map(|p| p.file.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+                continue;
             }
             for (path, staged, slot) in staged_places {
                 rewrites.push(format!(
@@ -1005,17 +1012,13 @@ impl Planner<'_> {
         php.dedup();
         let (checks, reloads) = host::reload_commands(nginx, &php);
 
-        let disk_needed = header
-            .payload
-            .iter()
-            .filter(|p| p.path != FILES_PAYLOAD)
-            .map(|p| p.uncompressed_size.unwrap_or(p.size))
-            .sum::<u64>()
-            + header.files.content_bytes;
-        let disk_free = host::free_bytes(Path::new("/"))?;
-        if disk_free < disk_needed {
+        let disk = self.disk_needs(&placements, &planned_dbs, header)?;
+        for need in disk.iter().filter(|n| n.free < n.needed) {
             self.blockers.push(format!(
-                "{disk_needed} bytes are needed, {disk_free} are free"
+                "{} bytes are needed on the filesystem of {}, {} are free",
+                need.needed,
+                need.path.display(),
+                need.free
             ));
         }
         if self.options.on_conflict == OnConflict::Refuse && !conflicts.is_empty() {
@@ -1092,8 +1095,7 @@ impl Planner<'_> {
             services: checks.iter().chain(&reloads).map(|c| c.join(" ")).collect(),
             on_conflict: self.options.on_conflict,
             conflicts,
-            disk_needed,
-            disk_free,
+            disk,
             health_check: health.as_ref().map(|h| h.url.clone()),
             warnings: std::mem::take(&mut self.warnings),
             blockers: std::mem::take(&mut self.blockers),
@@ -1477,6 +1479,64 @@ fn normalize(path: &Path) -> PathBuf {
         }
     }
     out
+}
+
+impl Planner<'_> {
+    /// Room the apply needs on each filesystem: a file set whose destination is on another
+    /// filesystem than staging is copied there (on the same one it is renamed: no room),
+    /// and a database is restored into its server's directory (about its dump's size).
+    fn disk_needs(
+        &self,
+        placements: &[SetPlacement],
+        databases: &[PlannedDatabase],
+        header: &baluchon_bundle::BundleHeader,
+    ) -> Result<Vec<DiskNeed>, ImportError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let staged_on = fs_err::metadata(self.tree)?.dev();
+        let mut needs: Vec<(u64, DiskNeed)> = Vec::new();
+        let mut add = |path: &Path, bytes: u64| -> Result<(), ImportError> {
+            let existing = path
+                .ancestors()
+                .find(|p| p.exists())
+                .unwrap_or(Path::new("/"));
+            let dev = fs_err::metadata(existing)?.dev();
+            if let Some((_, need)) = needs.iter_mut().find(|(d, _)| *d == dev) {
+                need.needed += bytes;
+            } else {
+                needs.push((
+                    dev,
+                    DiskNeed {
+                        path: existing.to_owned(),
+                        needed: bytes,
+                        free: host::free_bytes(existing)?,
+                    },
+                ));
+            }
+            Ok(())
+        };
+        for placement in placements {
+            let to = placement.to.ancestors().find(|p| p.exists());
+            if to.is_some_and(|p| fs_err::metadata(p).is_ok_and(|m| m.dev() != staged_on)) {
+                add(
+                    &placement.to,
+                    place::staged_bytes(self.tree, &placement.from)?,
+                )?;
+            }
+        }
+        for db in databases.iter().filter(|d| d.engine != Engine::Sqlite) {
+            let dump = header
+                .payload
+                .iter()
+                .find(|p| p.path.starts_with(&format!("data/db/{}.", db.id)));
+            let bytes = dump.map_or(0, |p| p.uncompressed_size.unwrap_or(p.size));
+            let dir = match db.engine {
+                Engine::Mariadb => "/var/lib/mysql",
+                _ => "/var/lib/postgresql",
+            };
+            add(Path::new(dir), bytes)?;
+        }
+        Ok(needs.into_iter().map(|(_, need)| need).collect())
+    }
 }
 
 /// Removes a directory when dropped, unless emptied first.
