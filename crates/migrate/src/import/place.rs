@@ -147,16 +147,16 @@ pub fn survey(tree: &Path, from: &Path, to: &Path) -> Result<SetPlacement, Impor
     Ok(plan)
 }
 
-/// Bytes of the regular files of the staged set `from` (a hard-linked file once).
+/// Bytes of the regular files of the staged set `from`, as a copy to another filesystem
+/// writes them (each hard link is copied on its own).
 pub fn staged_bytes(tree: &Path, from: &Path) -> Result<u64, ImportError> {
-    let mut seen = std::collections::HashSet::new();
     let mut total = 0u64;
     let mut stack = vec![staged_path(tree, from)];
     while let Some(path) = stack.pop() {
         let meta = fs_err::symlink_metadata(&path)?;
         if meta.is_dir() {
             stack.extend(children(&path)?.into_iter().map(|name| path.join(name)));
-        } else if meta.is_file() && (meta.nlink() == 1 || seen.insert((meta.dev(), meta.ino()))) {
+        } else if meta.is_file() {
             total = total.saturating_add(meta.len());
         }
     }
