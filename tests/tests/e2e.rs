@@ -821,6 +821,7 @@ version = "1.0"
 code_dir = "/srv/notes/app"
 config_dir = "/srv/notes/etc"
 nginx_site = "/etc/nginx/sites-available/{domain}"
+health_path = "/"
 [postgresql]
 name = "notes"
 user = "notes"
@@ -868,6 +869,12 @@ fn a_postgresql_app_described_by_the_custom_recipe_moves_from_a_to_b() {
         started.elapsed().as_secs_f64()
     );
 
+    // The spec's health_path: the import waited for the new site to answer.
+    assert!(
+        text(&out.stdout).contains(&format!("health check passed: GET http://{new}/ → 200")),
+        "{}",
+        text(&out.stdout)
+    );
     let (status, page) = b.http_get(new, "/");
     assert_eq!(status, 200, "{}\n{}", text(&page), text(&out.stdout));
     assert!(

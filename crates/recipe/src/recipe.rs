@@ -480,6 +480,8 @@ impl Recipe {
             needs.push(fill("packages.needs", template)?);
         }
         let health = match &self.file.health {
+            // Made from an empty value: this instance has no check.
+            Some(h) if unconfigured("health.url", &h.url)? => None,
             Some(h) => {
                 let url = fill("health.url", &h.url)?;
                 if !url.starts_with("http://") {

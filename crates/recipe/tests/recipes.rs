@@ -782,6 +782,10 @@ fn the_documented_custom_instance_works() {
         Path::new("/etc/nginx/sites-enabled/crm.example.org")
     );
     assert_eq!(crm.values["mariadb_env_file"].text, "/srv/crm/etc/db.env");
+    assert_eq!(
+        crm.health.as_ref().map(|h| h.url.as_str()),
+        Some("http://crm.example.org/login")
+    );
     assert_eq!(crm.services.len(), 2);
     assert_eq!(crm.omitted, ["database postgresql: not configured"]);
 }
