@@ -788,6 +788,7 @@ fn accounts_the_files_belong_to_are_created_and_removed_on_failure() {
 /// password, so the plan refuses, naming the setting it lacks, and the host is left alone.
 #[test]
 fn a_custom_app_database_without_its_env_file_is_refused_by_the_plan() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     services();
     let name = unique("no-env");
     let db = name.replace('-', "_");
@@ -829,6 +830,7 @@ fn a_custom_app_database_without_its_env_file_is_refused_by_the_plan() {
 /// plan, naming it, even when the work directory's has room.
 #[test]
 fn a_destination_on_a_full_filesystem_is_refused_by_the_plan() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let name = unique("full-fs");
     let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
     fs_err::create_dir_all(srv.join("data")).unwrap();

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use baluchon_recipe::{expand_template, HostView, Instance, Recipe, RehostSource};
+use baluchon_recipe::{expand_template, HostView, Instance, Recipe, RehostSource, Slot};
 
 use crate::error::CaptureError;
 
@@ -69,41 +69,18 @@ pub fn redact(
             .filter(|(file, _)| !file.is_empty())
             .collect();
         let mut redacted = BTreeMap::new();
-        let mut complete = places.is_empty() || !also.is_empty();
-        let all = std::iter::once((file, slot)).chain(also);
-        for (file, slot) in all.take_while(|_| complete) {
-            let path = PathBuf::from(file);
-            let current = match redacted.get(&path).or(out.files.get(&path)) {
-                Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                None => {
-                    // Only files an export may read: the path may come from the tenant.
-                    if baluchon_recipe::check_allowed(&path.to_string_lossy()).is_err() {
-                        complete = false;
-                        break;
-                    }
-                    host.read_text(&path)
-                        .map_err(|source| CaptureError::Unreadable {
-                            path: path.clone(),
-                            source,
-                        })?
-                        .unwrap_or_default()
-                }
-            };
-            match slot.set(&current, REDACTED) {
-                Some(text) => {
-                    redacted.insert(path, text.into_bytes());
-                }
-                None => {
-                    complete = false;
-                    break;
-                }
-            }
-        }
-        // Written elsewhere in a file too (a comment, a second setting): not left out.
         let needle = value.text.as_bytes();
-        complete &= redacted
-            .values()
-            .all(|text| !text.windows(needle.len()).any(|w| w == needle));
+        let complete = (places.is_empty() || !also.is_empty())
+            && redact_places(
+                std::iter::once((file, slot)).chain(also),
+                &out.files,
+                host,
+                &mut redacted,
+            )?
+            // Written elsewhere in a file too (a comment, a second setting): not left out.
+            && redacted
+                .values()
+                .all(|text| !text.windows(needle.len()).any(|w| w == needle));
         if complete {
             out.files.extend(redacted);
             out.regenerated.push(name.clone());
@@ -112,4 +89,38 @@ pub fn redact(
         }
     }
     Ok(out)
+}
+
+/// Writes [`REDACTED`] in each setting, into `redacted` (files already redacted for other
+/// secrets start from `done`); false if one cannot be: a path an export may not read, or a
+/// file that does not set its setting.
+fn redact_places(
+    places: impl Iterator<Item = (String, Slot)>,
+    done: &BTreeMap<PathBuf, Vec<u8>>,
+    host: &dyn HostView,
+    redacted: &mut BTreeMap<PathBuf, Vec<u8>>,
+) -> Result<bool, CaptureError> {
+    for (file, slot) in places {
+        let path = PathBuf::from(file);
+        let current = match redacted.get(&path).or(done.get(&path)) {
+            Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            None => {
+                // The path may come from the tenant's own files.
+                if baluchon_recipe::check_allowed(&path.to_string_lossy()).is_err() {
+                    return Ok(false);
+                }
+                host.read_text(&path)
+                    .map_err(|source| CaptureError::Unreadable {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .unwrap_or_default()
+            }
+        };
+        let Some(text) = slot.set(&current, REDACTED) else {
+            return Ok(false);
+        };
+        redacted.insert(path, text.into_bytes());
+    }
+    Ok(true)
 }

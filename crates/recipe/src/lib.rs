@@ -28,4 +28,7 @@ pub use recipe::{
     HOST_RECIPE_DIR,
 };
 pub use slot::Slot;
-pub use template::{expand as expand_template, placeholders as template_placeholders};
+pub use template::{
+    expand as expand_template, placeholders as template_placeholders,
+    uses_empty as template_uses_empty,
+};

@@ -12,7 +12,7 @@ use crate::format::{Engine, RecipeFile, RehostRule, Role, ServiceKind, ValueRule
 use crate::host::{glob_in, HostView};
 use crate::paths::{check_allowed, check_within};
 use crate::slot::Slot;
-use crate::template::{expand, placeholders};
+use crate::template::{expand, placeholders, uses_empty};
 
 /// Where a host keeps its own recipes; one with the name of a built-in one replaces it.
 pub const HOST_RECIPE_DIR: &str = "/etc/baluchon/recipes";
@@ -385,11 +385,7 @@ impl Recipe {
         // An optional path made from an empty value is not configured: filling it would
         // name its parent directory (`/etc/nginx/sites-enabled/` for an empty site name).
         let unconfigured = |field: &str, template: &str| -> Result<bool, RecipeError> {
-            let empty_part = placeholders(template).is_ok_and(|used| {
-                used.iter()
-                    .any(|u| plain.get(*u).is_some_and(String::is_empty))
-            });
-            Ok(empty_part || fill(field, template)?.is_empty())
+            Ok(uses_empty(template, &plain) || fill(field, template)?.is_empty())
         };
         let allowed_path = |field: &str, template: &str| -> Result<PathBuf, RecipeError> {
             let path = fill(field, template)?;

@@ -27,6 +27,15 @@ pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
     Ok(names)
 }
 
+/// Whether `template` uses a value that is empty in `values`: what such a template names
+/// (an optional path, a health URL) is not configured for the instance.
+pub fn uses_empty(template: &str, values: &BTreeMap<String, String>) -> bool {
+    placeholders(template).is_ok_and(|used| {
+        used.iter()
+            .any(|u| values.get(*u).is_some_and(String::is_empty))
+    })
+}
+
 /// Replaces each `{name}` with its value. Names were checked when the recipe was loaded,
 /// so a missing one is a bug in the caller; it is reported rather than left in place.
 pub fn expand(template: &str, values: &BTreeMap<String, String>) -> Result<String, String> {

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use baluchon_bundle::{Bundle, Destination, ExtractOptions, Policy, Progress, Verified};
 use baluchon_recipe::{
-    expand_template, template_placeholders, Engine, Health, Recipe, RehostSource, ServiceKind, Slot,
+    expand_template, template_placeholders, template_uses_empty, Engine, Health, Recipe,
+    RehostSource, ServiceKind, Slot,
 };
 use baluchon_signature::TrustedSigners;
 use serde::{Deserialize, Serialize};
@@ -1031,6 +1032,8 @@ impl Planner<'_> {
         // The check is this host's recipe's, filled with the new values: a bundle cannot
         // choose what proves it works.
         let health = match &self.recipe.definition().health {
+            // Made from an empty value (the custom recipe without health_path): no check.
+            Some(h) if template_uses_empty(&h.url, &new) => None,
             Some(h) => match expand_template(&h.url, &new) {
                 Ok(url)
                     if url.starts_with("http://")
