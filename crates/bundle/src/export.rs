@@ -1116,8 +1116,6 @@ fn tar_meta(meta: &Meta) -> TarMeta<'_> {
     }
 }
 
-/// The `user.` extended attributes of an open file or directory, sorted, and the names of
-/// the others (which are not archived). A filesystem without xattrs has none.
 /// The multiply-linked regular files among `selection`'s replaced paths, found without
 /// following any link, with their replacement content.
 fn replaced_inodes(
@@ -1145,6 +1143,8 @@ fn replaced_inodes(
     Ok(found)
 }
 
+/// The `user.` extended attributes of an open file or directory, sorted, and the names of
+/// the others (which are not archived). A filesystem without xattrs has none.
 fn read_xattrs(fd: BorrowedFd<'_>) -> io::Result<(Vec<Xattr>, Vec<String>)> {
     let mut names = vec![0u8; 4096];
     let len = loop {
