@@ -125,16 +125,24 @@ fn verify(setup: &Setup, bundle: &Path, key: Option<&Path>) -> Output {
 }
 
 fn import(setup: &Setup, bundle: &Path, key: &Path, dest: &Path) -> Output {
-    run(&[
-        &"import",
-        &bundle,
-        &"--signer",
-        &setup.keys.allowed_signers,
-        &"--path",
-        &dest,
-        &"--decrypt-with",
-        &key,
-    ])
+    import_command(setup, bundle, key, dest).output().unwrap()
+}
+
+/// `baluchon import BUNDLE --path DEST --decrypt-with KEY`, with no passphrase in the
+/// environment.
+fn import_command(setup: &Setup, bundle: &Path, key: &Path, dest: &Path) -> Command {
+    let mut command = Command::new(baluchon_bin());
+    command
+        .arg("import")
+        .arg(bundle)
+        .arg("--signer")
+        .arg(&setup.keys.allowed_signers)
+        .arg("--path")
+        .arg(dest)
+        .arg("--decrypt-with")
+        .arg(key)
+        .env_remove("BALUCHON_DECRYPT_KEY_PASSPHRASE");
+    command
 }
 
 #[test]
@@ -228,17 +236,7 @@ fn an_ssh_key_with_a_passphrase_opens_the_bundle_once_given_it() {
     export_sealed(&setup, &tree, &bundle, &[public.trim()]);
     let dest = setup.dir.path().join("imported");
     let import = |passphrase: Option<&str>| {
-        let mut command = Command::new(baluchon_bin());
-        command
-            .arg("import")
-            .arg(&bundle)
-            .arg("--signer")
-            .arg(&setup.keys.allowed_signers)
-            .arg("--path")
-            .arg(&dest)
-            .arg("--decrypt-with")
-            .arg(&key)
-            .env_remove("BALUCHON_DECRYPT_KEY_PASSPHRASE");
+        let mut command = import_command(&setup, &bundle, &key, &dest);
         if let Some(p) = passphrase {
             command.env("BALUCHON_DECRYPT_KEY_PASSPHRASE", p);
         }
