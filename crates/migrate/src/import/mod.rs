@@ -1497,12 +1497,7 @@ impl Planner<'_> {
         use std::os::unix::fs::MetadataExt as _;
         let staged_on = fs_err::metadata(self.tree)?.dev();
         let mut needs: Vec<(u64, DiskNeed)> = Vec::new();
-        let mut add = |path: &Path, bytes: u64| -> Result<(), ImportError> {
-            let existing = path
-                .ancestors()
-                .find(|p| p.exists())
-                .unwrap_or(Path::new("/"));
-            let dev = fs_err::metadata(existing)?.dev();
+        let mut add = |(existing, dev): (&Path, u64), bytes: u64| -> Result<(), ImportError> {
             if let Some((_, need)) = needs.iter_mut().find(|(d, _)| *d == dev) {
                 need.needed += bytes;
             } else {
@@ -1518,12 +1513,11 @@ impl Planner<'_> {
             Ok(())
         };
         for placement in placements {
-            let to = placement.to.ancestors().find(|p| p.exists());
-            if to.is_some_and(|p| fs_err::metadata(p).is_ok_and(|m| m.dev() != staged_on)) {
-                add(
-                    &placement.to,
-                    place::staged_bytes(self.tree, &placement.from)?,
-                )?;
+            match place::filesystem_of(&placement.to) {
+                Some(fs) if fs.1 != staged_on => {
+                    add(fs, place::staged_bytes(self.tree, &placement.from)?)?;
+                }
+                _ => {}
             }
         }
         for db in databases.iter().filter(|d| d.engine != Engine::Sqlite) {
@@ -1536,7 +1530,9 @@ impl Planner<'_> {
                 Engine::Mariadb => "/var/lib/mysql",
                 _ => "/var/lib/postgresql",
             };
-            add(Path::new(dir), bytes)?;
+            if let Some(fs) = place::filesystem_of(Path::new(dir)) {
+                add(fs, bytes)?;
+            }
         }
         Ok(needs.into_iter().map(|(_, need)| need).collect())
     }

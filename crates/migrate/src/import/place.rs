@@ -362,13 +362,17 @@ fn harden_system_config(
 /// Whether `path` and the place `to` (which may not exist yet: its nearest existing
 /// ancestor then) are on one filesystem, so that a rename between them can work.
 fn same_filesystem(path: &Path, to: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt as _;
     let Ok(from) = fs_err::symlink_metadata(path) else {
         return false;
     };
-    to.ancestors()
-        .find_map(|dir| std::fs::metadata(dir).ok())
-        .is_some_and(|there| there.dev() == from.dev())
+    filesystem_of(to).is_some_and(|(_, dev)| dev == from.dev())
+}
+
+/// The nearest existing ancestor of `path` (`path` itself if it exists) and the device of
+/// its filesystem: where a file created at `path` would be stored.
+pub fn filesystem_of(path: &Path) -> Option<(&Path, u64)> {
+    path.ancestors()
+        .find_map(|dir| std::fs::metadata(dir).ok().map(|m| (dir, m.dev())))
 }
 
 fn meta_is_dir(path: &Path) -> Result<bool, ImportError> {
