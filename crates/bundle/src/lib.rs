@@ -9,6 +9,7 @@
 //! exits; it reports progress through [`Progress`].
 
 mod compress;
+mod decode;
 mod digest;
 mod error;
 mod export;

@@ -10,10 +10,11 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::sync_channel;
 
 use baluchon_signature::{TrustedSigners, VerifiedSigner};
 
+use crate::decode::{decode, ChannelReader};
 use crate::digest::{Hasher, HashingReader, Sha256Digest};
 use crate::error::{Error, Invalid};
 use crate::index::{is_valid_tenant, BundleHeader, Entry, EntryKind, EntryPath};
@@ -392,11 +393,12 @@ impl Bundle<Authenticated> {
         // One thread reads, hashes and decompresses; this one parses the tar and hashes the
         // files. The channel is bounded, so memory is too.
         std::thread::scope(|scope| {
-            let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(4);
+            // Chunks are up to 4 MiB: two queued keep both threads busy.
+            let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(2);
             // Read chunks go back to be filled again: no allocation per chunk.
-            let (free_tx, free_rx) = sync_channel::<Vec<u8>>(6);
+            let (free_tx, free_rx) = sync_channel::<Vec<u8>>(3);
             let decompressor =
-                scope.spawn(move || decompress(region, declared, &tx, &free_rx, progress));
+                scope.spawn(move || decode(region, declared, &tx, &free_rx, progress));
             let checked = self.check_tree(ChannelReader::new(rx, free_tx), index, sink);
             let decompressed = decompressor
                 .join()
@@ -1104,123 +1106,6 @@ fn hash_region(region: Region<'_>, progress: Option<&dyn Progress>) -> Result<Sh
         }
     }
     Ok(reader.finish().0)
-}
-
-struct Decompressed {
-    sha256: Sha256Digest,
-    uncompressed: u64,
-}
-
-/// Runs on its own thread: hash the compressed bytes, decompress with a window cap and an
-/// output cap, and send the output in chunks.
-fn decompress(
-    region: Region<'_>,
-    declared: u64,
-    tx: &SyncSender<io::Result<Vec<u8>>>,
-    free: &Receiver<Vec<u8>>,
-    progress: &dyn Progress,
-) -> io::Result<Decompressed> {
-    let result = (|| {
-        let counted = ProgressReader {
-            inner: HashingReader::new(region),
-            progress,
-        };
-        let mut decoder = zstd::stream::read::Decoder::new(counted)?;
-        decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
-        let mut total = 0u64;
-        loop {
-            let mut chunk = free.try_recv().unwrap_or_default();
-            chunk.resize(1 << 20, 0);
-            let mut filled = 0;
-            while filled < chunk.len() {
-                match decoder.read(&mut chunk[filled..]) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            if filled == 0 {
-                break;
-            }
-            total += filled as u64;
-            if total > declared {
-                return Err(io::Error::new(
-                    io::ErrorKind::FileTooLarge,
-                    "decompressed output exceeds the declared size",
-                ));
-            }
-            chunk.truncate(filled);
-            if tx.send(Ok(chunk)).is_err() {
-                break; // the parser stopped; it reports why
-            }
-        }
-        let counted = decoder.finish().into_inner();
-        let (sha256, _) = counted.inner.finish();
-        Ok(Decompressed {
-            sha256,
-            uncompressed: total,
-        })
-    })();
-    if let Err(e) = &result {
-        // The parser sees a failed read rather than a clean end of stream.
-        let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
-    }
-    result
-}
-
-struct ProgressReader<'p, R> {
-    inner: HashingReader<R>,
-    progress: &'p dyn Progress,
-}
-
-impl<R: Read> Read for ProgressReader<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.advance(n as u64);
-        Ok(n)
-    }
-}
-
-/// Reads the chunks the decompression thread sends; ends when the channel closes.
-struct ChannelReader {
-    rx: Receiver<io::Result<Vec<u8>>>,
-    /// Where read chunks go back to the decompression thread.
-    free: SyncSender<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl ChannelReader {
-    fn new(rx: Receiver<io::Result<Vec<u8>>>, free: SyncSender<Vec<u8>>) -> Self {
-        Self {
-            rx,
-            free,
-            current: Vec::new(),
-            pos: 0,
-        }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => {
-                    let read = std::mem::replace(&mut self.current, chunk);
-                    // Full (or the other side gone): the chunk is simply dropped.
-                    let _ = self.free.try_send(read);
-                    self.pos = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }
 
 type IndexDecoder<'f> = zstd::stream::read::Decoder<'static, BufReader<HashingReader<Region<'f>>>>;

@@ -1,6 +1,6 @@
 //! A strict reader for the inner tar. Anything baluchon does not write is an error.
 
-use std::io::{self, Read};
+use std::io::{self, BufRead};
 
 use tar::Header;
 
@@ -123,11 +123,11 @@ pub enum Content<'a> {
 }
 
 /// Reads entries one at a time; each entry's content must be read before the next header.
+/// Content is handed out straight from the source's buffer, without a copy.
 #[derive(Debug)]
 pub struct TarReader<R> {
     inner: R,
     offset: u64,
-    buf: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -143,13 +143,9 @@ struct Pax {
     xattrs: Vec<(String, Vec<u8>)>,
 }
 
-impl<R: Read> TarReader<R> {
+impl<R: BufRead> TarReader<R> {
     pub fn new(inner: R) -> Self {
-        Self {
-            inner,
-            offset: 0,
-            buf: vec![0; 256 * 1024],
-        }
+        Self { inner, offset: 0 }
     }
 
     /// The next entry, or `None` after the end-of-archive marker.
@@ -453,35 +449,30 @@ impl<R: Read> TarReader<R> {
         entry: &TarEntry,
         mut f: impl FnMut(Content<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut buf = std::mem::take(&mut self.buf);
-        let result = (|| {
-            match &entry.kind {
-                TarKind::File {
-                    extents: Some(extents),
-                    size,
-                } => {
-                    let mut cursor = 0u64;
-                    for extent in extents {
-                        if extent.offset > cursor {
-                            f(Content::Hole {
-                                len: extent.offset - cursor,
-                            })?;
-                        }
-                        self.stream(&mut buf, extent.offset, extent.len, &mut f)?;
-                        cursor = extent.offset + extent.len;
+        match &entry.kind {
+            TarKind::File {
+                extents: Some(extents),
+                size,
+            } => {
+                let mut cursor = 0u64;
+                for extent in extents {
+                    if extent.offset > cursor {
+                        f(Content::Hole {
+                            len: extent.offset - cursor,
+                        })?;
                     }
-                    if *size > cursor {
-                        f(Content::Hole { len: size - cursor })?;
-                    }
+                    self.stream(extent.offset, extent.len, &mut f)?;
+                    cursor = extent.offset + extent.len;
                 }
-                TarKind::File { size, .. } => self.stream(&mut buf, 0, *size, &mut f)?,
-                _ => {}
+                if *size > cursor {
+                    f(Content::Hole { len: size - cursor })?;
+                }
             }
-            self.skip_padding(entry.stored, entry.offset)?;
-            Ok(())
-        })();
-        self.buf = buf;
-        result
+            TarKind::File { size, .. } => self.stream(0, *size, &mut f)?,
+            _ => {}
+        }
+        self.skip_padding(entry.stored, entry.offset)?;
+        Ok(())
     }
 
     /// After `next_entry` returned `None`: the stream must end right there.
@@ -503,19 +494,32 @@ impl<R: Read> TarReader<R> {
 
     fn stream<E: From<TarError>>(
         &mut self,
-        buf: &mut [u8],
         start: u64,
         len: u64,
         f: &mut impl FnMut(Content<'_>) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut done = 0u64;
         while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            self.read_exact_counted(&mut buf[..n])?;
+            let available = loop {
+                match self.inner.fill_buf() {
+                    Ok(bytes) => break bytes,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(TarError::Io(e).into()),
+                }
+            };
+            if available.is_empty() {
+                return Err(TarError::Truncated {
+                    offset: self.offset,
+                }
+                .into());
+            }
+            let n = (len - done).min(available.len() as u64) as usize;
             f(Content::Data {
                 offset: start + done,
-                bytes: &buf[..n],
+                bytes: &available[..n],
             })?;
+            self.inner.consume(n);
+            self.offset += n as u64;
             done += n as u64;
         }
         Ok(())
