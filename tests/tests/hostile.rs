@@ -1728,6 +1728,28 @@ fn e07_index_and_tar_disagree() {
     tree.skipped = 1;
     expect!(fails, "skipped entry present in the tar", case.resealed_tree(&tree),
         Invalid::ExtraInTar { path } if path == "s");
+
+    // Content that is not what the index's digest says, between files that cross the
+    // decoder's chunks: the file is named, whatever was read after it.
+    let big: Vec<u8> = (0..5u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut tree = InnerTree::new();
+    tree.file(b"a", &big)
+        .file(b"b", b"1")
+        .file(b"c", &big[..3 << 20])
+        .end();
+    expect_ok!(
+        fails,
+        "control: contents as the index says",
+        case.resealed_tree(&tree)
+    );
+    let mut tree = InnerTree::new();
+    tree.file(b"a", &big)
+        .tar(&tar_file(b"b", b"1"))
+        .file_line_only(b"b", b"2")
+        .file(b"c", &big[..3 << 20])
+        .end();
+    expect!(fails, "a file's content differs from its digest", case.resealed_tree(&tree),
+        Invalid::Checksum { name, .. } if name == "b");
     fails.finish();
 }
 

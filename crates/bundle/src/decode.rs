@@ -13,6 +13,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use zstd::zstd_safe::{self, DCtx};
 
 use crate::digest::{HashingReader, Sha256Digest};
+use crate::filehash::{Batch, Jobs};
 use crate::layout::{FRAME_BYTES, ZSTD_WINDOW_LOG_MAX};
 use crate::progress::Progress;
 
@@ -32,8 +33,8 @@ pub(crate) struct Decoded {
     pub uncompressed: u64,
 }
 
-/// Decodes `source` (the compressed payload) and sends its output on `tx`, taking buffers
-/// from `free` when there are some. Output beyond `declared` bytes fails with
+/// Decodes `source` (the compressed payload) and sends its output on `tx`, in buffers taken
+/// from the pool `free` (waiting for one: the pool bounds memory). Output beyond `declared` bytes fails with
 /// [`io::ErrorKind::FileTooLarge`] before it is produced.
 pub(crate) fn decode(
     source: impl Read,
@@ -64,7 +65,9 @@ pub(crate) fn decode(
             match input.next_frame()? {
                 Next::End => break,
                 Next::OneCall { len, size } => {
-                    let mut chunk = output.take(size)?;
+                    let Some(mut chunk) = output.take(size)? else {
+                        break; // the parser stopped; it reports why
+                    };
                     dctx.decompress(&mut chunk, &input.buf[input.start..input.start + len])
                         .map_err(zstd_error)?;
                     if chunk.len() as u64 != size {
@@ -189,7 +192,9 @@ fn stream(input: impl Read, output: &mut Output<'_>) -> io::Result<()> {
     let mut decoder = zstd::stream::read::Decoder::new(input)?;
     decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
     loop {
-        let mut chunk = output.take(0)?;
+        let Some(mut chunk) = output.take(0)? else {
+            return Ok(());
+        };
         chunk.resize(STREAM_CHUNK, 0);
         let mut filled = 0;
         while filled < chunk.len() {
@@ -219,13 +224,16 @@ struct Output<'c> {
 }
 
 impl Output<'_> {
-    /// An empty buffer with room for `size` bytes, which are counted against the cap.
-    fn take(&mut self, size: u64) -> io::Result<Vec<u8>> {
+    /// An empty buffer from the pool with room for `size` bytes, which are counted against
+    /// the cap; `None` once the other threads have stopped.
+    fn take(&mut self, size: u64) -> io::Result<Option<Vec<u8>>> {
         self.count(size)?;
-        let mut chunk = self.free.try_recv().unwrap_or_default();
+        let Ok(mut chunk) = self.free.recv() else {
+            return Ok(None);
+        };
         chunk.clear();
         chunk.reserve(size as usize);
-        Ok(chunk)
+        Ok(Some(chunk))
     }
 
     fn count(&mut self, bytes: u64) -> io::Result<()> {
@@ -263,27 +271,53 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 }
 
 /// Reads the chunks the decoding thread sends, without copying them; ends when the
-/// channel closes.
-pub(crate) struct ChannelReader {
+/// channel closes. Each chunk, once read, goes to the file-hashing thread with the jobs
+/// recorded while it was being read.
+pub(crate) struct ChannelReader<'j> {
     rx: Receiver<io::Result<Vec<u8>>>,
-    /// Where read chunks go back to the decoding thread.
-    free: SyncSender<Vec<u8>>,
-    current: Vec<u8>,
+    hashing: SyncSender<Batch>,
+    jobs: &'j Jobs,
+    current: Option<Vec<u8>>,
     pos: usize,
 }
 
-impl ChannelReader {
-    pub(crate) fn new(rx: Receiver<io::Result<Vec<u8>>>, free: SyncSender<Vec<u8>>) -> Self {
+impl<'j> ChannelReader<'j> {
+    pub(crate) fn new(
+        rx: Receiver<io::Result<Vec<u8>>>,
+        hashing: SyncSender<Batch>,
+        jobs: &'j Jobs,
+    ) -> Self {
         Self {
             rx,
-            free,
-            current: Vec::new(),
+            hashing,
+            jobs,
+            current: None,
             pos: 0,
+        }
+    }
+
+    fn hand_on(&mut self) {
+        let batch = Batch {
+            chunk: self.current.take(),
+            jobs: std::mem::take(&mut *self.jobs.borrow_mut()),
+        };
+        self.pos = 0;
+        if batch.chunk.is_some() || !batch.jobs.is_empty() {
+            // Fails only if the hashing thread stopped; it reports why.
+            let _ = self.hashing.send(batch);
         }
     }
 }
 
-impl Read for ChannelReader {
+/// What was read before a failure is still hashed: an earlier file's wrong digest is the
+/// error to report.
+impl Drop for ChannelReader<'_> {
+    fn drop(&mut self) {
+        self.hand_on();
+    }
+}
+
+impl Read for ChannelReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let available = self.fill_buf()?;
         let n = buf.len().min(available.len());
@@ -293,24 +327,26 @@ impl Read for ChannelReader {
     }
 }
 
-impl BufRead for ChannelReader {
+impl BufRead for ChannelReader<'_> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.pos == self.current.len() {
+        while self.pos == self.current.as_ref().map_or(0, Vec::len) {
             match self.rx.recv() {
                 Ok(Ok(chunk)) => {
-                    let read = std::mem::replace(&mut self.current, chunk);
-                    // Full (or the other side gone): the chunk is simply dropped.
-                    let _ = self.free.try_send(read);
-                    self.pos = 0;
+                    self.hand_on();
+                    self.current = Some(chunk);
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(&[]),
+                Err(_) => {
+                    self.hand_on();
+                    return Ok(&[]);
+                }
             }
         }
-        Ok(&self.current[self.pos..])
+        Ok(self.current.as_deref().map_or(&[], |c| &c[self.pos..]))
     }
 
     fn consume(&mut self, amount: usize) {
-        self.pos = (self.pos + amount).min(self.current.len());
+        let len = self.current.as_ref().map_or(0, Vec::len);
+        self.pos = (self.pos + amount).min(len);
     }
 }

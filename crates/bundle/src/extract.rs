@@ -375,6 +375,7 @@ impl Bundle<Authenticated> {
                 groups: HashMap::new(),
             },
             created_as: created_as(&root),
+            umask: process_umask(),
             parent: None,
             file: None,
             dirs: Vec::new(),
@@ -401,6 +402,16 @@ fn created_as(root: &OwnedFd) -> Option<(u32, u32)> {
         rustix::process::getegid().as_raw(),
     );
     ((stat.st_uid, stat.st_gid) == ours && stat.st_mode & 0o2000 == 0).then_some(ours)
+}
+
+/// The process's umask, from `/proc/self/status` (reading it with `umask(2)` would change it
+/// for every thread for a moment).
+fn process_umask() -> Option<u32> {
+    let status = fs_err::read_to_string("/proc/self/status").ok()?;
+    let value = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Umask:"))?;
+    u32::from_str_radix(value.trim(), 8).ok()
 }
 
 /// Owner and group keys (see [`Owners::resolve`]) resolved to ids on this host.
@@ -528,9 +539,12 @@ struct Extractor<'o> {
     /// What every entry is owned by when created, if known for sure: then a `chown` to
     /// the same owner is left out (one system call fewer per entry).
     created_as: Option<(u32, u32)>,
+    /// Known: a file created with a mode the umask leaves whole needs no `chmod`.
+    umask: Option<u32>,
     /// The directory of the last entry, which is usually the next one's too.
     parent: Option<(EntryPath, OwnedFd)>,
-    file: Option<File>,
+    /// The file being written, its mode, and whether it was created with that mode.
+    file: Option<(File, u32, bool)>,
     /// Directory metadata is applied at the end: creating children changes mtimes, and a
     /// read-only mode would forbid creating them.
     dirs: Vec<(EntryPath, Meta)>,
@@ -588,15 +602,15 @@ impl Extractor<'_> {
         allowed
     }
 
-    /// Owner, then mode (chown clears setuid bits), then times; all through the descriptor.
-    /// `path` is `None` for the tree's root.
+    /// Owner, then mode (chown clears setuid bits) unless `mode_set`, then times; all
+    /// through the descriptor. `path` is `None` for the tree's root.
     fn apply_meta(
         &mut self,
         fd: BorrowedFd<'_>,
         path: Option<&EntryPath>,
         meta: &Meta,
+        (mode, mode_set): (u32, bool),
     ) -> Result<(), Error> {
-        let mode = self.mode(path, meta.mode);
         let (uid, gid, numeric) = self.owners.ids(meta);
         self.report.numeric_owners += u64::from(numeric);
         let at = path.map_or_else(|| self.staging_path.clone(), |p| self.at(p));
@@ -605,7 +619,9 @@ impl Extractor<'_> {
             rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
                 .map_err(fail)?;
         }
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(fail)?;
+        if !mode_set {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(fail)?;
+        }
         for xattr in &meta.xattrs {
             // Only user.* names get this far (the index and the tar reader refuse others).
             rustix::fs::fsetxattr(fd, xattr.name.as_str(), &xattr.value, XattrFlags::empty())
@@ -659,13 +675,15 @@ impl Extractor<'_> {
         self.parent = None;
         for (path, meta) in std::mem::take(&mut self.dirs).into_iter().rev() {
             let fd = self.open_dir(&path)?;
-            self.apply_meta(fd.as_fd(), Some(&path), &meta)?;
+            let mode = self.mode(Some(&path), meta.mode);
+            self.apply_meta(fd.as_fd(), Some(&path), &meta, (mode, false))?;
         }
         let root = self
             .root
             .try_clone()
             .map_err(|e| io_at(e, &self.staging_path))?;
-        self.apply_meta(root.as_fd(), None, root_meta)
+        let mode = self.mode(None, root_meta.mode);
+        self.apply_meta(root.as_fd(), None, root_meta, (mode, false))
     }
 }
 
@@ -698,7 +716,11 @@ impl TreeSink for Extractor<'_> {
                 rustix::fs::mkdirat(dir, &name, Mode::from_raw_mode(0o700)).map_err(fail)?;
                 self.dirs.push((entry.path.clone(), meta.clone()));
             }
-            EntryKind::File { .. } => {
+            EntryKind::File { meta, .. } => {
+                let mode = self.mode(Some(&entry.path), meta.mode);
+                // Created with its mode when the umask leaves it whole: no chmod then. Special
+                // bits always come by chmod, after the chown that would clear them.
+                let mode_set = self.umask.is_some_and(|umask| mode & (umask | 0o7000) == 0);
                 let fail = self.fail(&entry.path);
                 let dir = self.parent_of(&entry.path)?;
                 let fd = rustix::fs::openat(
@@ -709,10 +731,10 @@ impl TreeSink for Extractor<'_> {
                         | OFlags::EXCL
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
+                    Mode::from_raw_mode(if mode_set { mode } else { 0o600 }),
                 )
                 .map_err(fail)?;
-                self.file = Some(File::from(fd));
+                self.file = Some((File::from(fd), mode, mode_set));
             }
             EntryKind::Hardlink { target, .. } => {
                 // The verifier checked that the target is an earlier regular file.
@@ -746,7 +768,7 @@ impl TreeSink for Extractor<'_> {
     }
 
     fn content(&mut self, piece: &Content<'_>) -> Result<(), Error> {
-        if let (Content::Data { offset, bytes }, Some(file)) = (piece, &self.file) {
+        if let (Content::Data { offset, bytes, .. }, Some((file, _, _))) = (piece, &self.file) {
             file.write_all_at(bytes, *offset).map_err(|e| {
                 std::io::Error::new(e.kind(), format!("{}: {e}", self.staging_path.display()))
             })?;
@@ -763,7 +785,7 @@ impl TreeSink for Extractor<'_> {
             ..
         } = &entry.kind
         {
-            let file = self
+            let (file, mode, mode_set) = self
                 .file
                 .take()
                 .ok_or_else(|| std::io::Error::other("file content without a file"))?;
@@ -772,7 +794,7 @@ impl TreeSink for Extractor<'_> {
             if extents.is_some() {
                 rustix::fs::ftruncate(&file, *size).map_err(self.fail(&entry.path))?;
             }
-            self.apply_meta(file.as_fd(), Some(&entry.path), meta)?;
+            self.apply_meta(file.as_fd(), Some(&entry.path), meta, (mode, mode_set))?;
             self.report.content_bytes += size;
         }
         Ok(())

@@ -14,6 +14,7 @@ mod digest;
 mod error;
 mod export;
 mod extract;
+mod filehash;
 mod index;
 mod layout;
 mod outer;

@@ -10,18 +10,24 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 
 use baluchon_signature::{TrustedSigners, VerifiedSigner};
 
 use crate::decode::{decode, ChannelReader};
-use crate::digest::{Hasher, HashingReader, Sha256Digest};
+use crate::digest::{HashingReader, Sha256Digest};
 use crate::error::{Error, Invalid};
+use crate::filehash::{hash_files, Batch, Job, Jobs};
 use crate::index::{is_valid_tenant, BundleHeader, Entry, EntryKind, EntryPath};
 use crate::layout::{self, tag_file_cap, MAX_INDEX_LINE, SIGNATURE_NAMESPACE, ZSTD_WINDOW_LOG_MAX};
 use crate::outer::{self, Member};
 use crate::progress::{Phase, Progress};
 use crate::tarfmt::{Content, TarEntry, TarKind, TarReader};
+
+/// Decompressed chunks (up to 4 MiB each) in circulation: one being decoded, one queued,
+/// one being parsed, one queued for hashing, one being hashed.
+const CHUNK_POOL: usize = 8;
 
 /// What the verifier accepts beyond a valid signature.
 #[derive(Debug, Clone)]
@@ -390,19 +396,37 @@ impl Bundle<Authenticated> {
             .unwrap_or(0);
         let region = self.region(member);
         let index = self.region(self.member(layout::FILES_INDEX)?);
-        // One thread reads, hashes and decompresses; this one parses the tar and hashes the
-        // files. The channel is bounded, so memory is too.
+        // One thread reads, hashes and decompresses; this one parses the tar, checks it
+        // against the index and hands entries to the sink; a third hashes the files. The
+        // decompressed chunks go round the three from a fixed pool, so memory is bounded.
+        let hash_failed = &AtomicBool::new(false);
         std::thread::scope(|scope| {
-            // Chunks are up to 4 MiB: two queued keep both threads busy.
-            let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(2);
-            // Read chunks go back to be filled again: no allocation per chunk.
-            let (free_tx, free_rx) = sync_channel::<Vec<u8>>(3);
+            let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(3);
+            let (free_tx, free_rx) = sync_channel::<Vec<u8>>(CHUNK_POOL);
+            for _ in 0..CHUNK_POOL {
+                // Cannot fail: the channel has room for exactly these.
+                let _ = free_tx.send(Vec::new());
+            }
+            let (batch_tx, batch_rx) = sync_channel::<Batch>(3);
             let decompressor =
                 scope.spawn(move || decode(region, declared, &tx, &free_rx, progress));
-            let checked = self.check_tree(ChannelReader::new(rx, free_tx), index, sink);
+            let hasher = scope.spawn(move || hash_files(batch_rx, free_tx, hash_failed));
+            let jobs = Jobs::default();
+            let checked = self.check_tree(
+                ChannelReader::new(rx, batch_tx, &jobs),
+                &jobs,
+                hash_failed,
+                index,
+                sink,
+            );
+            let hashed = hasher
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("file-hashing thread panicked").into()));
             let decompressed = decompressor
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("decompression thread panicked")));
+            // A file's wrong digest comes from before anything the other threads stopped at.
+            hashed?;
             match (checked, decompressed) {
                 (_, Err(e)) if e.kind() == io::ErrorKind::FileTooLarge => {
                     Err(Invalid::DecompressedTooLarge { declared }.into())
@@ -440,9 +464,14 @@ impl Bundle<Authenticated> {
     }
 
     /// Walks the tar and the index in lockstep.
+    ///
+    /// File content is hashed on another thread: `jobs` says what to hash, and `hash_failed`
+    /// stops the walk early once a digest is wrong (the hashing thread reports it).
     fn check_tree(
         &self,
-        stream: ChannelReader,
+        stream: ChannelReader<'_>,
+        jobs: &Jobs,
+        hash_failed: &AtomicBool,
         index: Region<'_>,
         sink: &mut dyn TreeSink,
     ) -> Result<(), Error> {
@@ -463,6 +492,9 @@ impl Bundle<Authenticated> {
         let mut order = TreeOrder::default();
         let (mut entries, mut skipped, mut changed, mut content) = (0u64, 0u64, 0u64, 0u64);
         while let Some((line, entry)) = lines.next_entry()? {
+            if hash_failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             order.place(line, &entry)?;
             if entries + skipped >= summary.entries + summary.skipped {
                 return Err(Invalid::Count {
@@ -501,23 +533,20 @@ impl Bundle<Authenticated> {
                     size,
                     ..
                 } => {
-                    let mut hasher = Hasher::default();
                     tar.read_content(&tar_entry, |piece| {
-                        match piece {
-                            Content::Data { bytes, .. } => hasher.update(bytes),
-                            Content::Hole { len, .. } => hasher.update_zeros(len),
-                        }
+                        jobs.borrow_mut().push(match piece {
+                            Content::Data { at, bytes, .. } => Job::Data {
+                                at,
+                                len: bytes.len(),
+                            },
+                            Content::Hole { len } => Job::Zeros(len),
+                        });
                         sink.content(&piece)
                     })?;
-                    let (actual, _) = hasher.finish();
-                    if actual != *sha256 {
-                        return Err(Invalid::Checksum {
-                            name: entry.path.to_string(),
-                            expected: *sha256,
-                            actual,
-                        }
-                        .into());
-                    }
+                    jobs.borrow_mut().push(Job::End {
+                        path: entry.path.clone(),
+                        expected: *sha256,
+                    });
                     if let Some(seen) = targets.get_mut(&path_key(&entry.path)) {
                         *seen = true;
                     }

@@ -118,8 +118,15 @@ pub struct TarEntry {
 /// A piece of a file's logical content, in order.
 #[derive(Debug)]
 pub enum Content<'a> {
-    Data { offset: u64, bytes: &'a [u8] },
-    Hole { len: u64 },
+    /// `offset` in the file; `at` in the tar stream.
+    Data {
+        offset: u64,
+        at: u64,
+        bytes: &'a [u8],
+    },
+    Hole {
+        len: u64,
+    },
 }
 
 /// Reads entries one at a time; each entry's content must be read before the next header.
@@ -516,6 +523,7 @@ impl<R: BufRead> TarReader<R> {
             let n = (len - done).min(available.len() as u64) as usize;
             f(Content::Data {
                 offset: start + done,
+                at: self.offset,
                 bytes: &available[..n],
             })?;
             self.inner.consume(n);
