@@ -46,6 +46,7 @@ pub(crate) fn decode(
     let mut output = Output {
         tx,
         free,
+        spare: None,
         declared,
         total: 0,
     };
@@ -219,6 +220,9 @@ fn stream(input: impl Read, output: &mut Output<'_>) -> io::Result<()> {
 struct Output<'c> {
     tx: &'c SyncSender<io::Result<Vec<u8>>>,
     free: &'c Receiver<Vec<u8>>,
+    /// A buffer that came back empty (a frame without content): the pool only refills
+    /// from the other end, so losing one would leave the decoder short.
+    spare: Option<Vec<u8>>,
     declared: u64,
     total: u64,
 }
@@ -228,7 +232,7 @@ impl Output<'_> {
     /// the cap; `None` once the other threads have stopped.
     fn take(&mut self, size: u64) -> io::Result<Option<Vec<u8>>> {
         self.count(size)?;
-        let Ok(mut chunk) = self.free.recv() else {
+        let Some(mut chunk) = self.spare.take().or_else(|| self.free.recv().ok()) else {
             return Ok(None);
         };
         chunk.clear();
@@ -248,8 +252,12 @@ impl Output<'_> {
     }
 
     /// False once the parser has stopped listening.
-    fn send(&self, chunk: Vec<u8>) -> bool {
-        chunk.is_empty() || self.tx.send(Ok(chunk)).is_ok()
+    fn send(&mut self, chunk: Vec<u8>) -> bool {
+        if chunk.is_empty() {
+            self.spare = Some(chunk);
+            return true;
+        }
+        self.tx.send(Ok(chunk)).is_ok()
     }
 }
 

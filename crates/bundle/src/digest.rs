@@ -53,9 +53,19 @@ impl serde::Serialize for Sha256Digest {
 
 impl<'de> serde::Deserialize<'de> for Sha256Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Self::from_hex(&text)
-            .ok_or_else(|| serde::de::Error::custom("expected 64 lowercase hex digits"))
+        // A visitor rather than a `String`: an index holds one digest per file.
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = Sha256Digest;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 lowercase hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Sha256Digest, E> {
+                Sha256Digest::from_hex(text)
+                    .ok_or_else(|| E::custom("expected 64 lowercase hex digits"))
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 

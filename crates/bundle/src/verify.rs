@@ -27,7 +27,7 @@ use crate::tarfmt::{Content, TarEntry, TarKind, TarReader};
 
 /// Decompressed chunks (up to 4 MiB each) in circulation: one being decoded, one queued,
 /// one being parsed, one queued for hashing, one being hashed.
-const CHUNK_POOL: usize = 8;
+const CHUNK_POOL: usize = 5;
 
 /// What the verifier accepts beyond a valid signature.
 #[derive(Debug, Clone)]
@@ -401,13 +401,13 @@ impl Bundle<Authenticated> {
         // decompressed chunks go round the three from a fixed pool, so memory is bounded.
         let hash_failed = &AtomicBool::new(false);
         std::thread::scope(|scope| {
-            let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(3);
+            let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(1);
             let (free_tx, free_rx) = sync_channel::<Vec<u8>>(CHUNK_POOL);
             for _ in 0..CHUNK_POOL {
                 // Cannot fail: the channel has room for exactly these.
                 let _ = free_tx.send(Vec::new());
             }
-            let (batch_tx, batch_rx) = sync_channel::<Batch>(3);
+            let (batch_tx, batch_rx) = sync_channel::<Batch>(1);
             let decompressor =
                 scope.spawn(move || decode(region, declared, &tx, &free_rx, progress));
             let hasher = scope.spawn(move || hash_files(batch_rx, free_tx, hash_failed));
