@@ -77,6 +77,39 @@ fn fidelity_tree_round_trips_exactly_through_import() {
     assert!(leftovers(dir.path()).is_empty());
 }
 
+/// Thousands of tiny files in each decompressed chunk, more than the extractor keeps open
+/// at once, with modes the umask does and does not leave whole: all arrive exactly.
+#[test]
+fn many_tiny_files_round_trip_exactly() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    for d in 0..2 {
+        let sub = source.join(format!("d{d}"));
+        fs_err::create_dir_all(&sub).unwrap();
+        for i in 0..2000 {
+            let file = sub.join(format!("f{i:04}"));
+            fs_err::write(&file, format!("{d}/{i}\n")).unwrap();
+            let mode = [0o644, 0o664, 0o600, 0o755][i % 4];
+            fs_err::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+    }
+    let keys = Keys::new(dir.path());
+    let bundle = dir.path().join("b.baluchon");
+    export(&source, &bundle, &keys);
+
+    let dest = dir.path().join("dest");
+    import(&bundle, &dest, &keys, &ExtractOptions::default(), false).unwrap();
+    let (expected, imported) = (walk(&source), walk(&dest));
+    assert_eq!(imported.len(), 2 + 4000);
+    let diffs = differences(&expected, &imported, true);
+    assert!(
+        diffs.is_empty(),
+        "differences after import:\n{}",
+        diffs.join("\n")
+    );
+}
+
 #[test]
 fn defaults_drop_special_modes_and_refuse_outside_symlinks() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,11 +9,12 @@
 
 use std::io::{self, BufRead, Read};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
 
 use zstd::zstd_safe::{self, DCtx};
 
 use crate::digest::{HashingReader, Sha256Digest};
-use crate::filehash::{Batch, Jobs};
+use crate::filehash::{Batch, Chunk, Jobs};
 use crate::layout::{FRAME_BYTES, ZSTD_WINDOW_LOG_MAX};
 use crate::progress::Progress;
 
@@ -279,45 +280,64 @@ impl<R: Read> Read for ProgressReader<'_, R> {
 }
 
 /// Reads the chunks the decoding thread sends, without copying them; ends when the
-/// channel closes. Each chunk, once read, goes to the file-hashing thread with the jobs
-/// recorded while it was being read.
+/// channel closes. Each chunk goes to the file thread with the jobs recorded while it was
+/// being read (see [`ChannelReader::flush`] for jobs sent earlier).
 pub(crate) struct ChannelReader<'j> {
     rx: Receiver<io::Result<Vec<u8>>>,
-    hashing: SyncSender<Batch>,
+    /// Where chunks go back to the decoder once everyone is done with them.
+    pool: SyncSender<Vec<u8>>,
+    files: SyncSender<Batch>,
     jobs: &'j Jobs,
-    current: Option<Vec<u8>>,
+    /// The chunk being read, and where it starts in the decompressed stream.
+    current: Option<(u64, Arc<Chunk>)>,
+    /// Where the next chunk starts.
+    next_start: u64,
     pos: usize,
 }
 
 impl<'j> ChannelReader<'j> {
     pub(crate) fn new(
         rx: Receiver<io::Result<Vec<u8>>>,
-        hashing: SyncSender<Batch>,
+        pool: SyncSender<Vec<u8>>,
+        files: SyncSender<Batch>,
         jobs: &'j Jobs,
     ) -> Self {
         Self {
             rx,
-            hashing,
+            pool,
+            files,
             jobs,
             current: None,
+            next_start: 0,
             pos: 0,
         }
     }
 
+    /// Sends the jobs recorded so far now, with the chunk they refer to.
+    pub(crate) fn flush(&mut self) {
+        self.send(self.current.clone());
+    }
+
     fn hand_on(&mut self) {
-        let batch = Batch {
-            chunk: self.current.take(),
-            jobs: std::mem::take(&mut *self.jobs.borrow_mut()),
-        };
+        let chunk = self.current.take();
         self.pos = 0;
-        if batch.chunk.is_some() || !batch.jobs.is_empty() {
-            // Fails only if the hashing thread stopped; it reports why.
-            let _ = self.hashing.send(batch);
+        self.send(chunk);
+    }
+
+    fn send(&mut self, chunk: Option<(u64, Arc<Chunk>)>) {
+        let jobs = std::mem::take(&mut *self.jobs.borrow_mut());
+        if !jobs.is_empty() {
+            // Fails only if the file thread stopped; it reports why.
+            let _ = self.files.send(Batch { chunk, jobs });
         }
+    }
+
+    fn len(&self) -> usize {
+        self.current.as_ref().map_or(0, |(_, chunk)| chunk.len())
     }
 }
 
-/// What was read before a failure is still hashed: an earlier file's wrong digest is the
+/// What was read before a failure is still checked: an earlier file's wrong digest is the
 /// error to report.
 impl Drop for ChannelReader<'_> {
     fn drop(&mut self) {
@@ -337,11 +357,13 @@ impl Read for ChannelReader<'_> {
 
 impl BufRead for ChannelReader<'_> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.pos == self.current.as_ref().map_or(0, Vec::len) {
+        while self.pos == self.len() {
             match self.rx.recv() {
-                Ok(Ok(chunk)) => {
+                Ok(Ok(bytes)) => {
                     self.hand_on();
-                    self.current = Some(chunk);
+                    let start = self.next_start;
+                    self.next_start += bytes.len() as u64;
+                    self.current = Some((start, Arc::new(Chunk::new(bytes, self.pool.clone()))));
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
@@ -350,11 +372,13 @@ impl BufRead for ChannelReader<'_> {
                 }
             }
         }
-        Ok(self.current.as_deref().map_or(&[], |c| &c[self.pos..]))
+        Ok(self
+            .current
+            .as_ref()
+            .map_or(&[], |(_, chunk)| &chunk[self.pos..]))
     }
 
     fn consume(&mut self, amount: usize) {
-        let len = self.current.as_ref().map_or(0, Vec::len);
-        self.pos = (self.pos + amount).min(len);
+        self.pos = (self.pos + amount).min(self.len());
     }
 }

@@ -29,9 +29,9 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 use crate::error::{Error, ExtractError};
-use crate::index::{Entry, EntryKind, EntryPath, Meta};
+use crate::filehash::FileOutput;
+use crate::index::{Entry, EntryKind, EntryPath, Meta, Xattr};
 use crate::progress::Progress;
-use crate::tarfmt::Content;
 use crate::verify::{Authenticated, Bundle, TreeSink, Verified};
 
 /// How much of the source metadata to restore, and how.
@@ -377,7 +377,6 @@ impl Bundle<Authenticated> {
             created_as: created_as(&root),
             umask: process_umask(),
             parent: None,
-            file: None,
             dirs: Vec::new(),
             symlinks: Vec::new(),
             report: std::mem::take(&mut staged.report),
@@ -543,8 +542,6 @@ struct Extractor<'o> {
     umask: Option<u32>,
     /// The directory of the last entry, which is usually the next one's too.
     parent: Option<(EntryPath, OwnedFd)>,
-    /// The file being written, its mode, and whether it was created with that mode.
-    file: Option<(File, u32, bool)>,
     /// Directory metadata is applied at the end: creating children changes mtimes, and a
     /// read-only mode would forbid creating them.
     dirs: Vec<(EntryPath, Meta)>,
@@ -602,33 +599,28 @@ impl Extractor<'_> {
         allowed
     }
 
-    /// Owner, then mode (chown clears setuid bits) unless `mode_set`, then times; all
-    /// through the descriptor. `path` is `None` for the tree's root.
+    /// What applying `meta` takes; `mode_set` if the entry was created with `mode`.
+    fn plan_meta(&mut self, meta: &Meta, (mode, mode_set): (u32, bool)) -> MetaPlan {
+        let (uid, gid, numeric) = self.owners.ids(meta);
+        self.report.numeric_owners += u64::from(numeric);
+        MetaPlan {
+            owner: (self.owners.apply && self.created_as != Some((uid, gid))).then_some((uid, gid)),
+            mode: (!mode_set).then_some(mode),
+            xattrs: meta.xattrs.clone(),
+            times: times(meta),
+        }
+    }
+
+    /// `path` is `None` for the tree's root.
     fn apply_meta(
         &mut self,
         fd: BorrowedFd<'_>,
         path: Option<&EntryPath>,
         meta: &Meta,
-        (mode, mode_set): (u32, bool),
     ) -> Result<(), Error> {
-        let (uid, gid, numeric) = self.owners.ids(meta);
-        self.report.numeric_owners += u64::from(numeric);
+        let mode = self.mode(path, meta.mode);
         let at = path.map_or_else(|| self.staging_path.clone(), |p| self.at(p));
-        let fail = |e: Errno| Error::from(io_at(e, &at));
-        if self.owners.apply && self.created_as != Some((uid, gid)) {
-            rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-                .map_err(fail)?;
-        }
-        if !mode_set {
-            rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(fail)?;
-        }
-        for xattr in &meta.xattrs {
-            // Only user.* names get this far (the index and the tar reader refuse others).
-            rustix::fs::fsetxattr(fd, xattr.name.as_str(), &xattr.value, XattrFlags::empty())
-                .map_err(fail)?;
-        }
-        rustix::fs::futimens(fd, &times(meta)).map_err(fail)?;
-        Ok(())
+        self.plan_meta(meta, (mode, false)).apply(fd, &at)
     }
 
     /// Creates the deferred symlinks, then applies directory metadata, deepest first, then
@@ -675,15 +667,13 @@ impl Extractor<'_> {
         self.parent = None;
         for (path, meta) in std::mem::take(&mut self.dirs).into_iter().rev() {
             let fd = self.open_dir(&path)?;
-            let mode = self.mode(Some(&path), meta.mode);
-            self.apply_meta(fd.as_fd(), Some(&path), &meta, (mode, false))?;
+            self.apply_meta(fd.as_fd(), Some(&path), &meta)?;
         }
         let root = self
             .root
             .try_clone()
             .map_err(|e| io_at(e, &self.staging_path))?;
-        let mode = self.mode(None, root_meta.mode);
-        self.apply_meta(root.as_fd(), None, root_meta, (mode, false))
+        self.apply_meta(root.as_fd(), None, root_meta)
     }
 }
 
@@ -707,7 +697,7 @@ impl TreeSink for Extractor<'_> {
         Ok(())
     }
 
-    fn begin(&mut self, entry: &Entry) -> Result<(), Error> {
+    fn begin(&mut self, entry: &Entry) -> Result<Option<Box<dyn FileOutput>>, Error> {
         let name = OsString::from_vec(entry.path.file_name().to_vec());
         match &entry.kind {
             EntryKind::Dir { meta } => {
@@ -716,7 +706,12 @@ impl TreeSink for Extractor<'_> {
                 rustix::fs::mkdirat(dir, &name, Mode::from_raw_mode(0o700)).map_err(fail)?;
                 self.dirs.push((entry.path.clone(), meta.clone()));
             }
-            EntryKind::File { meta, .. } => {
+            EntryKind::File {
+                meta,
+                size,
+                extents,
+                ..
+            } => {
                 let mode = self.mode(Some(&entry.path), meta.mode);
                 // Created with its mode when the umask leaves it whole: no chmod then. Special
                 // bits always come by chmod, after the chown that would clear them.
@@ -734,7 +729,14 @@ impl TreeSink for Extractor<'_> {
                     Mode::from_raw_mode(if mode_set { mode } else { 0o600 }),
                 )
                 .map_err(fail)?;
-                self.file = Some((File::from(fd), mode, mode_set));
+                self.report.content_bytes += size;
+                return Ok(Some(Box::new(FileWriter {
+                    file: File::from(fd),
+                    at: self.at(&entry.path),
+                    // Holes are never written: setting the length keeps them holes.
+                    truncate_to: extents.is_some().then_some(*size),
+                    meta: self.plan_meta(meta, (mode, mode_set)),
+                })));
             }
             EntryKind::Hardlink { target, .. } => {
                 // The verifier checked that the target is an earlier regular file.
@@ -764,40 +766,64 @@ impl TreeSink for Extractor<'_> {
             }
             EntryKind::Skipped { .. } => {}
         }
-        Ok(())
+        Ok(None)
     }
 
-    fn content(&mut self, piece: &Content<'_>) -> Result<(), Error> {
-        if let (Content::Data { offset, bytes, .. }, Some((file, _, _))) = (piece, &self.file) {
-            file.write_all_at(bytes, *offset).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("{}: {e}", self.staging_path.display()))
-            })?;
-        }
-        Ok(())
-    }
-
-    fn end(&mut self, entry: &Entry) -> Result<(), Error> {
+    fn end(&mut self, _: &Entry) -> Result<(), Error> {
         self.report.entries += 1;
-        if let EntryKind::File {
-            meta,
-            size,
-            extents,
-            ..
-        } = &entry.kind
-        {
-            let (file, mode, mode_set) = self
-                .file
-                .take()
-                .ok_or_else(|| std::io::Error::other("file content without a file"))?;
-            // Holes were never written: setting the length keeps them holes. A file without
-            // holes has had every byte written already.
-            if extents.is_some() {
-                rustix::fs::ftruncate(&file, *size).map_err(self.fail(&entry.path))?;
-            }
-            self.apply_meta(file.as_fd(), Some(&entry.path), meta, (mode, mode_set))?;
-            self.report.content_bytes += size;
-        }
         Ok(())
+    }
+}
+
+/// Metadata to apply to an entry, worked out beforehand: owner, then mode (chown clears
+/// setuid bits), then extended attributes, then times; all through the descriptor.
+struct MetaPlan {
+    /// `None` when the entry already has it.
+    owner: Option<(u32, u32)>,
+    mode: Option<u32>,
+    xattrs: Vec<Xattr>,
+    times: Timestamps,
+}
+
+impl MetaPlan {
+    fn apply(&self, fd: BorrowedFd<'_>, at: &Path) -> Result<(), Error> {
+        let fail = |e: Errno| Error::from(io_at(e, at));
+        if let Some((uid, gid)) = self.owner {
+            rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .map_err(fail)?;
+        }
+        if let Some(mode) = self.mode {
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(fail)?;
+        }
+        for xattr in &self.xattrs {
+            // Only user.* names get this far (the index and the tar reader refuse others).
+            rustix::fs::fsetxattr(fd, xattr.name.as_str(), &xattr.value, XattrFlags::empty())
+                .map_err(fail)?;
+        }
+        rustix::fs::futimens(fd, &self.times).map_err(fail)
+    }
+}
+
+/// A file being extracted: the file thread writes its content, then finishes it.
+struct FileWriter {
+    file: File,
+    at: PathBuf,
+    truncate_to: Option<u64>,
+    meta: MetaPlan,
+}
+
+impl FileOutput for FileWriter {
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Error> {
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|e| io_at(e, &self.at).into())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), Error> {
+        if let Some(size) = self.truncate_to {
+            rustix::fs::ftruncate(&self.file, size).map_err(|e| io_at(e, &self.at))?;
+        }
+        self.meta.apply(self.file.as_fd(), &self.at)
     }
 }
 

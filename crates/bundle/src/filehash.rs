@@ -1,90 +1,135 @@
-//! The file-hashing thread. The parser writes files and describes their content as jobs; the
-//! chunks it is done with come here with those jobs, are hashed, and go back to the decoder.
+//! The file thread. The parser checks each entry and describes file content as jobs; the
+//! chunks it reads come here with those jobs, and this thread hashes each file, writes it
+//! (when extracting), and finishes it once its digest is right.
 //!
-//! Hashing every file is a fifth of a verification's CPU. On its own thread it lets the two
-//! cores share the work evenly, and the chunks pass from thread to thread, never copied.
+//! Hashing and writing file content are half of an extraction's CPU: on a thread of their
+//! own they let the two cores share the work, and the chunks are never copied on the way.
 
 use std::cell::RefCell;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::Arc;
 
 use crate::digest::{Hasher, Sha256Digest};
 use crate::error::{Error, Invalid};
 use crate::index::EntryPath;
 
-/// What the parser says about the content of the chunk it is reading, in stream order.
-#[derive(Debug)]
+/// Files handed to this thread and not finished yet, at most: each may hold a descriptor.
+pub(crate) const FILES_IN_FLIGHT: usize = 256;
+
+/// Where a file's content goes once it has passed by the hash.
+pub(crate) trait FileOutput: Send {
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Error>;
+    /// The content is complete and its digest right.
+    fn finish(self: Box<Self>) -> Result<(), Error>;
+}
+
+/// A decompressed chunk; it goes back to the decoder's pool when the last holder drops it.
+pub(crate) struct Chunk {
+    bytes: Vec<u8>,
+    pool: SyncSender<Vec<u8>>,
+}
+
+impl Chunk {
+    pub(crate) fn new(bytes: Vec<u8>, pool: SyncSender<Vec<u8>>) -> Self {
+        Self { bytes, pool }
+    }
+}
+
+impl Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // Cannot be full: the pool has room for every buffer.
+        let _ = self.pool.try_send(std::mem::take(&mut self.bytes));
+    }
+}
+
+/// What the parser says about file content, in stream order.
 pub(crate) enum Job {
-    /// `len` bytes of file content at `at` in the decompressed stream.
-    Data { at: u64, len: usize },
+    /// The next file's content goes there too.
+    Open(Box<dyn FileOutput>),
+    /// `len` bytes at `at` in the decompressed stream, at `offset` in the file.
+    Data { at: u64, offset: u64, len: usize },
     /// A hole of a sparse file.
     Zeros(u64),
-    /// The file whose content came before is complete and must have this digest.
+    /// The file's content is complete and must have this digest.
     End {
         path: EntryPath,
         expected: Sha256Digest,
     },
 }
 
-/// A chunk the parser is done with, and the jobs it recorded while reading it: every `Data`
-/// job of a batch lies in its chunk. The last batch may come without a chunk.
+/// Jobs and the chunk that holds every `Data` job among them (none for a last batch).
 pub(crate) struct Batch {
-    pub chunk: Option<Vec<u8>>,
+    pub chunk: Option<(u64, Arc<Chunk>)>,
     pub jobs: Vec<Job>,
 }
 
-/// Jobs recorded on the parser's thread until their chunk is handed on.
+/// Jobs recorded on the parser's thread until they are handed on.
 pub(crate) type Jobs = RefCell<Vec<Job>>;
 
-/// Runs until the parser drops its sender. On the first file whose digest is wrong it sets
-/// `failed` (the parser then stops early) and returns the error.
-///
-/// Chunks go back to the decoder through `free`; once this returns, the decoder sees the
-/// pool closed and stops, so no thread is left waiting for a buffer.
-pub(crate) fn hash_files(
+/// Runs until the parser drops its sender. A file finished gives a token back on `done`.
+/// On the first failure (a wrong digest, a failed write) it sets `failed`, so the parser
+/// stops early, and returns the error.
+pub(crate) fn process_files(
     batches: Receiver<Batch>,
-    free: SyncSender<Vec<u8>>,
+    done: SyncSender<()>,
     failed: &AtomicBool,
 ) -> Result<(), Error> {
-    let mut stream_offset = 0u64;
     let mut hasher = Hasher::default();
-    for Batch { chunk, jobs } in batches {
-        let bytes = chunk.as_deref().unwrap_or_default();
-        for job in jobs {
-            match job {
-                Job::Data { at, len } => {
-                    let piece = at
-                        .checked_sub(stream_offset)
-                        .and_then(|from| bytes.get(usize::try_from(from).ok()?..)?.get(..len));
-                    let Some(piece) = piece else {
-                        failed.store(true, Ordering::Relaxed);
-                        return Err(std::io::Error::other(format!(
-                            "internal: file content at {at} is not in the chunk at {stream_offset}"
-                        ))
-                        .into());
-                    };
-                    hasher.update(piece);
-                }
-                Job::Zeros(len) => hasher.update_zeros(len),
-                Job::End { path, expected } => {
-                    let (actual, _) = std::mem::take(&mut hasher).finish();
-                    if actual != expected {
-                        failed.store(true, Ordering::Relaxed);
-                        return Err(Invalid::Checksum {
-                            name: path.to_string(),
-                            expected,
-                            actual,
+    let mut output: Option<Box<dyn FileOutput>> = None;
+    let result = (|| {
+        for Batch { chunk, jobs } in batches {
+            for job in jobs {
+                match job {
+                    Job::Open(file) => output = Some(file),
+                    Job::Data { at, offset, len } => {
+                        let piece = chunk.as_ref().and_then(|(start, chunk)| {
+                            let from = usize::try_from(at.checked_sub(*start)?).ok()?;
+                            chunk.get(from..)?.get(..len)
+                        });
+                        let Some(piece) = piece else {
+                            return Err(std::io::Error::other(format!(
+                                "internal: file content at {at} is not in its batch's chunk"
+                            ))
+                            .into());
+                        };
+                        hasher.update(piece);
+                        if let Some(file) = &mut output {
+                            file.write_at(offset, piece)?;
                         }
-                        .into());
+                    }
+                    Job::Zeros(len) => hasher.update_zeros(len),
+                    Job::End { path, expected } => {
+                        let (actual, _) = std::mem::take(&mut hasher).finish();
+                        if actual != expected {
+                            return Err(Invalid::Checksum {
+                                name: path.to_string(),
+                                expected,
+                                actual,
+                            }
+                            .into());
+                        }
+                        if let Some(file) = output.take() {
+                            file.finish()?;
+                        }
+                        // Fails only once the parser is gone.
+                        let _ = done.send(());
                     }
                 }
             }
         }
-        stream_offset += bytes.len() as u64;
-        if let Some(chunk) = chunk {
-            // Cannot be full: the pool has room for every buffer.
-            let _ = free.try_send(chunk);
-        }
+        Ok(())
+    })();
+    if result.is_err() {
+        failed.store(true, Ordering::Relaxed);
     }
-    Ok(())
+    result
 }

@@ -155,6 +155,10 @@ impl<R: BufRead> TarReader<R> {
         Self { inner, offset: 0 }
     }
 
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// The next entry, or `None` after the end-of-archive marker.
     pub fn next_entry(&mut self) -> Result<Option<TarEntry>, TarError> {
         let mut pax: Option<(u64, Pax)> = None;
