@@ -35,8 +35,8 @@ pub(crate) struct Decoded {
 }
 
 /// Decodes `source` (the compressed payload) and sends its output on `tx`, in buffers taken
-/// from the pool `free` (waiting for one: the pool bounds memory). Output beyond `declared` bytes fails with
-/// [`io::ErrorKind::FileTooLarge`] before it is produced.
+/// from the pool `free` (waiting for one: the pool bounds memory). Output beyond `declared`
+/// bytes fails with [`io::ErrorKind::FileTooLarge`] before it is produced.
 pub(crate) fn decode(
     source: impl Read,
     declared: u64,
