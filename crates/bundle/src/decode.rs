@@ -14,7 +14,7 @@ use std::sync::Arc;
 use zstd::zstd_safe::{self, DCtx};
 
 use crate::digest::{HashingReader, Sha256Digest};
-use crate::filehash::{Batch, Chunk, Jobs};
+use crate::files::{Batch, Chunk, Jobs};
 use crate::layout::{FRAME_BYTES, ZSTD_WINDOW_LOG_MAX};
 use crate::progress::Progress;
 

@@ -29,7 +29,7 @@ use rustix::fs::{
 use rustix::io::Errno;
 
 use crate::error::{Error, ExtractError};
-use crate::filehash::FileOutput;
+use crate::files::FileOutput;
 use crate::index::{Entry, EntryKind, EntryPath, Meta, Xattr};
 use crate::progress::Progress;
 use crate::verify::{Authenticated, Bundle, TreeSink, Verified};

@@ -14,7 +14,7 @@ mod digest;
 mod error;
 mod export;
 mod extract;
-mod filehash;
+mod files;
 mod index;
 mod layout;
 mod outer;

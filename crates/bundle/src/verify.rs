@@ -18,7 +18,7 @@ use baluchon_signature::{TrustedSigners, VerifiedSigner};
 use crate::decode::{decode, ChannelReader};
 use crate::digest::{HashingReader, Sha256Digest};
 use crate::error::{Error, Invalid};
-use crate::filehash::{process_files, Batch, FileOutput, Job, Jobs, FILES_IN_FLIGHT};
+use crate::files::{process_files, Batch, FileOutput, Job, Jobs, FILES_IN_FLIGHT};
 use crate::index::{is_valid_tenant, BundleHeader, Entry, EntryKind, EntryPath};
 use crate::layout::{self, tag_file_cap, MAX_INDEX_LINE, SIGNATURE_NAMESPACE, ZSTD_WINDOW_LOG_MAX};
 use crate::outer::{self, Member};
