@@ -14,6 +14,7 @@
 //! `.baluchon-journal.NAME` (written before the switch, so a run killed during it can be
 //! recovered) and `.baluchon-previous.NAME` (the replaced tree, kept until confirmed).
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -30,7 +31,7 @@ use rustix::io::Errno;
 
 use crate::error::{Error, ExtractError};
 use crate::files::FileOutput;
-use crate::index::{Entry, EntryKind, EntryPath, Meta, Xattr};
+use crate::index::{Entry, EntryKind, EntryPath, Meta, OwnerRef, Xattr};
 use crate::progress::Progress;
 use crate::verify::{Authenticated, Bundle, TreeSink, Verified};
 
@@ -362,11 +363,13 @@ impl Bundle<Authenticated> {
             staging: None,
             report: ExtractReport::default(),
         };
-        let (root_user, root_group) = owner_keys(&self.header().files.root);
+        let root_meta = self.header().files.root.clone();
+        let (root_user, root_group) = owner_keys(&root_meta);
         let mut extractor = Extractor {
             root: root.try_clone().map_err(|e| io_at(e, &staging_path))?,
             staging_path,
             options,
+            root_meta,
             owner_keys: (BTreeSet::from([root_user]), BTreeSet::from([root_group])),
             // Resolved once the first pass over the index has listed every owner.
             owners: Owners {
@@ -384,7 +387,6 @@ impl Bundle<Authenticated> {
         // From here on, dropping `staged` removes the staging directory.
         staged.staging = Some((name, root));
         let verified = self.verify_into(&mut extractor, progress)?;
-        extractor.finish(&verified.header().files.root)?;
         staged.report = extractor.report;
         staged.report.skipped_in_bundle = verified.header().files.skipped;
         Ok((verified, staged))
@@ -519,19 +521,21 @@ fn group_id(name: &str) -> Option<u32> {
 /// The owner and group keys of an entry: names, or `#N` for ids without one.
 fn owner_keys(meta: &Meta) -> (String, String) {
     (
-        meta.owner
-            .clone()
-            .unwrap_or_else(|| format!("#{}", meta.uid)),
-        meta.group
-            .clone()
-            .unwrap_or_else(|| format!("#{}", meta.gid)),
+        owner_key(meta.owner.as_deref(), meta.uid).into_owned(),
+        owner_key(meta.group.as_deref(), meta.gid).into_owned(),
     )
+}
+
+fn owner_key(name: Option<&str>, id: u32) -> Cow<'_, str> {
+    name.map_or_else(|| Cow::Owned(format!("#{id}")), Cow::Borrowed)
 }
 
 struct Extractor<'o> {
     root: OwnedFd,
     staging_path: PathBuf,
     options: &'o ExtractOptions,
+    /// The tree root's own metadata, from the bundle header.
+    root_meta: Meta,
     /// Owner and group keys met in the index, resolved into `owners` before any entry.
     owner_keys: (BTreeSet<String>, BTreeSet<String>),
     owners: Owners,
@@ -625,7 +629,7 @@ impl Extractor<'_> {
 
     /// Creates the deferred symlinks, then applies directory metadata, deepest first, then
     /// the root's.
-    fn finish(&mut self, root_meta: &Meta) -> Result<(), Error> {
+    fn finish(&mut self) -> Result<(), Error> {
         if !self.options.allow_outside_symlinks {
             let links: HashSet<&[u8]> =
                 self.symlinks.iter().map(|(p, _, _)| p.as_bytes()).collect();
@@ -673,16 +677,21 @@ impl Extractor<'_> {
             .root
             .try_clone()
             .map_err(|e| io_at(e, &self.staging_path))?;
-        self.apply_meta(root.as_fd(), None, root_meta)
+        let root_meta = self.root_meta.clone();
+        self.apply_meta(root.as_fd(), None, &root_meta)
     }
 }
 
 impl TreeSink for Extractor<'_> {
-    fn prepare(&mut self, entry: &Entry) {
-        if let Some(meta) = entry.meta() {
-            let (user, group) = owner_keys(meta);
-            self.owner_keys.0.insert(user);
-            self.owner_keys.1.insert(group);
+    fn prepare(&mut self, owner: OwnerRef<'_>, group: OwnerRef<'_>) {
+        for (keys, (name, id)) in [
+            (&mut self.owner_keys.0, owner),
+            (&mut self.owner_keys.1, group),
+        ] {
+            let key = owner_key(name, id);
+            if !keys.contains(&*key) {
+                keys.insert(key.into_owned());
+            }
         }
     }
 
@@ -772,6 +781,11 @@ impl TreeSink for Extractor<'_> {
     fn end(&mut self, _: &Entry) -> Result<(), Error> {
         self.report.entries += 1;
         Ok(())
+    }
+
+    /// Files only change their own metadata from here on, never their directory's.
+    fn walked(&mut self) -> Result<(), Error> {
+        self.finish()
     }
 }
 

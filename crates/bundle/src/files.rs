@@ -9,14 +9,94 @@ use std::cell::RefCell;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crate::digest::{Hasher, Sha256Digest};
 use crate::error::{Error, Invalid};
 use crate::index::EntryPath;
 
 /// Files handed to this thread and not finished yet, at most: each may hold a descriptor.
-pub(crate) const FILES_IN_FLIGHT: usize = 256;
+/// Over small files the parser runs this far ahead of the file thread.
+const FILES_IN_FLIGHT_MAX: usize = 1024;
+
+/// Counts the files handed to the file thread and not finished yet. At the bound, the
+/// parser waits until half of them are finished: woken for each one, the two threads
+/// would take turns file by file.
+pub(crate) struct InFlight {
+    state: Mutex<InFlightState>,
+    below_half: Condvar,
+    max: usize,
+}
+
+#[derive(Default)]
+struct InFlightState {
+    files: usize,
+    waiting: bool,
+    stopped: bool,
+}
+
+impl InFlight {
+    /// Bounded by [`FILES_IN_FLIGHT_MAX`] and by a quarter of the descriptors the process
+    /// may open.
+    pub(crate) fn new() -> Self {
+        let descriptors = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        let share = usize::try_from(descriptors / 4).unwrap_or(usize::MAX);
+        Self::with_max(share.clamp(1, FILES_IN_FLIGHT_MAX))
+    }
+
+    pub(crate) fn with_max(max: usize) -> Self {
+        Self {
+            state: Mutex::default(),
+            below_half: Condvar::new(),
+            max,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlightState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one more file, waiting if the bound is reached (after calling `before_wait`,
+    /// which must let every file counted so far finish). False once the file thread has
+    /// stopped.
+    pub(crate) fn add(&self, before_wait: impl FnOnce()) -> bool {
+        let mut state = self.lock();
+        if state.files >= self.max && !state.stopped {
+            drop(state);
+            before_wait();
+            state = self.lock();
+            state.waiting = true;
+            while state.files > self.max / 2 && !state.stopped {
+                state = self
+                    .below_half
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            state.waiting = false;
+        }
+        state.files += 1;
+        !state.stopped
+    }
+
+    fn finished_one(&self) {
+        let mut state = self.lock();
+        state.files = state.files.saturating_sub(1);
+        if state.waiting && state.files <= self.max / 2 {
+            self.below_half.notify_one();
+        }
+    }
+}
+
+struct StopOnDrop<'a>(&'a InFlight);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.lock().stopped = true;
+        self.0.below_half.notify_one();
+    }
+}
 
 /// Where a file's content goes once it has passed by the hash.
 pub(crate) trait FileOutput: Send {
@@ -75,14 +155,16 @@ pub(crate) struct Batch {
 /// Jobs recorded on the parser's thread until they are handed on.
 pub(crate) type Jobs = RefCell<Vec<Job>>;
 
-/// Runs until the parser drops its sender. A file finished gives a token back on `done`.
+/// Runs until the parser drops its sender; each file finished is taken off `in_flight`.
 /// On the first failure (a wrong digest, a failed write) it sets `failed`, so the parser
 /// stops early, and returns the error.
 pub(crate) fn process_files(
     batches: Receiver<Batch>,
-    done: SyncSender<()>,
+    in_flight: &InFlight,
     failed: &AtomicBool,
 ) -> Result<(), Error> {
+    // Even on a panic: the parser must not wait for files that will never finish.
+    let _stop = StopOnDrop(in_flight);
     let mut hasher = Hasher::default();
     let mut output: Option<Box<dyn FileOutput>> = None;
     let result = (|| {
@@ -120,8 +202,7 @@ pub(crate) fn process_files(
                         if let Some(file) = output.take() {
                             file.finish()?;
                         }
-                        // Fails only once the parser is gone.
-                        let _ = done.send(());
+                        in_flight.finished_one();
                     }
                 }
             }
@@ -132,4 +213,47 @@ pub(crate) fn process_files(
         failed.store(true, Ordering::Relaxed);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// At the bound the parser sends what it recorded, then waits until half of the files
+    /// are finished (not just one); once the file thread stops, it no longer waits.
+    #[test]
+    fn in_flight_waits_for_half_then_not_once_stopped() {
+        let in_flight = InFlight::with_max(4);
+        for _ in 0..4 {
+            assert!(in_flight.add(|| panic!("waited under the bound")));
+        }
+        let finished = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for _ in 0..3 {
+                    std::thread::sleep(Duration::from_millis(20));
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    in_flight.finished_one();
+                }
+            });
+            let mut flushed = false;
+            assert!(in_flight.add(|| flushed = true));
+            assert!(flushed);
+            // Not woken by the first file finished.
+            assert!(finished.load(Ordering::SeqCst) >= 2);
+        });
+
+        let in_flight = InFlight::with_max(1);
+        assert!(in_flight.add(|| {}));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                std::thread::sleep(Duration::from_millis(20));
+                drop(StopOnDrop(&in_flight));
+            });
+            assert!(!in_flight.add(|| {}));
+        });
+    }
 }

@@ -4,6 +4,7 @@
 //! fields and duplicate keys rejected, every path validated, each field required or forbidden
 //! according to the entry type.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -458,6 +459,40 @@ fn join_bytes(
             Ok(bytes)
         }
         _ => Err(IndexError::OneOf(field)),
+    }
+}
+
+/// The little of an index line that the first pass over the index needs, read without
+/// building the entry: the owner and group of an ordinary entry. Anything else (a hardlink,
+/// a line without ids, one this cannot read) takes the full parse, and the second pass
+/// parses every line in full anyway.
+#[derive(Deserialize)]
+pub(crate) struct Outline<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    #[serde(borrow)]
+    owner: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    group: Option<Cow<'a, str>>,
+}
+
+/// An owner or group as an index line gives it: a name if it has one, and the id.
+pub(crate) type OwnerRef<'a> = (Option<&'a str>, u32);
+
+impl Outline<'_> {
+    pub(crate) fn parse(line: &[u8]) -> Option<Outline<'_>> {
+        serde_json::from_slice(line).ok()
+    }
+
+    /// Owner and group of a directory, file or symlink that has both ids.
+    pub(crate) fn owners(&self) -> Option<(OwnerRef<'_>, OwnerRef<'_>)> {
+        matches!(&*self.kind, "dir" | "file" | "symlink").then_some(())?;
+        Some((
+            (self.owner.as_deref(), self.uid?),
+            (self.group.as_deref(), self.gid?),
+        ))
     }
 }
 

@@ -11,15 +11,15 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::sync_channel;
 
 use baluchon_signature::{TrustedSigners, VerifiedSigner};
 
 use crate::decode::{decode, ChannelReader};
 use crate::digest::{HashingReader, Sha256Digest};
 use crate::error::{Error, Invalid};
-use crate::files::{process_files, Batch, FileOutput, Job, Jobs, FILES_IN_FLIGHT};
-use crate::index::{is_valid_tenant, BundleHeader, Entry, EntryKind, EntryPath};
+use crate::files::{process_files, Batch, FileOutput, InFlight, Job, Jobs};
+use crate::index::{is_valid_tenant, BundleHeader, Entry, EntryKind, EntryPath, Outline, OwnerRef};
 use crate::layout::{self, tag_file_cap, MAX_INDEX_LINE, SIGNATURE_NAMESPACE, ZSTD_WINDOW_LOG_MAX};
 use crate::outer::{self, Member};
 use crate::progress::{Phase, Progress};
@@ -318,9 +318,23 @@ impl Bundle<Authenticated> {
 
     /// Calls `f` with each line of the (authenticated) index, in order.
     pub(crate) fn for_each_index_entry(&self, mut f: impl FnMut(&Entry)) -> Result<(), Error> {
-        let mut lines = IndexLines::new(self.region(self.member(layout::FILES_INDEX)?))?;
-        while let Some((_, entry)) = lines.next_entry()? {
+        self.for_each_index_line(|line, bytes| {
+            let entry =
+                Entry::from_json_line(bytes).map_err(|source| Invalid::Index { line, source })?;
             f(&entry);
+            Ok(())
+        })
+    }
+
+    /// Each line of the index (without its newline) and its number; then the index digest
+    /// is checked.
+    fn for_each_index_line(
+        &self,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let mut lines = IndexLines::new(self.region(self.member(layout::FILES_INDEX)?))?;
+        while let Some((line, bytes)) = lines.next_line()? {
+            f(line, bytes)?;
         }
         let actual = lines.finish()?;
         if actual != self.state.index_sha256 {
@@ -401,6 +415,7 @@ impl Bundle<Authenticated> {
         // against the index and creates the entries; a third hashes and writes the files.
         // The decompressed chunks go round from a fixed pool, so memory is bounded.
         let files_failed = &AtomicBool::new(false);
+        let in_flight = &InFlight::new();
         std::thread::scope(|scope| {
             let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(2);
             let (pool_tx, pool_rx) = sync_channel::<Vec<u8>>(CHUNK_POOL);
@@ -409,18 +424,14 @@ impl Bundle<Authenticated> {
                 let _ = pool_tx.send(Vec::new());
             }
             let (batch_tx, batch_rx) = sync_channel::<Batch>(4);
-            let (token_tx, tokens) = sync_channel::<()>(FILES_IN_FLIGHT);
-            for _ in 0..FILES_IN_FLIGHT {
-                let _ = token_tx.send(());
-            }
             let decompressor =
                 scope.spawn(move || decode(region, declared, &tx, &pool_rx, progress));
-            let file_thread = scope.spawn(move || process_files(batch_rx, token_tx, files_failed));
+            let file_thread = scope.spawn(move || process_files(batch_rx, in_flight, files_failed));
             let jobs = Jobs::default();
             let checked = self.check_tree(
                 ChannelReader::new(rx, pool_tx, batch_tx, &jobs),
                 &jobs,
-                &tokens,
+                in_flight,
                 files_failed,
                 index,
                 sink,
@@ -472,14 +483,14 @@ impl Bundle<Authenticated> {
 
     /// Walks the tar and the index in lockstep.
     ///
-    /// File content is hashed and written on another thread: `jobs` says what to do, a
-    /// token from `tokens` is taken for each file (so that open files are bounded), and
+    /// File content is hashed and written on another thread: `jobs` says what to do,
+    /// `in_flight` counts each file handed over (so that open files are bounded), and
     /// `files_failed` stops the walk early (the file thread reports why).
     fn check_tree(
         &self,
         stream: ChannelReader<'_>,
         jobs: &Jobs,
-        tokens: &Receiver<()>,
+        in_flight: &InFlight,
         files_failed: &AtomicBool,
         index: Region<'_>,
         sink: &mut dyn TreeSink,
@@ -490,11 +501,24 @@ impl Bundle<Authenticated> {
         // over the index finds them, so memory stays flat however large the tree.
         let mut targets: HashMap<u64, bool> = HashMap::new();
         // The sink gets the same pass (the importer collects owner names from it).
-        self.for_each_index_entry(|entry| {
+        self.for_each_index_line(|line, bytes| {
+            // Most lines are read in outline only.
+            if let Some((owner, group)) = Outline::parse(bytes).as_ref().and_then(Outline::owners) {
+                sink.prepare(owner, group);
+                return Ok(());
+            }
+            let entry =
+                Entry::from_json_line(bytes).map_err(|source| Invalid::Index { line, source })?;
             if let EntryKind::Hardlink { target, .. } = &entry.kind {
                 targets.insert(path_key(target), false);
             }
-            sink.prepare(entry);
+            if let Some(meta) = entry.meta() {
+                sink.prepare(
+                    (meta.owner.as_deref(), meta.uid),
+                    (meta.group.as_deref(), meta.gid),
+                );
+            }
+            Ok(())
         })?;
         sink.prepared()?;
         let mut lines = IndexLines::new(index)?;
@@ -534,13 +558,12 @@ impl Bundle<Authenticated> {
                 }
             }
             entries += 1;
-            if matches!(entry.kind, EntryKind::File { .. }) && tokens.try_recv().is_err() {
-                // Every file handed over so far must be able to finish and give its token
-                // back: send what is recorded, then wait.
-                tar.get_mut().flush();
-                if tokens.recv().is_err() {
-                    return Ok(()); // the file thread stopped; it reports why
-                }
+            // Every file handed over so far must be able to finish before the parser waits:
+            // what is recorded is sent first.
+            if matches!(entry.kind, EntryKind::File { .. })
+                && !in_flight.add(|| tar.get_mut().flush())
+            {
+                return Ok(()); // the file thread stopped; it reports why
             }
             if let Some(output) = sink.begin(&entry)? {
                 jobs.borrow_mut().push(Job::Open(output));
@@ -611,14 +634,15 @@ impl Bundle<Authenticated> {
                 .into());
             }
         }
-        Ok(())
+        sink.walked()
     }
 }
 
 /// Receives each entry during the payload pass; extraction writes them into staging.
 pub(crate) trait TreeSink {
-    /// Each index line, during the first pass over the index (before any content).
-    fn prepare(&mut self, _entry: &Entry) {}
+    /// The owner and group of each index line that has them, during the first pass over
+    /// the index (before any content).
+    fn prepare(&mut self, _owner: OwnerRef<'_>, _group: OwnerRef<'_>) {}
     /// The first pass is over; the payload pass starts.
     fn prepared(&mut self) -> Result<(), Error> {
         Ok(())
@@ -628,6 +652,12 @@ pub(crate) trait TreeSink {
     fn begin(&mut self, entry: &Entry) -> Result<Option<Box<dyn FileOutput>>, Error>;
     /// The entry's header and index line are checked (a file's content may not be yet).
     fn end(&mut self, entry: &Entry) -> Result<(), Error>;
+    /// Every entry is checked and begun; the file thread may still be writing content, and
+    /// a failure there still fails the pass. Extraction finishes directories here, while
+    /// the file thread finishes the last files.
+    fn walked(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 /// Verification alone keeps nothing.
@@ -1176,6 +1206,16 @@ impl<'f> IndexLines<'f> {
     }
 
     fn next_entry(&mut self) -> Result<Option<(u64, Entry)>, Error> {
+        let Some((line, bytes)) = self.next_line()? else {
+            return Ok(None);
+        };
+        let entry =
+            Entry::from_json_line(bytes).map_err(|source| Invalid::Index { line, source })?;
+        Ok(Some((line, entry)))
+    }
+
+    /// The next line without its newline, and its number.
+    fn next_line(&mut self) -> Result<Option<(u64, &[u8])>, Error> {
         self.buf.clear();
         let n = (&mut self.reader)
             .take(MAX_INDEX_LINE as u64 + 1)
@@ -1198,9 +1238,7 @@ impl<'f> IndexLines<'f> {
             }
             .into());
         }
-        let entry = Entry::from_json_line(&self.buf[..n - 1])
-            .map_err(|source| Invalid::Index { line, source })?;
-        Ok(Some((line, entry)))
+        Ok(Some((line, &self.buf[..n - 1])))
     }
 
     fn finish(mut self) -> Result<Sha256Digest, Error> {
