@@ -46,7 +46,7 @@ impl InFlight {
         Self::with_max(share.clamp(1, FILES_IN_FLIGHT_MAX))
     }
 
-    pub(crate) fn with_max(max: usize) -> Self {
+    fn with_max(max: usize) -> Self {
         Self {
             state: Mutex::default(),
             below_half: Condvar::new(),
