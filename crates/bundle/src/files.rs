@@ -17,7 +17,7 @@ use crate::index::EntryPath;
 
 /// Files handed to this thread and not finished yet, at most: each may hold a descriptor.
 /// Over small files the parser runs this far ahead of the file thread.
-const FILES_IN_FLIGHT_MAX: usize = 1024;
+const FILES_IN_FLIGHT_MAX: usize = 2048;
 
 /// Counts the files handed to the file thread and not finished yet. At the bound, the
 /// parser waits until half of them are finished: woken for each one, the two threads

@@ -63,7 +63,7 @@ enum Command {
     Man(manual::ManArgs),
 }
 
-/// Extraction keeps up to a quarter of the descriptor limit in open files (at most 1024),
+/// Extraction keeps up to a quarter of the descriptor limit in open files (at most 2048),
 /// and the soft limit is often 1024 where the hard one is far higher: raised to 8192 where
 /// allowed. Nothing in baluchon uses select(2), which such descriptors would break.
 fn raise_descriptor_limit() {
