@@ -746,6 +746,68 @@ mod tests {
         }
     }
 
+    /// The first pass's outline of a line gives the owners the full parse gives, or sends
+    /// the line to the full parse.
+    #[test]
+    fn outline_owners_agree_with_the_full_parse() {
+        let named = meta();
+        let unnamed = Meta {
+            owner: None,
+            group: Some("g \"quoted\" \u{e9}".into()),
+            uid: 7,
+            gid: 8,
+            ..meta()
+        };
+        let target = EntryPath::new(b"a".to_vec()).unwrap();
+        let kinds = |meta: Meta| {
+            [
+                EntryKind::Dir { meta: meta.clone() },
+                EntryKind::File {
+                    meta: meta.clone(),
+                    size: 1,
+                    sha256: Sha256Digest::of(b"x"),
+                    extents: None,
+                    changed: None,
+                },
+                EntryKind::Symlink {
+                    meta: meta.clone(),
+                    target: b"t".to_vec(),
+                },
+                EntryKind::Hardlink {
+                    meta,
+                    target: target.clone(),
+                },
+            ]
+        };
+        for kind in kinds(named).into_iter().chain(kinds(unnamed)) {
+            let entry = Entry {
+                path: EntryPath::new(b"d/x".to_vec()).unwrap(),
+                kind,
+            };
+            let line = entry.to_json_line();
+            let outline = Outline::parse(line.as_bytes()).unwrap();
+            let meta = entry.meta().unwrap();
+            let expected = (
+                (meta.owner.as_deref(), meta.uid),
+                (meta.group.as_deref(), meta.gid),
+            );
+            match entry.kind {
+                // Its target must be read in full.
+                EntryKind::Hardlink { .. } => assert_eq!(outline.owners(), None),
+                _ => assert_eq!(outline.owners(), Some(expected), "{line}"),
+            }
+        }
+        let skipped = Entry {
+            path: EntryPath::new(b"s".to_vec()).unwrap(),
+            kind: EntryKind::Skipped {
+                reason: SkipReason::Fifo,
+            },
+        };
+        let line = skipped.to_json_line();
+        assert_eq!(Outline::parse(line.as_bytes()).unwrap().owners(), None);
+        assert!(Outline::parse(b"{\"type\":\"file\",\"uid\":\"0\"}").is_none());
+    }
+
     #[test]
     fn hostile_paths_are_rejected() {
         for bad in [
