@@ -319,9 +319,7 @@ impl Bundle<Authenticated> {
     /// Calls `f` with each line of the (authenticated) index, in order.
     pub(crate) fn for_each_index_entry(&self, mut f: impl FnMut(&Entry)) -> Result<(), Error> {
         self.for_each_index_line(|line, bytes| {
-            let entry =
-                Entry::from_json_line(bytes).map_err(|source| Invalid::Index { line, source })?;
-            f(&entry);
+            f(&index_entry(line, bytes)?);
             Ok(())
         })
     }
@@ -507,8 +505,7 @@ impl Bundle<Authenticated> {
                 sink.prepare(owner, group);
                 return Ok(());
             }
-            let entry =
-                Entry::from_json_line(bytes).map_err(|source| Invalid::Index { line, source })?;
+            let entry = index_entry(line, bytes)?;
             if let EntryKind::Hardlink { target, .. } = &entry.kind {
                 targets.insert(path_key(target), false);
             }
@@ -1212,9 +1209,7 @@ impl<'f> IndexLines<'f> {
         let Some((line, bytes)) = self.next_line()? else {
             return Ok(None);
         };
-        let entry =
-            Entry::from_json_line(bytes).map_err(|source| Invalid::Index { line, source })?;
-        Ok(Some((line, entry)))
+        Ok(Some((line, index_entry(line, bytes)?)))
     }
 
     /// The next line without its newline, and its number.
@@ -1252,6 +1247,11 @@ impl<'f> IndexLines<'f> {
         io::copy(&mut compressed, &mut io::sink())?;
         Ok(compressed.into_inner().finish().0)
     }
+}
+
+/// Index line number `line` (without its newline), parsed in full.
+fn index_entry(line: u64, bytes: &[u8]) -> Result<Entry, Error> {
+    Entry::from_json_line(bytes).map_err(|source| Invalid::Index { line, source }.into())
 }
 
 /// A failed read of the bundle file is the machine's problem; anything else, the index's.
