@@ -222,17 +222,28 @@ server {
     if [ "$nginx_changed" = 1 ] || ! vhost_active "$domain"; then nginx_reload; fi
     wait_vhost "$domain" present
 
-    local base="http://$domain" resp
+    local base="http://$domain" resp headers attempt
     log "installing WordPress for $domain"
-    resp=$(curl -sS --max-time 120 --resolve "$domain:80:127.0.0.1" \
-        --data-urlencode "weblog_title=Tenant Blog $domain" \
-        --data-urlencode "user_name=admin" \
-        --data-urlencode "admin_password=$admin_password" \
-        --data-urlencode "admin_password2=$admin_password" \
-        --data-urlencode "pw_weak=1" \
-        --data-urlencode "admin_email=admin@$domain" \
-        --data-urlencode "blog_public=0" \
-        "$base/wp-admin/install.php?step=2") || die "install.php request failed"
+    headers=$(mktemp)
+    tmp_files+=("$headers")
+    # An old nginx worker (another test's reload, still in progress) may answer with the
+    # catch-all even after wait_vhost saw the vhost: the request never reached PHP, so it
+    # is sent again.
+    for attempt in 1 2 3 4 5; do
+        resp=$(curl -sS --max-time 120 --resolve "$domain:80:127.0.0.1" -D "$headers" \
+            --data-urlencode "weblog_title=Tenant Blog $domain" \
+            --data-urlencode "user_name=admin" \
+            --data-urlencode "admin_password=$admin_password" \
+            --data-urlencode "admin_password2=$admin_password" \
+            --data-urlencode "pw_weak=1" \
+            --data-urlencode "admin_email=admin@$domain" \
+            --data-urlencode "blog_public=0" \
+            "$base/wp-admin/install.php?step=2") || die "install.php request failed"
+        grep -qi '^x-baluchon-catchall:' "$headers" || break
+        log "install.php reached the catch-all (attempt $attempt): waiting for $domain again"
+        sleep 0.2
+        wait_vhost "$domain" present
+    done
     if ! grep -q 'Success!' <<<"$resp"; then
         # shellcheck disable=SC2001
         log "install.php said: $(sed 's/<[^>]*>//g' <<<"$resp" | tr -s ' \n' ' ' | head -c 800)"
