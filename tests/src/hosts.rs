@@ -451,7 +451,7 @@ impl Hosts {
 }
 
 /// A TCP relay on the controller, used as a host's address: it forwards every connection
-/// to `to`, and can cut them all, flip one byte going to the host, or slow that direction.
+/// to `to`, and can cut them all, flip one byte going to the host, or slow either direction.
 #[derive(Debug)]
 pub struct Relay {
     addr: SocketAddr,
@@ -469,6 +469,8 @@ struct RelayState {
     flipped: AtomicBool,
     /// Towards the host; 0: as fast as it goes.
     bytes_per_second: AtomicU64,
+    /// From the host; 0: as fast as it goes.
+    back_bytes_per_second: AtomicU64,
     open: Mutex<Vec<TcpStream>>,
 }
 
@@ -503,8 +505,9 @@ impl Relay {
                             client.try_clone().expect("clone"),
                             server.try_clone().expect("clone"),
                         );
-                        std::thread::spawn(move || pump(c, s, Some(&up)));
-                        std::thread::spawn(move || pump(server, client, None));
+                        let down = Arc::clone(&state);
+                        std::thread::spawn(move || pump(c, s, &up, true));
+                        std::thread::spawn(move || pump(server, client, &down, false));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(10));
@@ -544,6 +547,13 @@ impl Relay {
             .store(bytes_per_second, Ordering::SeqCst);
     }
 
+    /// Caps what comes from the host (0: no cap).
+    pub fn limit_back(&self, bytes_per_second: u64) {
+        self.shared
+            .back_bytes_per_second
+            .store(bytes_per_second, Ordering::SeqCst);
+    }
+
     /// Cuts every open connection at once, as a dropped link would; new ones still pass.
     pub fn cut(&self) {
         for stream in self.shared.open.lock().expect("relay lock").drain(..) {
@@ -562,9 +572,9 @@ impl Drop for Relay {
     }
 }
 
-/// Copies `from` to `to` until either end closes; towards the host (`state` given), counts,
-/// paces and flips.
-fn pump(mut from: TcpStream, mut to: TcpStream, state: Option<&RelayState>) {
+/// Copies `from` to `to` until either end closes, at the pace set for its direction; towards
+/// the host, also counts and flips.
+fn pump(mut from: TcpStream, mut to: TcpStream, state: &RelayState, to_host: bool) {
     let mut buf = [0u8; 16 * 1024];
     let started = Instant::now();
     let mut sent = 0u64;
@@ -573,7 +583,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: Option<&RelayState>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if let Some(state) = state {
+        if to_host {
             let offset = state.forwarded.fetch_add(n as u64, Ordering::SeqCst);
             let at = state.flip_at.load(Ordering::SeqCst);
             if (offset..offset + n as u64).contains(&at)
@@ -582,13 +592,18 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: Option<&RelayState>) {
                 let i = usize::try_from(at - offset).expect("offset in buffer");
                 buf[i] ^= 0x01;
             }
-            sent += n as u64;
-            let rate = state.bytes_per_second.load(Ordering::SeqCst);
-            if rate > 0 {
-                let due = Duration::from_secs_f64(sent as f64 / rate as f64);
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
+        }
+        sent += n as u64;
+        let rate = if to_host {
+            &state.bytes_per_second
+        } else {
+            &state.back_bytes_per_second
+        }
+        .load(Ordering::SeqCst);
+        if rate > 0 {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
             }
         }
         if to.write_all(&buf[..n]).is_err() {

@@ -489,6 +489,19 @@ fn a_byte_flipped_in_flight_is_rejected_and_b_is_unchanged() {
     world.done();
 }
 
+/// The run says it reconnected after the cut, and went on from past the first MiB.
+fn assert_resumed_past_the_fault(out: &Output) {
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("the transfer was cut"), "{stderr}");
+    let resumed_at: u64 = stderr
+        .split("resumed at byte ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the transfer resumed: {stderr}"));
+    assert!(resumed_at > 1 << 20, "resumed at byte {resumed_at}");
+}
+
 #[test]
 fn a_connection_cut_mid_transfer_resumes_and_completes() {
     let world = World::new("cut-mid-transfer");
@@ -508,17 +521,87 @@ fn a_connection_cut_mid_transfer_resumes_and_completes() {
         "e2e cut-mid-transfer: migration with a cut in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let stderr = text(&out.stderr);
-    assert!(stderr.contains("the transfer was cut"), "{stderr}");
-    let resumed_at: u64 = stderr
-        .split("resumed at byte ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("the upload resumed: {stderr}"));
-    assert!(resumed_at > 1 << 20, "resumed at byte {resumed_at}");
+    assert_resumed_past_the_fault(&out);
     blog.assert_served(b, new, &upload);
     assert_no_leftovers(&world);
+    world.done();
+}
+
+#[test]
+fn a_download_from_a_cut_mid_transfer_resumes_and_the_bundle_verifies() {
+    let world = World::new("cut-mid-download");
+    let a = world.a();
+    let (blog, upload) = big_blog(a, "fetch.provider-a.test");
+    // Only the bundle then crosses the slowed link.
+    install_baluchon(&world, a);
+    let relay = Relay::start(a.gateway(), (a.addr(), 22).into());
+    relay.limit_back(8 << 20);
+    let at = relay.addr();
+    let known_hosts = world.hosts.dir.path().join("known_hosts.relay-a");
+    world.hosts.write_known_hosts(
+        &known_hosts,
+        &[format!("[{}]:{} {}", at.ip(), at.port(), a.host_key())],
+    );
+    let here = world.hosts.dir.path().join("fetched");
+    fs_err::create_dir(&here).expect("a directory for the bundle");
+    let bundle = here.join("blog.baluchon");
+    let child = world
+        .baluchon()
+        .args([
+            "export",
+            "--from",
+            &format!("ssh://root@{}:{}", at.ip(), at.port()),
+        ])
+        .args(world.ssh_args(&known_hosts))
+        .args(["--app", "wordpress", "--instance", &blog.domain])
+        .args(["--sign-key", SIGN_KEY_ON_A, "-o"])
+        .arg(&bundle)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("baluchon runs");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut reached = false;
+    while !reached && Instant::now() < deadline {
+        reached = fs_err::read_dir(&here)
+            .expect("list the bundle's directory")
+            .flatten()
+            .any(|f| f.metadata().is_ok_and(|m| m.len() > 1 << 20));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    relay.cut();
+    relay.limit_back(0);
+    let out = child.wait_with_output().expect("baluchon ends");
+    assert!(
+        reached,
+        "the download never reached 1 MiB: {}",
+        text(&out.stderr)
+    );
+    assert_ok(&out, "export --from A with a cut");
+    assert_resumed_past_the_fault(&out);
+
+    let verified = run(world
+        .baluchon()
+        .args(["verify", "--signer"])
+        .arg(&world.keys.allowed_signers)
+        .arg(&bundle));
+    assert_ok(&verified, "verifying the fetched bundle");
+    assert!(
+        baluchon_tests::apps::tree_file(&bundle, &blog.upload_path) == upload,
+        "the upload is in the bundle, byte for byte"
+    );
+    let left: Vec<_> = fs_err::read_dir(&here)
+        .expect("list the bundle's directory")
+        .flatten()
+        .map(|f| f.file_name())
+        .collect();
+    assert_eq!(
+        left,
+        [OsString::from("blog.baluchon")],
+        "nothing else is left here"
+    );
+    let exports = a.sh("ls -d /tmp/baluchon-export.* 2>/dev/null || true");
+    assert!(exports.is_empty(), "left on A: {exports}");
     world.done();
 }
 

@@ -1,6 +1,6 @@
 //! SSH against a real OpenSSH sshd on loopback (tests/src/sshd.rs starts it with its own host
 //! keys): host keys are checked strictly, logins and remote failures are reported clearly,
-//! uploads resume after a dropped connection, and an app bundle is imported on the other
+//! uploads and downloads resume after a dropped connection, and an app bundle is imported on the other
 //! side of the connection.
 
 use std::path::Path;
@@ -10,7 +10,8 @@ use baluchon_tests::apps::{http_get, script, services, text, unique, Site};
 use baluchon_tests::fixture::{baluchon_bin, Keys};
 use baluchon_tests::sshd::Sshd;
 use baluchon_transport::{
-    ConnectOptions, Connection, LocalFile, RemoteFile, SshTarget, TransportError, UploadReport,
+    ConnectOptions, Connection, Download, LocalFile, RemoteFile, SshTarget, TransportError,
+    UploadReport,
 };
 
 fn options(sshd: &Sshd, known_hosts: &Path) -> ConnectOptions {
@@ -219,6 +220,17 @@ fn a_remote_failure_brings_back_its_stderr_and_status() {
     }
 }
 
+/// Writes 400 MB that do not compress to `path`, and returns them: large enough to still be
+/// on their way when the connection drops.
+fn big_random_file(path: &Path) -> Vec<u8> {
+    let out = Command::new("head")
+        .args(["-c", "400000000", "/dev/urandom"])
+        .output()
+        .unwrap();
+    fs_err::write(path, &out.stdout).unwrap();
+    out.stdout
+}
+
 /// Sends 400 MB, from a local file or streamed from a file on the other host, cuts every
 /// connection halfway, and sends again: the second upload goes on from what arrived.
 fn cut_and_resume(streamed_from_there: bool) {
@@ -227,12 +239,7 @@ fn cut_and_resume(streamed_from_there: bool) {
     let known_hosts = dir.path().join("known_hosts");
     sshd.write_known_hosts(&known_hosts);
     let local = dir.path().join("big.bin");
-    // Incompressible and large enough to still be on its way when the connection drops.
-    let out = Command::new("head")
-        .args(["-c", "400000000", "/dev/urandom"])
-        .output()
-        .unwrap();
-    fs_err::write(&local, &out.stdout).unwrap();
+    let bytes = big_random_file(&local);
     let remote_dir = dir.path().join("remote");
     fs_err::create_dir(&remote_dir).unwrap();
     let remote = remote_dir.join("big.bin");
@@ -284,7 +291,7 @@ fn cut_and_resume(streamed_from_there: bool) {
     );
     assert_eq!(
         fs_err::read(&remote).unwrap(),
-        out.stdout,
+        bytes,
         "and the file is whole"
     );
     assert!(!part.exists());
@@ -298,6 +305,93 @@ fn an_upload_cut_by_a_dropped_connection_resumes() {
 #[test]
 fn a_transfer_streamed_from_another_host_resumes_after_a_cut() {
     cut_and_resume(true);
+}
+
+/// Fetches 400 MB, cuts every connection once 50 MB are here, and fetches again over a
+/// new connection: it goes on from what arrived, and a copy altered here is refused.
+#[test]
+fn a_download_cut_by_a_dropped_connection_resumes() {
+    let mut sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let remote = dir.path().join("there.bin");
+    let bytes = big_random_file(&remote);
+    let here = dir.path().join("here");
+    fs_err::create_dir(&here).unwrap();
+    let local = here.join("fetched.bin");
+    let remote_path = remote.display().to_string();
+    let partial = || {
+        fs_err::read_dir(&here)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(".baluchon-download.")
+            })
+            .expect("the download's temporary file")
+    };
+
+    let first = Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap();
+    let mut download = Download::new(&first, &remote_path, &local).unwrap();
+    assert_eq!(download.size(), 400_000_000);
+    let watched = partial();
+    let cut = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while fs_err::metadata(&watched).map_or(0, |m| m.len()) < 50_000_000 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the download never started"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            sshd.kill_sessions_and_restart();
+        });
+        download.fetch(&first, &mut |_| {})
+    });
+    let connect = || Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap();
+    assert!(cut.is_err(), "the cut download failed");
+    let delivered = fs_err::metadata(partial()).unwrap().len();
+    assert!(delivered > 0 && delivered < 400_000_000, "{delivered}");
+    assert!(!local.exists(), "nothing takes the name before it is whole");
+
+    let mut counted = 0;
+    download.fetch(&connect(), &mut |n| counted += n).unwrap();
+    assert_eq!(
+        download.resumed_from(),
+        delivered,
+        "it went on from what was here"
+    );
+    assert_eq!(
+        counted, 400_000_000,
+        "progress counts what was already here"
+    );
+    let sha256 = download.finish().unwrap();
+    assert_eq!(sha256.len(), 64);
+    assert_eq!(
+        fs_err::read(&local).unwrap(),
+        bytes,
+        "and the file is whole"
+    );
+    assert_eq!(
+        fs_err::read_dir(&here).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+
+    // A copy that differs from the other side's file is refused, and removed.
+    let mut download = Download::new(&connect(), &remote_path, &here.join("again.bin")).unwrap();
+    fs_err::write(partial(), b"not the start of it").unwrap();
+    download.fetch(&connect(), &mut |_| {}).unwrap();
+    let err = download.finish().unwrap_err();
+    assert!(
+        matches!(err, TransportError::DownloadCorrupted { .. }),
+        "{err}"
+    );
+    assert_eq!(fs_err::read_dir(&here).unwrap().count(), 1, "{err}");
 }
 
 #[test]

@@ -45,6 +45,8 @@ pub struct ExportArgs {
     from: Option<String>,
     #[command(flatten)]
     ssh: crate::remote::SshArgs,
+    #[command(flatten)]
+    retry: crate::remote::RetryArgs,
     /// Directory to export; its contents become the bundle's tree
     #[arg(long, required_unless_present = "app", requires = "tenant")]
     path: Option<PathBuf>,
@@ -105,7 +107,15 @@ pub fn run(args: &ExportArgs, progress: &crate::progress::CliProgress) -> anyhow
         }
         if args.plan {
             remote_args.push("--plan".to_owned());
-            return crate::remote::export(url, &args.ssh, &remote_args, None, None, progress);
+            return crate::remote::export(
+                url,
+                &args.ssh,
+                &args.retry,
+                &remote_args,
+                None,
+                None,
+                progress,
+            );
         }
         let (Some(sign_key), Some(output)) = (&args.sign_key, &args.output) else {
             anyhow::bail!("--sign-key (a key file on the other host) and --output are needed");
@@ -113,6 +123,7 @@ pub fn run(args: &ExportArgs, progress: &crate::progress::CliProgress) -> anyhow
         return crate::remote::export(
             url,
             &args.ssh,
+            &args.retry,
             &remote_args,
             Some(sign_key),
             Some(output),

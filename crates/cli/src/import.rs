@@ -42,6 +42,8 @@ pub struct ImportArgs {
     to: Option<String>,
     #[command(flatten)]
     ssh: crate::remote::SshArgs,
+    #[command(flatten)]
+    retry: crate::remote::RetryArgs,
     /// App bundles: the instance's new domain
     #[arg(long, conflicts_with = "path")]
     domain: Option<String>,
@@ -135,6 +137,7 @@ pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow
         return crate::remote::import(
             url,
             &args.ssh,
+            &args.retry,
             &args.bundle,
             &args.signer,
             &crate::remote::RemoteImport { args: extra },

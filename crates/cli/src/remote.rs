@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use baluchon_transport::{
-    shell_quote, ConnectOptions, Connection, LocalFile, RemoteFile, SshTarget, TransportError,
-    UploadReport, UploadSource,
+    shell_quote, ConnectOptions, Connection, Download, LocalFile, RemoteFile, SshTarget,
+    TransportError, UploadReport, UploadSource,
 };
 use clap::Args;
 
@@ -53,6 +53,93 @@ impl SshArgs {
         options.timeout = Duration::from_secs(self.ssh_timeout.max(1));
         Ok(Connection::open(&target, &options)?)
     }
+}
+
+/// How far a cut transfer goes on, in the same run.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// How many times a cut transfer is resumed, over a new connection, before giving up
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    retries: u32,
+}
+
+/// Counts the reconnections of one run, shared by all its transfers.
+struct Retry {
+    allowed: u32,
+    attempt: u32,
+}
+
+impl Retry {
+    fn new(args: &RetryArgs) -> Self {
+        Self {
+            allowed: args.retries,
+            attempt: 0,
+        }
+    }
+
+    /// After a transfer failed with `err`: reconnects with `reconnect` (waiting longer at
+    /// each attempt) if the failure is one a new connection may get past and attempts are
+    /// left, so the transfer can be tried again; otherwise returns the error.
+    fn reconnect(
+        &mut self,
+        err: TransportError,
+        mut reconnect: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        if self.attempt >= self.allowed || !resumable(&err) {
+            return Err(err.into());
+        }
+        eprintln!("the transfer was cut ({err}); reconnecting to resume");
+        // A reconnection that fails for the same kind of reason (the link still down)
+        // uses up an attempt too.
+        loop {
+            self.attempt += 1;
+            std::thread::sleep(Duration::from_secs(2 * u64::from(self.attempt)));
+            eprintln!("attempt {} of {}", self.attempt, self.allowed);
+            match reconnect() {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if self.attempt < self.allowed
+                        && e.downcast_ref::<TransportError>().is_some_and(resumable) =>
+                {
+                    eprintln!("reconnecting failed: {e:#}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Downloads `remote` to `local` (which must not exist) over `conn`, taking the download
+/// up over a new connection after a cut; `conn` is then that new connection.
+fn fetch(
+    conn: &mut Connection,
+    reconnect: impl Fn() -> anyhow::Result<Connection>,
+    retry: &mut Retry,
+    remote: &str,
+    local: &Path,
+    label: &str,
+    progress: &CliProgress,
+) -> anyhow::Result<String> {
+    let mut download = Download::new(conn, remote, local)?;
+    loop {
+        progress.start(label, Some(download.size()));
+        let fetched = download.fetch(conn, &mut |bytes| progress.add(bytes));
+        match fetched {
+            Ok(()) => break,
+            Err(err) => retry.reconnect(err, || {
+                *conn = reconnect()?;
+                Ok(())
+            })?,
+        }
+    }
+    if download.resumed_from() > 0 {
+        eprintln!(
+            "{label}: resumed at byte {} of {}",
+            download.resumed_from(),
+            download.size()
+        );
+    }
+    Ok(download.finish()?)
 }
 
 /// A baluchon the other host can run: its own if it is this version, else this binary,
@@ -136,23 +223,28 @@ pub struct RemoteImport {
 pub fn import(
     url: &str,
     ssh: &SshArgs,
+    retry: &RetryArgs,
     bundle: &Path,
     signer: &Path,
     options: &RemoteImport,
     progress: &CliProgress,
 ) -> anyhow::Result<()> {
-    let conn = ssh.connect(url)?;
+    let mut conn = ssh.connect(url)?;
     let mut source = LocalFile::new(bundle);
     let dir = upload_dir(&conn, &source.sha256()?)?;
     let bin = remote_baluchon(&conn, &dir)?;
     let remote_bundle = format!("{dir}/bundle.baluchon");
-    send(
-        &conn,
-        &mut source,
-        &remote_bundle,
-        &format!("to {}", conn.target().host),
-        progress,
-    )?;
+    let label = format!("to {}", conn.target().host);
+    let mut retry = Retry::new(retry);
+    loop {
+        match send(&conn, &mut source, &remote_bundle, &label, progress) {
+            Ok(_) => break,
+            Err(err) => retry.reconnect(err, || {
+                conn = ssh.connect(url)?;
+                Ok(())
+            })?,
+        }
+    }
     let result = import_there(&conn, &bin, &dir, signer, options, progress);
     // The upload is kept for a retry only when the import did not run to its end.
     if result.is_ok() {
@@ -194,6 +286,7 @@ fn import_there(
 pub fn export(
     url: &str,
     ssh: &SshArgs,
+    retry: &RetryArgs,
     remote_args: &[String],
     sign_key: Option<&Path>,
     output: Option<&Path>,
@@ -206,7 +299,7 @@ pub fn export(
             output.display()
         );
     }
-    let conn = ssh.connect(url)?;
+    let mut conn = ssh.connect(url)?;
     let dir = private_temp_dir(&conn)?;
     let result = (|| -> anyhow::Result<()> {
         let bin = remote_baluchon(&conn, &dir)?;
@@ -228,15 +321,33 @@ pub fn export(
             &mut std::io::stdout(),
         )?;
         if let Some(output) = output {
-            let sha256 = conn.download(&remote_bundle, output)?;
+            let label = format!("from {}", conn.target().host);
+            let sha256 = fetch(
+                &mut conn,
+                || ssh.connect(url),
+                &mut Retry::new(retry),
+                &remote_bundle,
+                output,
+                &label,
+                progress,
+            )?;
             eprintln!("fetched {} (sha256 {sha256})", output.display());
         }
         Ok(())
     })();
-    let cleaned = conn.output(&format!("rm -rf {}", shell_quote(&dir)));
+    let cleaned = remove_dir(&conn, ssh, url, &dir);
     result.with_context(|| format!("exporting on {} failed", conn.target()))?;
-    cleaned?;
+    cleaned.context("the export succeeded, but a temporary directory could not be removed")?;
     Ok(())
+}
+
+/// Removes `dir` on the other host, over a new connection if `conn` died.
+fn remove_dir(conn: &Connection, ssh: &SshArgs, url: &str, dir: &str) -> anyhow::Result<()> {
+    let command = format!("rm -rf {}", shell_quote(dir));
+    conn.output(&command).map(drop).or_else(|_| {
+        let again = ssh.connect(url)?;
+        Ok(again.output(&command).map(drop)?)
+    })
 }
 
 fn private_temp_dir(conn: &Connection) -> anyhow::Result<String> {
@@ -305,9 +416,8 @@ pub struct MigrateArgs {
     /// stay on standard error)
     #[arg(long)]
     json: bool,
-    /// How many times a cut transfer is resumed before giving up
-    #[arg(long, default_value_t = 3)]
-    retries: u32,
+    #[command(flatten)]
+    retry: RetryArgs,
     #[command(flatten)]
     ssh: SshArgs,
 }
@@ -335,16 +445,9 @@ pub fn migrate(args: &MigrateArgs, progress: &CliProgress) -> anyhow::Result<()>
     );
     // Temporary files go on every path: a later run exports afresh, so a partial upload
     // could not be resumed by it anyway. A connection that died is opened once more for it.
-    let remove = |conn: &Connection, url: &str, dir: &str| {
-        let command = format!("rm -rf {}", shell_quote(dir));
-        conn.output(&command).map(drop).or_else(|_| {
-            let again = args.ssh.connect(url)?;
-            Ok::<_, anyhow::Error>(again.output(&command).map(drop)?)
-        })
-    };
-    let mut cleaned = remove(&source, &args.from, &export_dir);
+    let mut cleaned = remove_dir(&source, &args.ssh, &args.from, &export_dir);
     if let Some(dir) = upload {
-        cleaned = cleaned.and(remove(&target, &args.to, &dir));
+        cleaned = cleaned.and(remove_dir(&target, &args.ssh, &args.to, &dir));
     }
     result.with_context(|| {
         format!(
@@ -392,9 +495,17 @@ fn migrate_through(
         &mut std::io::stderr(),
     )
     .context("the export on the source host failed")?;
+    let mut retry = Retry::new(&args.retry);
     if let Some(keep) = &args.keep {
-        progress.start("fetching a copy", None);
-        let sha256 = source.download(&bundle, keep)?;
+        let sha256 = fetch(
+            source,
+            || args.ssh.connect(&args.from),
+            &mut retry,
+            &bundle,
+            keep,
+            "fetching a copy",
+            progress,
+        )?;
         eprintln!("kept a copy in {} (sha256 {sha256})", keep.display());
     }
 
@@ -403,7 +514,6 @@ fn migrate_through(
     *upload = Some(dir.clone());
     let to_bin = remote_baluchon(target, &dir)?;
     let label = format!("{} → {}", source.target().host, target.target().host);
-    let mut attempt = 0;
     loop {
         let sent = match &args.keep {
             Some(keep) => send(
@@ -423,35 +533,12 @@ fn migrate_through(
         };
         match sent {
             Ok(_) => break,
-            Err(err) if attempt < args.retries && resumable(&err) => {
-                eprintln!("the transfer was cut ({err}); reconnecting to resume");
-                // Either side may be the one that dropped. A reconnection that fails for
-                // the same kind of reason (the link still down) uses up an attempt too.
-                loop {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_secs(2 * u64::from(attempt)));
-                    eprintln!("attempt {attempt} of {}", args.retries);
-                    match args
-                        .ssh
-                        .connect(&args.from)
-                        .and_then(|s| Ok((s, args.ssh.connect(&args.to)?)))
-                    {
-                        Ok((s, t)) => {
-                            *source = s;
-                            *target = t;
-                            break;
-                        }
-                        Err(e)
-                            if attempt < args.retries
-                                && e.downcast_ref::<TransportError>().is_some_and(resumable) =>
-                        {
-                            eprintln!("reconnecting failed: {e:#}");
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            Err(err) => return Err(err.into()),
+            // Either side may be the one that dropped.
+            Err(err) => retry.reconnect(err, || {
+                *source = args.ssh.connect(&args.from)?;
+                *target = args.ssh.connect(&args.to)?;
+                Ok(())
+            })?,
         }
     }
 

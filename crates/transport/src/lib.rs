@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use ssh2::Session;
 
-pub use transfer::{sha256_prefix, LocalFile, RemoteFile, UploadReport, UploadSource};
+pub use transfer::{sha256_prefix, Download, LocalFile, RemoteFile, UploadReport, UploadSource};
 
 /// Where to connect: `ssh://user@host[:port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,6 +184,21 @@ pub enum TransportError {
         path: String,
         local: String,
         remote: String,
+    },
+    #[error(
+        "the copy of {source_host}:{path} fetched here has sha256 {local}, not {remote} as there"
+    )]
+    DownloadCorrupted {
+        source_host: String,
+        path: String,
+        local: String,
+        remote: String,
+    },
+    #[error("cannot write the download of {path} here, into {local}: {source}")]
+    DownloadWrite {
+        path: String,
+        local: PathBuf,
+        source: io::Error,
     },
     #[error(transparent)]
     Io(#[from] io::Error),

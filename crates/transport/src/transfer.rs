@@ -1,7 +1,7 @@
 //! Moving files: uploads (from a local file, or streamed from a file on another host) that
 //! resume after a cut, and downloads; every transfer is checked by sha256 at both ends.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -192,6 +192,34 @@ impl<R: Read> Read for Counting<'_, R> {
     }
 }
 
+/// Where a download's bytes are written: counts them, and keeps the error if writing here
+/// fails, so that it is not taken for a cut connection.
+struct Appending<'a> {
+    file: &'a std::fs::File,
+    received: &'a mut dyn FnMut(u64),
+    failed: Option<io::Error>,
+}
+
+impl Write for Appending<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.file.write(buf) {
+            Ok(n) => {
+                (self.received)(n as u64);
+                Ok(n)
+            }
+            Err(e) => {
+                let kept = io::Error::new(e.kind(), e.to_string());
+                self.failed = Some(e);
+                Err(kept)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Reads chunks a reader thread sends, so that reading the source (another SSH session,
 /// with its own decryption) and writing to the target overlap.
 struct Pipe {
@@ -319,30 +347,122 @@ impl Connection {
 
     /// Downloads `remote` into a new file `local` (which must not exist), through a hidden
     /// temporary file beside it, and checks it against the remote side's sha256 before it
-    /// takes its name. Returns the sha256.
+    /// takes its name. Returns the sha256. [`Download`] can go on after a cut.
     pub fn download(&self, remote: &str, local: &Path) -> Result<String, TransportError> {
+        let mut download = Download::new(self, remote, local)?;
+        download.fetch(self, &mut |_| {})?;
+        download.finish()
+    }
+}
+
+/// A download into a hidden temporary file beside its destination, which a new connection
+/// can take up where a cut one left it. The other side's size and sha256 are taken before
+/// the first byte, and the copy must match them before it takes the destination's name.
+#[derive(Debug)]
+pub struct Download {
+    remote: String,
+    local: PathBuf,
+    partial: tempfile::NamedTempFile,
+    source_host: String,
+    size: u64,
+    sha256: String,
+    resumed_from: u64,
+}
+
+impl Download {
+    /// Prepares the download of `remote`, on the other side of `conn`, into `local`, which
+    /// must not exist when it ends.
+    pub fn new(conn: &Connection, remote: &str, local: &Path) -> Result<Self, TransportError> {
         let quoted = shell_quote(remote);
-        let theirs = first_word(&self.output(&format!("{SHA256} < {quoted}"))?)?;
+        let text = conn.output(&format!("wc -c < {quoted} && {SHA256} < {quoted}"))?;
+        let mut lines = text.lines();
+        let size = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .ok_or_else(|| {
+                TransportError::Io(io::Error::other(format!(
+                    "{remote}: expected its size, got {text:?}"
+                )))
+            })?;
+        let sha256 = first_word(lines.next().unwrap_or_default())?;
         let dir = match local.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
-        let mut partial = tempfile::Builder::new()
+        let partial = tempfile::Builder::new()
             .prefix(".baluchon-download.")
             .tempfile_in(&dir)?;
-        self.run(&format!("cat {quoted}"), None, partial.as_file_mut())?;
-        partial.as_file().sync_all()?;
-        let ours = sha256_prefix(partial.path(), u64::MAX)?;
-        if ours != theirs {
-            return Err(TransportError::Corrupted {
-                target: self.target().to_string(),
-                path: remote.to_owned(),
+        Ok(Self {
+            remote: remote.to_owned(),
+            local: local.to_owned(),
+            partial,
+            source_host: conn.target().to_string(),
+            size,
+            sha256,
+            resumed_from: 0,
+        })
+    }
+
+    /// The remote file's size, as the other side reported it.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Where the last fetch started: above zero when it took up an earlier, cut one.
+    pub fn resumed_from(&self) -> u64 {
+        self.resumed_from
+    }
+
+    /// Fetches what is still missing over `conn`, telling `received` of every byte
+    /// (starting with those already here). After an error, call it again with a new
+    /// connection: it goes on from the end of the copy.
+    pub fn fetch(
+        &mut self,
+        conn: &Connection,
+        received: &mut dyn FnMut(u64),
+    ) -> Result<(), TransportError> {
+        let quoted = shell_quote(&self.remote);
+        let mut file = self.partial.as_file();
+        let have = io::Seek::seek(&mut file, io::SeekFrom::End(0))?;
+        self.resumed_from = have;
+        received(have);
+        // `tail -c +N` seeks in a regular file rather than reading what it skips.
+        let command = if have == 0 {
+            format!("cat {quoted}")
+        } else {
+            format!("tail -c +{} {quoted}", have + 1)
+        };
+        let mut out = Appending {
+            file,
+            received,
+            failed: None,
+        };
+        let fetched = conn.run(&command, None, &mut out);
+        match out.failed {
+            Some(source) => Err(TransportError::DownloadWrite {
+                path: self.remote.clone(),
+                local: self.partial.path().to_owned(),
+                source,
+            }),
+            None => fetched,
+        }
+    }
+
+    /// Checks the copy against the other side's sha256 and gives it its name. Returns the
+    /// sha256. A copy that does not match is removed.
+    pub fn finish(self) -> Result<String, TransportError> {
+        self.partial.as_file().sync_all()?;
+        let ours = sha256_prefix(self.partial.path(), u64::MAX)?;
+        if ours != self.sha256 {
+            return Err(TransportError::DownloadCorrupted {
+                source_host: self.source_host,
+                path: self.remote,
                 local: ours,
-                remote: theirs,
+                remote: self.sha256,
             });
         }
-        partial
-            .persist_noclobber(local)
+        self.partial
+            .persist_noclobber(&self.local)
             .map_err(|e| TransportError::Io(e.error))?;
         Ok(ours)
     }
