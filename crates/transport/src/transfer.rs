@@ -192,10 +192,12 @@ impl<R: Read> Read for Counting<'_, R> {
     }
 }
 
-/// Where a download's bytes are written: counts them, and keeps the error if writing here
-/// fails, so that it is not taken for a cut connection.
+/// Where a download's bytes are written: hashes and counts them, and keeps the error if
+/// writing here fails, so that it is not taken for a cut connection.
 struct Appending<'a> {
     file: &'a std::fs::File,
+    hasher: &'a mut Sha256,
+    hashed: &'a mut u64,
     received: &'a mut dyn FnMut(u64),
     failed: Option<io::Error>,
 }
@@ -204,6 +206,8 @@ impl Write for Appending<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.file.write(buf) {
             Ok(n) => {
+                self.hasher.update(&buf[..n]);
+                *self.hashed += n as u64;
                 (self.received)(n as u64);
                 Ok(n)
             }
@@ -356,8 +360,9 @@ impl Connection {
 }
 
 /// A download into a hidden temporary file beside its destination, which a new connection
-/// can take up where a cut one left it. The other side's size and sha256 are taken before
-/// the first byte, and the copy must match them before it takes the destination's name.
+/// can take up where a cut one left it. The other side hashes the whole file while it sends
+/// it, and this side hashes what it writes: the copy takes the destination's name only if
+/// both digests agree.
 #[derive(Debug)]
 pub struct Download {
     remote: String,
@@ -365,7 +370,11 @@ pub struct Download {
     partial: tempfile::NamedTempFile,
     source_host: String,
     size: u64,
-    sha256: String,
+    /// The other side's digest of the whole file, once it has arrived.
+    theirs: Option<String>,
+    /// What this side wrote, hashed as it was written.
+    ours: Sha256,
+    hashed: u64,
     resumed_from: u64,
 }
 
@@ -373,18 +382,12 @@ impl Download {
     /// Prepares the download of `remote`, on the other side of `conn`, into `local`, which
     /// must not exist when it ends.
     pub fn new(conn: &Connection, remote: &str, local: &Path) -> Result<Self, TransportError> {
-        let quoted = shell_quote(remote);
-        let text = conn.output(&format!("wc -c < {quoted} && {SHA256} < {quoted}"))?;
-        let mut lines = text.lines();
-        let size = lines
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .ok_or_else(|| {
-                TransportError::Io(io::Error::other(format!(
-                    "{remote}: expected its size, got {text:?}"
-                )))
-            })?;
-        let sha256 = first_word(lines.next().unwrap_or_default())?;
+        let text = conn.output(&format!("wc -c < {}", shell_quote(remote)))?;
+        let size = text.trim().parse().map_err(|_| {
+            TransportError::Io(io::Error::other(format!(
+                "{remote}: `wc -c` printed {text:?}"
+            )))
+        })?;
         let dir = match local.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
@@ -398,7 +401,9 @@ impl Download {
             partial,
             source_host: conn.target().to_string(),
             size,
-            sha256,
+            theirs: None,
+            ours: Sha256::new(),
+            hashed: 0,
             resumed_from: 0,
         })
     }
@@ -424,20 +429,41 @@ impl Download {
         let quoted = shell_quote(&self.remote);
         let mut file = self.partial.as_file();
         let have = io::Seek::seek(&mut file, io::SeekFrom::End(0))?;
+        if have != self.hashed {
+            // Only bytes written are hashed, so the two agree; should they not, the copy's
+            // own bytes are what the final check must be about.
+            self.ours = Sha256::new();
+            self.ours.update(fs_err::read(self.partial.path())?);
+            self.hashed = have;
+        }
         self.resumed_from = have;
         received(have);
-        // `tail -c +N` seeks in a regular file rather than reading what it skips.
-        let command = if have == 0 {
-            format!("cat {quoted}")
+        // `tail -c +N` seeks in a regular file rather than reading what it skips. Until
+        // the other side's digest has arrived, it is taken at the same time, of the whole
+        // file, and sent on stderr.
+        let send = format!("tail -c +{} {quoted}", have + 1);
+        let command = if self.theirs.is_some() {
+            send
         } else {
-            format!("tail -c +{} {quoted}", have + 1)
+            format!("{SHA256} < {quoted} >&2 & {send} && wait $!")
         };
         let mut out = Appending {
             file,
+            hasher: &mut self.ours,
+            hashed: &mut self.hashed,
             received,
             failed: None,
         };
-        let fetched = conn.run(&command, None, &mut out);
+        let theirs = &mut self.theirs;
+        let fetched = conn.run_reporting(&command, None, &mut out, &mut |line| match first_word(
+            line,
+        ) {
+            Ok(digest) if theirs.is_none() => {
+                *theirs = Some(digest);
+                true
+            }
+            _ => false,
+        });
         match out.failed {
             Some(source) => Err(TransportError::DownloadWrite {
                 path: self.remote.clone(),
@@ -451,14 +477,20 @@ impl Download {
     /// Checks the copy against the other side's sha256 and gives it its name. Returns the
     /// sha256. A copy that does not match is removed.
     pub fn finish(self) -> Result<String, TransportError> {
+        let theirs = self.theirs.ok_or_else(|| {
+            TransportError::Io(io::Error::other(format!(
+                "{}: the other side's sha256 never arrived",
+                self.remote
+            )))
+        })?;
         self.partial.as_file().sync_all()?;
-        let ours = sha256_prefix(self.partial.path(), u64::MAX)?;
-        if ours != self.sha256 {
+        let ours = hex(&self.ours.finalize());
+        if ours != theirs {
             return Err(TransportError::DownloadCorrupted {
                 source_host: self.source_host,
                 path: self.remote,
                 local: ours,
-                remote: self.sha256,
+                remote: theirs,
             });
         }
         self.partial
