@@ -527,9 +527,11 @@ fn a_connection_cut_mid_transfer_resumes_and_completes() {
     world.done();
 }
 
+/// The client's way out, with both transfers cut: `export --from A` and then `import --to B`
+/// each reconnect by themselves and go on from where the copy stopped.
 #[test]
-fn a_download_from_a_cut_mid_transfer_resumes_and_the_bundle_verifies() {
-    let world = World::new("cut-mid-download");
+fn a_bundle_fetched_from_a_then_imported_on_b_each_cut_mid_transfer() {
+    let world = World::new("cut-both-ways");
     let a = world.a();
     let (blog, upload) = big_blog(a, "fetch.provider-a.test");
     // Only the bundle then crosses the slowed link.
@@ -602,6 +604,19 @@ fn a_download_from_a_cut_mid_transfer_resumes_and_the_bundle_verifies() {
     );
     let exports = a.sh("ls -d /tmp/baluchon-export.* 2>/dev/null || true");
     assert!(exports.is_empty(), "left on A: {exports}");
+
+    let b = world.b();
+    let via = ViaRelay::new(&world);
+    let new = "fetch.provider-b.test";
+    let mut import = world.import_to(&bundle, &via.to, &["--domain", new]);
+    let out = with_fault_mid_upload(b, &mut import, || {
+        via.relay.cut();
+        via.relay.limit(0);
+    });
+    assert_ok(&out, "import --to B with a cut");
+    assert_resumed_past_the_fault(&out);
+    blog.assert_served(b, new, &upload);
+    assert_no_leftovers(&world);
     world.done();
 }
 

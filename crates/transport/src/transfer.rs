@@ -433,7 +433,10 @@ impl Download {
             // Only bytes written are hashed, so the two agree; should they not, the copy's
             // own bytes are what the final check must be about.
             self.ours = Sha256::new();
-            io::copy(&mut fs_err::File::open(self.partial.path())?, &mut self.ours)?;
+            io::copy(
+                &mut fs_err::File::open(self.partial.path())?,
+                &mut self.ours,
+            )?;
             self.hashed = have;
         }
         self.resumed_from = have;
