@@ -8,6 +8,8 @@
 //! * Uploads stream over `cat`, not SFTP (much slower in libssh2), into a `.part` file that a
 //!   later run resumes after re-hashing what the remote side has. The source may itself be a
 //!   file on a third host, streamed through this machine without being stored here.
+//! * Downloads stream over `tail -c +N` into a hidden file beside the destination, which a
+//!   new connection takes up where a cut one stopped; both sides hash while the bytes move.
 //! * Keepalives (SSH and TCP) keep quiet sessions up; no progress for the timeout is a stall.
 //!
 //! This is the only crate that depends on `ssh2`. It never prints and never exits.

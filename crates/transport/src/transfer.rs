@@ -1,5 +1,5 @@
-//! Moving files: uploads (from a local file, or streamed from a file on another host) that
-//! resume after a cut, and downloads; every transfer is checked by sha256 at both ends.
+//! Moving files: uploads (from a local file, or streamed from a file on another host) and
+//! downloads, both resumed after a cut; every transfer is checked by sha256 at both ends.
 
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
