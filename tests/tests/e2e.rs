@@ -382,25 +382,36 @@ fn a_changed_host_key_on_b_is_refused_before_anything_is_sent() {
     world.done();
 }
 
-/// A relay in front of B's sshd, slowed down so that a fault lands mid-transfer, a
-/// known_hosts file that knows B's key at the relay's address, and the URL to use.
+/// A relay in front of a host's sshd, a known_hosts file that knows the host's key at the
+/// relay's address, and the URL to use.
 struct ViaRelay {
     relay: Relay,
     to: To,
 }
 
 impl ViaRelay {
+    /// In front of B, slowed down towards B so that a fault lands mid-upload.
     fn new(world: &World) -> Self {
-        let b = world.b();
-        let relay = Relay::start(b.gateway(), (b.addr(), 22).into());
-        relay.limit(8 << 20);
+        let via = Self::in_front_of(world, world.b());
+        via.relay.limit(8 << 20);
+        via
+    }
+
+    /// In front of `host`, not slowed; baluchon is installed there, so that only the bundle
+    /// crosses the relay.
+    fn in_front_of(world: &World, host: &Host) -> Self {
+        let relay = Relay::start(host.gateway(), (host.addr(), 22).into());
         let at = relay.addr();
-        let known_hosts = world.hosts.dir.path().join("known_hosts.relay");
+        let known_hosts = world
+            .hosts
+            .dir
+            .path()
+            .join(format!("known_hosts.relay-{}", at.port()));
         world.hosts.write_known_hosts(
             &known_hosts,
-            &[format!("[{}]:{} {}", at.ip(), at.port(), b.host_key())],
+            &[format!("[{}]:{} {}", at.ip(), at.port(), host.host_key())],
         );
-        install_baluchon(world, b);
+        install_baluchon(world, host);
         Self {
             to: To {
                 url: format!("ssh://root@{}:{}", at.ip(), at.port()),
@@ -534,27 +545,15 @@ fn a_bundle_fetched_from_a_then_imported_on_b_each_cut_mid_transfer() {
     let world = World::new("cut-both-ways");
     let a = world.a();
     let (blog, upload) = big_blog(a, "fetch.provider-a.test");
-    // Only the bundle then crosses the slowed link.
-    install_baluchon(&world, a);
-    let relay = Relay::start(a.gateway(), (a.addr(), 22).into());
-    relay.limit_back(8 << 20);
-    let at = relay.addr();
-    let known_hosts = world.hosts.dir.path().join("known_hosts.relay-a");
-    world.hosts.write_known_hosts(
-        &known_hosts,
-        &[format!("[{}]:{} {}", at.ip(), at.port(), a.host_key())],
-    );
+    let from_a = ViaRelay::in_front_of(&world, a);
+    from_a.relay.limit_back(8 << 20);
     let here = world.hosts.dir.path().join("fetched");
     fs_err::create_dir(&here).expect("a directory for the bundle");
     let bundle = here.join("blog.baluchon");
     let child = world
         .baluchon()
-        .args([
-            "export",
-            "--from",
-            &format!("ssh://root@{}:{}", at.ip(), at.port()),
-        ])
-        .args(world.ssh_args(&known_hosts))
+        .args(["export", "--from", &from_a.to.url])
+        .args(world.ssh_args(&from_a.to.known_hosts))
         .args(["--app", "wordpress", "--instance", &blog.domain])
         .args(["--sign-key", SIGN_KEY_ON_A, "-o"])
         .arg(&bundle)
@@ -571,8 +570,8 @@ fn a_bundle_fetched_from_a_then_imported_on_b_each_cut_mid_transfer() {
             .any(|f| f.metadata().is_ok_and(|m| m.len() > 1 << 20));
         std::thread::sleep(Duration::from_millis(2));
     }
-    relay.cut();
-    relay.limit_back(0);
+    from_a.relay.cut();
+    from_a.relay.limit_back(0);
     let out = child.wait_with_output().expect("baluchon ends");
     assert!(
         reached,
