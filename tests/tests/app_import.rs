@@ -885,3 +885,145 @@ fn export_custom_data_app(name: &str, srv: &Path) -> Move {
     fs_err::remove_file(&spec).unwrap();
     moved
 }
+
+#[test]
+fn an_older_bundle_is_refused_unless_going_back_is_asked_for() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (site, moved) = site_and_bundle();
+    // The tenant's last import, as the importer records it: a later bundle (this one is
+    // the tenant's first export, sequence 1).
+    let dir = moved.work.join("imports").join(site.fact("domain"));
+    fs_err::create_dir_all(&dir).unwrap();
+    let record = serde_json::json!({
+        "bundle_id": "a-later-bundle",
+        "sequence": 5,
+        "instance": site.fact("domain"),
+    });
+    fs_err::write(dir.join("imported.json"), record.to_string()).unwrap();
+    let before = host_state();
+    let target = format!("{}.test", unique("wp-older"));
+
+    let out = moved.import(&["--domain", &target], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("(sequence 1) is older than the last one imported"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--allow-older"), "{stderr}");
+    assert_same_state(&before, &host_state(), "after refusing an older bundle");
+
+    let plan = moved.plan(&["--domain", &target, "--allow-older"]);
+    assert!(plan["blockers"].as_array().unwrap().is_empty(), "{plan}");
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings
+            .contains("going back: this bundle is sequence 1, the last one imported for tenant")
+            && warnings.contains("was 5 (bundle a-later-bundle)"),
+        "{warnings}"
+    );
+    let out = moved.import(&["--domain", &target, "--allow-older"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(http_get(&target, "/").0, 200, "the older bundle is served");
+    let last: Value =
+        serde_json::from_slice(&fs_err::read(dir.join("imported.json")).unwrap()).unwrap();
+    assert_eq!(
+        last["sequence"], 1,
+        "the older bundle is now the last one: {last}"
+    );
+    remove_imported(&plan);
+}
+
+/// A regular account of this host, removed on drop.
+struct Account(String);
+
+impl Account {
+    fn create() -> Self {
+        let name = unique("acct")
+            .replace(['-', '.'], "")
+            .chars()
+            .take(28)
+            .collect::<String>();
+        let out = Command::new("useradd")
+            .args(["--no-create-home", "--shell", "/usr/sbin/nologin", &name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "useradd: {}", text(&out.stderr));
+        Self(name)
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn a_bundle_site_or_pool_cannot_reach_beyond_its_app() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    services();
+    let domain = format!("{}.test", unique("wp-reach"));
+    let site = Site::create("wordpress", &domain);
+    let account = Account::create();
+    // The source's site and pool as a hostile exporter would have them, put back once the
+    // bundle is made.
+    let vhost = PathBuf::from(site.fact("vhost_path"));
+    let pool = PathBuf::from(site.fact("pool_path"));
+    let (vhost_text, pool_text) = (
+        fs_err::read_to_string(&vhost).unwrap(),
+        fs_err::read_to_string(&pool).unwrap(),
+    );
+    let end = vhost_text.rfind('}').unwrap();
+    let hostile_site = format!(
+        "{}    listen 127.0.0.1:8080 default_server;\n    location /db/ {{ alias /var/lib/mysql/; }}\n    \
+         location /other.php {{ fastcgi_pass unix:/run/php/someone-else.sock; }}\n{}",
+        &vhost_text[..end],
+        &vhost_text[end..]
+    );
+    fs_err::write(&vhost, hostile_site).unwrap();
+    fs_err::write(
+        &pool,
+        pool_text.replace("user = www-data", &format!("user = {}", account.0)),
+    )
+    .unwrap();
+    let moved = Move::export("wordpress", &domain);
+    fs_err::write(&vhost, vhost_text).unwrap();
+    fs_err::write(&pool, pool_text).unwrap();
+
+    let target = format!("{}.test", unique("wp-reached"));
+    let blockers = |extra: &[&str]| {
+        let mut args = vec!["--plan", "--json", "--domain", target.as_str()];
+        args.extend_from_slice(extra);
+        let out = moved.import(&args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+        plan["blockers"].to_string()
+    };
+    let refused = blockers(&[]);
+    for said in [
+        "listen 127.0.0.1:8080 default_server` (the site would answer for every name",
+        "alias /var/lib/mysql/` (it would serve files that are not the app's)",
+        "fastcgi_pass unix:/run/php/someone-else.sock` (not one of the bundle's PHP-FPM pools",
+        &format!(
+            "user {0}, an existing account of this host; --allow-account {0}",
+            account.0
+        ),
+    ] {
+        assert!(refused.contains(said), "{said}: {refused}");
+    }
+    let allowed = blockers(&["--allow-account", &account.0]);
+    assert!(!allowed.contains(&account.0), "{allowed}");
+    assert!(allowed.contains("default_server"), "{allowed}");
+
+    let before = host_state();
+    let out = moved.import(&["--domain", &target, "--allow-account", &account.0], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("someone-else.sock"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_same_state(&before, &host_state(), "after refusing a hostile site");
+    assert_eq!(http_get(&target, "/").0, 404, "the new site is not served");
+}

@@ -55,6 +55,14 @@ pub struct ImportArgs {
     /// App bundles: verify, stage and show what the import would do; change nothing
     #[arg(long, conflicts_with = "path")]
     plan: bool,
+    /// App bundles: an existing account of this host that the bundle's PHP-FPM pool may run
+    /// as (by default only www-data and accounts the import creates) (can be repeated)
+    #[arg(long, value_name = "NAME", conflicts_with = "path")]
+    allow_account: Vec<String>,
+    /// App bundles: import a bundle older than the last one imported for its tenant (going
+    /// back to an earlier backup); refused otherwise
+    #[arg(long, conflicts_with = "path")]
+    allow_older: bool,
     /// App bundles: where imports keep locks, journals, staging and backups
     #[arg(long, default_value = baluchon_migrate::DEFAULT_WORK_DIR, conflicts_with = "path")]
     work_dir: PathBuf,
@@ -124,6 +132,12 @@ pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow
         if args.plan {
             extra.push("--plan".to_owned());
         }
+        for account in &args.allow_account {
+            extra.extend(["--allow-account".to_owned(), account.clone()]);
+        }
+        if args.allow_older {
+            extra.push("--allow-older".to_owned());
+        }
         if args.json {
             extra.push("--json".to_owned());
         }
@@ -182,6 +196,8 @@ fn import_here(
             OnConflictArg::Rename => baluchon_migrate::OnConflict::Rename,
         };
         options.policy = policy;
+        options.allowed_accounts.clone_from(&args.allow_account);
+        options.allow_older = args.allow_older;
         return crate::app_import::run(
             bundle_path,
             trust,

@@ -405,6 +405,10 @@ pub struct MigrateArgs {
     /// replace, rename (as for `baluchon import`)
     #[arg(long, default_value = "refuse", value_parser = ["refuse", "replace", "rename"])]
     on_conflict: String,
+    /// An existing account of the target host that the app's PHP-FPM pool may run as (as
+    /// for `baluchon import`) (can be repeated)
+    #[arg(long, value_name = "NAME")]
+    allow_account: Vec<String>,
     /// Encrypt the bundle to this recipient (repeatable; see `baluchon export --help`): it
     /// then crosses this machine encrypted
     #[arg(long, value_name = "RECIPIENT", requires = "decrypt_with")]
@@ -551,6 +555,11 @@ fn migrate_through(
         .extend(["--on-conflict".to_owned(), args.on_conflict.clone()]);
     if args.plan {
         import.args.push("--plan".to_owned());
+    }
+    for account in &args.allow_account {
+        import
+            .args
+            .extend(["--allow-account".to_owned(), account.clone()]);
     }
     if args.json {
         import.args.push("--json".to_owned());

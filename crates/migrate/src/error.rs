@@ -70,7 +70,7 @@ pub enum ImportError {
     Locked { tenant: String, lock: PathBuf },
     #[error("journal {path}: {reason}")]
     Journal { path: PathBuf, reason: String },
-    #[error("bundle {bundle_id} (sequence {sequence}) is older than the last one imported for tenant {tenant} (sequence {last}); refusing to go backwards")]
+    #[error("bundle {bundle_id} (sequence {sequence}) is older than the last one imported for tenant {tenant} (sequence {last}); refusing to go backwards (--allow-older restores it anyway)")]
     Backwards {
         tenant: String,
         bundle_id: String,

@@ -6,32 +6,102 @@ use super::plan::Planner;
 use crate::error::ImportError;
 
 impl Planner<'_> {
-    /// A PHP-FPM pool runs the tenant's PHP as its `user`: never root, and only as an
-    /// account this host has.
-    pub(super) fn check_pool(&mut self, staged: &Path) {
-        let text = match staged_text(staged) {
-            Ok(text) => text,
-            Err(reason) => return self.blockers.push(reason),
-        };
+    /// The bundle's PHP-FPM pools and nginx sites, each `(staged copy, destination)`: what
+    /// they may do, and what of this host's own pools and sites they may not take over.
+    /// The staged text is the bundle's, before the domain is renamed in it (`domain_to`).
+    pub(super) fn check_services(
+        &mut self,
+        pools: &[(PathBuf, PathBuf)],
+        sites: &[(PathBuf, PathBuf)],
+        domain_to: &str,
+    ) {
+        let ours: Vec<&Path> = pools
+            .iter()
+            .chain(sites)
+            .map(|(_, to)| to.as_path())
+            .collect();
+        let host = HostWeb::read(&ours);
         let accounts = fs_err::read_to_string("/etc/passwd").unwrap_or_default();
         let groups = fs_err::read_to_string("/etc/group").unwrap_or_default();
-        for problem in pool_problems(&text, &accounts, &groups, &self.new_accounts) {
-            self.blockers
-                .push(format!("the PHP-FPM pool {}: {problem}", staged.display()));
+        let allowed: Vec<String> = self
+            .new_accounts
+            .iter()
+            .chain(&self.options.allowed_accounts)
+            .cloned()
+            .collect();
+        // PHP reached through a pool that runs as the web server's account, or through the
+        // bundle's own pools (whose accounts are checked here), runs as no other tenant.
+        let mut sockets: Vec<String> = host
+            .pools
+            .iter()
+            .filter(|p| p.user.as_deref() == Some(WEB_SERVER_ACCOUNT))
+            .flat_map(|p| p.addresses())
+            .collect();
+        for (staged, _) in pools {
+            let Some(text) = self.staged_text(staged) else {
+                continue;
+            };
+            let mut problems = pool_problems(&text, &accounts, &groups, &allowed);
+            for pool in pool_sections(&text) {
+                if let Some(other) = host
+                    .pools
+                    .iter()
+                    .find(|p| p.listen == pool.listen && p.listen.is_some())
+                {
+                    problems.push(format!(
+                        "[{}] listens on {}, the socket of this host's pool [{}] in {}",
+                        pool.name,
+                        pool.listen.as_deref().unwrap_or_default(),
+                        other.name,
+                        other.file.display()
+                    ));
+                }
+                sockets.extend(pool.addresses());
+            }
+            for problem in problems {
+                self.blockers
+                    .push(format!("the PHP-FPM pool {}: {problem}", staged.display()));
+            }
+        }
+        let d = self.description;
+        let packaged = self.recipe.definition().packages.code.iter();
+        let (domain, domain_to) = (
+            d.domain.to_ascii_lowercase(),
+            domain_to.to_ascii_lowercase(),
+        );
+        let rules = SiteRules {
+            domain: &domain,
+            domain_to: &domain_to,
+            served: d
+                .files
+                .iter()
+                .map(|f| PathBuf::from(&f.path))
+                .chain(packaged.map(|p| Path::new("/usr/share").join(p)))
+                .collect(),
+            sockets,
+            names: host.names,
+        };
+        for (staged, _) in sites {
+            let Some(text) = self.staged_text(staged) else {
+                continue;
+            };
+            let verdict = rules.judge(&text);
+            for problem in verdict.problems {
+                self.blockers
+                    .push(format!("the nginx site {}: {problem}", staged.display()));
+            }
+            for note in verdict.notes {
+                self.warnings
+                    .push(format!("the nginx site {}: {note}", staged.display()));
+            }
         }
     }
 
-    /// An nginx site from a bundle may serve and log only where an app's files are: the
-    /// master runs as root, and opens log files before dropping privileges.
-    pub(super) fn check_nginx_site(&mut self, staged: &Path) {
-        let text = match staged_text(staged) {
-            Ok(text) => text,
-            Err(reason) => return self.blockers.push(reason),
-        };
-        for problem in nginx_site_problems(&text) {
-            self.blockers
-                .push(format!("the nginx site {}: {problem}", staged.display()));
-        }
+    /// A staged text file; why it cannot be read is a blocker.
+    fn staged_text(&mut self, staged: &Path) -> Option<String> {
+        staged_text(staged)
+            .map_err(|reason| self.blockers.push(reason))
+            .ok()
     }
 
     /// Links in the staged tree may point into the app's own files or into packaged code
@@ -118,8 +188,9 @@ impl Planner<'_> {
 }
 
 /// What a PHP-FPM pool from a bundle may not do. `accounts` and `groups` are the host's
-/// /etc/passwd and /etc/group; `new_accounts` are those the import creates.
-fn pool_problems(text: &str, accounts: &str, groups: &str, new_accounts: &[String]) -> Vec<String> {
+/// /etc/passwd and /etc/group; `allowed` are those the import creates and those the
+/// operator allows.
+fn pool_problems(text: &str, accounts: &str, groups: &str, allowed: &[String]) -> Vec<String> {
     let id_of = |table: &str, name: &str| -> Option<u32> {
         table
             .lines()
@@ -151,12 +222,16 @@ fn pool_problems(text: &str, accounts: &str, groups: &str, new_accounts: &[Strin
             }
             "user" | "group" => {
                 let table = if key == "user" { accounts } else { groups };
-                let new = new_accounts.iter().any(|a| a == value);
                 match id_of(table, value) {
-                    // The web server's account, a regular (tenant) account, or one this
-                    // import creates; never root nor another system account.
-                    _ if value == "www-data" || new => None,
-                    Some(id) if id >= 1000 && id != 65534 => None,
+                    // The web server's account, one this import creates, or one the
+                    // operator named: an existing account may hold another tenant's files,
+                    // or sudo rights (the cloud images' first user).
+                    _ if value == WEB_SERVER_ACCOUNT || allowed.iter().any(|a| a == value) => {
+                        None
+                    }
+                    Some(id) if id >= 1000 && id != 65534 => Some(format!(
+                        "{key} {value}, an existing account of this host; --allow-account {value} lets the app run as it"
+                    )),
                     Some(_) => Some(format!("{key} {value}, a system account")),
                     None => Some(format!("{key} {value}, an account this host does not have")),
                 }
@@ -170,46 +245,250 @@ fn pool_problems(text: &str, accounts: &str, groups: &str, new_accounts: &[Strin
     problems
 }
 
-/// What an nginx site from a bundle may not do.
-fn nginx_site_problems(text: &str) -> Vec<String> {
-    let served = ["/usr/share/", "/var/lib/", "/srv/", "/var/www/"];
+/// The account nginx workers and Debian's default PHP-FPM pool run as.
+const WEB_SERVER_ACCOUNT: &str = "www-data";
+
+/// One `[section]` of a PHP-FPM pool file.
+#[derive(Debug, Default, PartialEq)]
+struct PoolSection {
+    file: PathBuf,
+    name: String,
+    user: Option<String>,
+    listen: Option<String>,
+}
+
+impl PoolSection {
+    /// What an nginx `fastcgi_pass` names to reach this pool (without `unix:`).
+    fn addresses(&self) -> Vec<String> {
+        match self.listen.as_deref() {
+            // A bare port listens on every address.
+            Some(port) if port.bytes().all(|b| b.is_ascii_digit()) => {
+                vec![format!("127.0.0.1:{port}"), format!("localhost:{port}")]
+            }
+            Some(listen) => vec![listen.to_owned()],
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The pools of a PHP-FPM pool file, with `$pool` in `listen` expanded as PHP-FPM does.
+fn pool_sections(text: &str) -> Vec<PoolSection> {
+    let mut sections: Vec<PoolSection> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            sections.push(PoolSection {
+                name: name.trim().to_owned(),
+                ..PoolSection::default()
+            });
+            continue;
+        }
+        let (Some(section), Some((key, value))) = (sections.last_mut(), line.split_once('='))
+        else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"').to_owned();
+        match key.trim().to_ascii_lowercase().as_str() {
+            "user" => section.user = Some(value),
+            "listen" => section.listen = Some(value.replace("$pool", &section.name)),
+            _ => {}
+        }
+    }
+    sections
+}
+
+/// What this host's nginx and PHP-FPM already use, besides the files the import places.
+struct HostWeb {
+    pools: Vec<PoolSection>,
+    /// Each name an nginx site answers for, with the file that says so.
+    names: Vec<(String, PathBuf)>,
+}
+
+impl HostWeb {
+    /// Reads /etc/php/*/fpm/pool.d and nginx's enabled sites; `ours` are the destinations
+    /// of the bundle's own pools and sites (a file it replaces is not another's).
+    fn read(ours: &[&Path]) -> Self {
+        let theirs = |path: &Path| {
+            let real = fs_err::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+            !ours.iter().any(|o| *o == path || *o == real)
+        };
+        let files_in = |dir: &Path| -> Vec<PathBuf> {
+            let mut files: Vec<PathBuf> = fs_err::read_dir(dir)
+                .map(|entries| entries.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                .unwrap_or_default();
+            files.sort();
+            files
+        };
+        let mut pools = Vec::new();
+        for version in files_in(Path::new("/etc/php")) {
+            for file in files_in(&version.join("fpm/pool.d")) {
+                if file.extension().is_some_and(|e| e == "conf") && theirs(&file) {
+                    let text = fs_err::read_to_string(&file).unwrap_or_default();
+                    pools.extend(pool_sections(&text).into_iter().map(|mut p| {
+                        p.file.clone_from(&file);
+                        p
+                    }));
+                }
+            }
+        }
+        let mut names = Vec::new();
+        let sites = files_in(Path::new("/etc/nginx/sites-enabled"))
+            .into_iter()
+            .chain(files_in(Path::new("/etc/nginx/conf.d")));
+        for file in sites.filter(|f| theirs(f)) {
+            let text = fs_err::read_to_string(&file).unwrap_or_default();
+            for (directive, args) in nginx_directives(&text) {
+                if directive == "server_name" {
+                    names.extend(args.iter().map(|n| (n.to_ascii_lowercase(), file.clone())));
+                }
+            }
+        }
+        Self { pools, names }
+    }
+}
+
+/// The statements of an nginx config, each as its directive and its arguments (quotes
+/// removed, comments left out); blocks are flattened.
+fn nginx_directives(text: &str) -> Vec<(String, Vec<String>)> {
     let code = text
         .lines()
         .map(|l| l.split('#').next().unwrap_or(""))
         .collect::<Vec<_>>()
         .join("\n");
-    let mut problems = Vec::new();
-    for statement in code.split([';', '{', '}']) {
-        let words: Vec<&str> = statement
-            .split_whitespace()
-            .map(|w| w.trim_matches(|c| c == '"' || c == '\''))
-            .collect();
-        let Some((directive, args)) = words.split_first() else {
-            continue;
-        };
-        let first = args.first().copied().unwrap_or("");
-        let refused = match *directive {
-            "load_module" | "perl" | "perl_modules" | "js_import" | "lua_package_path" => true,
-            "access_log" | "error_log" => {
-                !(first == "off" || first.starts_with("syslog:") || first.starts_with("/var/log/"))
-                    || first.contains("..")
+    code.split([';', '{', '}'])
+        .filter_map(|statement| {
+            let mut words = statement
+                .split_whitespace()
+                .map(|w| w.trim_matches(|c| c == '"' || c == '\'').to_owned());
+            let directive = words.next()?;
+            Some((directive, words.collect()))
+        })
+        .collect()
+}
+
+/// What an nginx site from a bundle may do on this host.
+struct SiteRules<'a> {
+    /// The app's domain in the bundle, and the one it gets here.
+    domain: &'a str,
+    domain_to: &'a str,
+    /// Where it may serve files from: the app's file sets and its packaged code.
+    served: Vec<PathBuf>,
+    /// Where it may send PHP (`fastcgi_pass`, without `unix:`).
+    sockets: Vec<String>,
+    /// Names this host's other sites answer for.
+    names: Vec<(String, PathBuf)>,
+}
+
+#[derive(Debug, Default)]
+struct SiteVerdict {
+    /// Each refuses the import.
+    problems: Vec<String>,
+    /// Each is reported.
+    notes: Vec<String>,
+}
+
+impl SiteRules<'_> {
+    fn judge(&self, text: &str) -> SiteVerdict {
+        let mut verdict = SiteVerdict::default();
+        for (directive, args) in nginx_directives(text) {
+            let first = args.first().map_or("", String::as_str);
+            let statement = || format!("`{directive} {}`", args.join(" "));
+            let refused = match directive.as_str() {
+                // Code nginx would run, or directories its master (root) creates.
+                "load_module" => Some("a bundle's site may not load code"),
+                d if d.starts_with("perl") || d.starts_with("js_") || d.contains("lua") => {
+                    Some("a bundle's site may not load code")
+                }
+                d if d.ends_with("_temp_path") || d.ends_with("_cache_path") => {
+                    Some("nginx would create that directory as root")
+                }
+                "access_log" | "error_log" => (!(first == "off"
+                    || first.starts_with("syslog:")
+                    || first.starts_with("/var/log/"))
+                    || first.contains(".."))
+                .then_some("nginx's master (root) would open that file"),
+                "include" => ((first.starts_with('/') && !first.starts_with("/etc/nginx/"))
+                    || first.contains(".."))
+                .then_some("only nginx's own snippets may be included"),
+                "root" | "alias" => (!self.is_served(first))
+                    .then_some("it would serve files that are not the app's"),
+                "listen" if args.iter().any(|a| a == "default_server" || a == "default") => {
+                    Some("the site would answer for every name this host does not serve")
+                }
+                "fastcgi_pass" => {
+                    let target = first.strip_prefix("unix:").unwrap_or(first);
+                    (!self.sockets.iter().any(|s| s == target)).then_some(
+                        "not one of the bundle's PHP-FPM pools, nor a pool of this host running as www-data: PHP there would run as another account",
+                    )
+                }
+                "proxy_pass" | "uwsgi_pass" | "scgi_pass" | "grpc_pass" | "memcached_pass" => {
+                    verdict.notes.push(format!(
+                        "{} sends requests to {first}: check that it is the app's own service",
+                        statement()
+                    ));
+                    None
+                }
+                "server_name" => {
+                    self.judge_names(&args, &mut verdict);
+                    None
+                }
+                _ => None,
+            };
+            if let Some(why) = refused {
+                verdict.problems.push(format!("{} ({why})", statement()));
             }
-            "include" => {
-                first.starts_with('/') && !first.starts_with("/etc/nginx/") || first.contains("..")
+        }
+        verdict
+    }
+
+    /// Within one of the app's file sets or its packaged code, named plainly: no `..`, no
+    /// variable (which a request could fill).
+    fn is_served(&self, path: &str) -> bool {
+        let path = Path::new(path);
+        path.is_absolute()
+            && !path.to_string_lossy().contains('$')
+            && !path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            && self.served.iter().any(|s| path.starts_with(s))
+    }
+
+    /// A site answers for its app's domain and names under it (renamed with it); another
+    /// name is reported, and one that another site here answers for is refused.
+    fn judge_names(&self, names: &[String], verdict: &mut SiteVerdict) {
+        for name in names.iter().map(|n| n.to_ascii_lowercase()) {
+            if name.starts_with('~') {
+                verdict.problems.push(format!(
+                    "`server_name {name}` (a regular expression could claim any name)"
+                ));
+                continue;
             }
-            "root" | "alias" => {
-                !served.iter().any(|p| first.starts_with(p)) || first.contains("..")
+            if name.is_empty() || name == "_" {
+                continue;
             }
-            _ => false,
-        };
-        if refused {
-            problems.push(format!(
-                "`{}` is not allowed from a bundle",
-                words.join(" ")
-            ));
+            let bare = name.trim_start_matches("*.").trim_start_matches('.');
+            let here = if bare == self.domain {
+                name.replacen(self.domain, self.domain_to, 1)
+            } else if let Some(sub) = bare.strip_suffix(&format!(".{}", self.domain)) {
+                name.replacen(
+                    &format!("{sub}.{}", self.domain),
+                    &format!("{sub}.{}", self.domain_to),
+                    1,
+                )
+            } else {
+                verdict.notes.push(format!(
+                    "it also answers for {name}, which is not under the app's domain {} and keeps its name",
+                    self.domain
+                ));
+                name.clone()
+            };
+            if let Some((_, file)) = self.names.iter().find(|(n, _)| *n == here) {
+                verdict.problems.push(format!(
+                    "`server_name {here}` ({} on this host answers for that name)",
+                    file.display()
+                ));
+            }
         }
     }
-    problems
 }
 
 /// A staged text file, read without following a link; the reason as a blocker otherwise.
@@ -298,28 +577,91 @@ mod tests {
         );
     }
 
-    #[test]
-    fn nginx_sites_may_not_log_include_or_serve_outside_the_apps() {
-        let fine =
-            "server {\n listen 127.0.0.1:80;\n server_name a.test;\n root /usr/share/wordpress;\n\
-                    location /wp-content/ { alias /var/lib/wordpress/wp-content/; }\n\
-                    include snippets/fastcgi-php.conf;\n access_log /var/log/nginx/a.log;\n\
-                    # access_log /etc/cron.d/commented;\n}\n";
-        assert_eq!(nginx_site_problems(fine), Vec::<String>::new());
-        for bad in [
-            "access_log /etc/cron.d/x;",
-            "error_log /var/log/../../etc/cron.d/x;",
-            "load_module /tmp/evil.so;",
-            "include /var/lib/wordpress/wp-content/uploads/x.conf;",
-            "root /etc;",
-            "location / { alias '/root/'; }",
-        ] {
-            assert_eq!(nginx_site_problems(bad).len(), 1, "{bad}");
+    fn rules() -> SiteRules<'static> {
+        SiteRules {
+            domain: "a.test",
+            domain_to: "b.test",
+            served: vec![
+                PathBuf::from("/usr/share/wordpress"),
+                PathBuf::from("/var/lib/wordpress/wp-content"),
+            ],
+            sockets: vec!["/run/php/a.sock".to_owned(), "127.0.0.1:9000".to_owned()],
+            names: vec![
+                (
+                    "other.test".to_owned(),
+                    PathBuf::from("/etc/nginx/sites-enabled/other"),
+                ),
+                (
+                    "www.b.test".to_owned(),
+                    PathBuf::from("/etc/nginx/sites-enabled/b"),
+                ),
+            ],
         }
     }
 
     #[test]
-    fn pools_run_as_the_web_server_or_a_tenant_account_only() {
+    fn nginx_sites_may_not_log_include_or_serve_outside_the_apps() {
+        let fine = "server {\n listen 127.0.0.1:80;\n server_name a.test *.a.test _;\n\
+                    root /usr/share/wordpress;\n\
+                    location /wp-content/ { alias /var/lib/wordpress/wp-content/; }\n\
+                    location ~ \\.php$ { include snippets/fastcgi-php.conf;\n\
+                    fastcgi_pass unix:/run/php/a.sock; }\n\
+                    location /x { fastcgi_pass 127.0.0.1:9000; }\n\
+                    access_log /var/log/nginx/a.log;\n\
+                    # access_log /etc/cron.d/commented;\n}\n";
+        let verdict = rules().judge(fine);
+        assert_eq!(verdict.problems, Vec::<String>::new());
+        assert_eq!(verdict.notes, Vec::<String>::new());
+        for bad in [
+            "access_log /etc/cron.d/x;",
+            "error_log /var/log/../../etc/cron.d/x;",
+            "load_module /tmp/evil.so;",
+            "js_import /tmp/x.js;",
+            "content_by_lua_block { os.execute('id') }",
+            "proxy_temp_path /etc/cron.d;",
+            "fastcgi_cache_path /etc/x levels=1:2 keys_zone=x:1m;",
+            "include /var/lib/wordpress/wp-content/uploads/x.conf;",
+            "root /etc;",
+            "root /var/lib/wordpress;",
+            "root /var/lib/wordpress/wp-content/../../mysql;",
+            "root /var/lib/wordpress/wp-content/$http_x;",
+            "root relative/path;",
+            "location / { alias '/root/'; }",
+            "listen 127.0.0.1:80 default_server;",
+            "fastcgi_pass unix:/run/php/other-tenant.sock;",
+            "fastcgi_pass $upstream;",
+            "server_name ~^(.+)$;",
+            "server_name other.test;",
+            "server_name www.a.test;",
+        ] {
+            assert_eq!(rules().judge(bad).problems.len(), 1, "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_outside_the_domain_and_proxies_are_reported() {
+        let verdict =
+            rules().judge("server_name a.test shop.example; proxy_pass http://127.0.0.1:3000;");
+        assert!(verdict.problems.is_empty(), "{:?}", verdict.problems);
+        assert_eq!(verdict.notes.len(), 2, "{:?}", verdict.notes);
+        assert!(verdict.notes[0].contains("shop.example"));
+        assert!(verdict.notes[1].contains("http://127.0.0.1:3000"));
+    }
+
+    #[test]
+    fn pool_files_are_read_by_section() {
+        let text = "; a comment\n[www]\nuser = www-data\nlisten = /run/php/php8.2-fpm.sock\n\
+                    [shop]\nUser = \"shop\"\nlisten = /run/php/$pool.sock\n[tcp]\nlisten = 9000\n";
+        let pools = pool_sections(text);
+        assert_eq!(pools.len(), 3);
+        assert_eq!(pools[0].user.as_deref(), Some("www-data"));
+        assert_eq!(pools[1].user.as_deref(), Some("shop"));
+        assert_eq!(pools[1].listen.as_deref(), Some("/run/php/shop.sock"));
+        assert_eq!(pools[2].addresses(), ["127.0.0.1:9000", "localhost:9000"]);
+    }
+
+    #[test]
+    fn pools_run_as_the_web_server_or_an_account_created_or_allowed() {
         let accounts = "root:x:0:0::/root:/bin/bash\nwww-data:x:33:33::/var/www:/usr/sbin/nologin\n\
                         postgres:x:106:112::/var/lib/postgresql:/bin/bash\ntenant:x:1001:1001::/home/tenant:/bin/sh\n";
         let groups = "root:x:0:\nwww-data:x:33:\nshadow:x:42:\ntenant:x:1001:\n";
@@ -328,13 +670,15 @@ mod tests {
                 &format!("[site]\n{body}\nlisten = /run/php/x.sock\n"),
                 accounts,
                 groups,
-                &["newone".to_owned()],
+                &["newone".to_owned(), "allowed".to_owned()],
             )
         };
         assert!(pool("user = www-data\ngroup = www-data").is_empty());
-        assert!(pool("user = tenant\ngroup = tenant").is_empty());
         assert!(pool("user = newone").is_empty());
+        assert!(pool("user = allowed").is_empty());
         for bad in [
+            "user = tenant",
+            "group = tenant",
             "user = root",
             "User = root",
             "user = postgres",

@@ -56,6 +56,12 @@ pub struct ImportOptions {
     /// Where this host's own recipes are (besides the built-in ones): the import follows
     /// this host's recipe, never the bundle's, to decide where files go.
     pub recipe_dirs: Vec<PathBuf>,
+    /// Existing accounts of this host the bundle's PHP-FPM pools may run as, besides
+    /// www-data and the accounts the import creates.
+    pub allowed_accounts: Vec<String>,
+    /// Import a bundle older (by sequence) than the last one imported for its tenant:
+    /// going back to an earlier backup.
+    pub allow_older: bool,
 }
 
 impl ImportOptions {
@@ -67,6 +73,8 @@ impl ImportOptions {
             policy: Policy::default(),
             health_timeout: Duration::from_secs(20),
             recipe_dirs: vec![PathBuf::from(baluchon_recipe::HOST_RECIPE_DIR)],
+            allowed_accounts: Vec::new(),
+            allow_older: false,
         }
     }
 }
@@ -286,7 +294,12 @@ pub fn prepare_import(
                 bundle_id: header.bundle_id,
             });
         }
-        if header.sequence < last.sequence {
+        if header.sequence < last.sequence && options.allow_older {
+            warnings.push(format!(
+                "going back: this bundle is sequence {}, the last one imported for tenant {} was {} (bundle {}); --allow-older",
+                header.sequence, header.tenant, last.sequence, last.bundle_id
+            ));
+        } else if header.sequence < last.sequence {
             return Err(ImportError::Backwards {
                 tenant: header.tenant,
                 bundle_id: header.bundle_id,

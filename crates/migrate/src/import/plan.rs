@@ -490,6 +490,7 @@ impl Planner<'_> {
         let mut placements = Vec::new();
         let mut conflicts = Vec::new();
         let mut renamed = Vec::new();
+        let (mut pools, mut sites) = (Vec::new(), Vec::new());
         let set_paths: Vec<&str> = d.files.iter().map(|f| f.path.as_str()).collect();
         for set in &d.files {
             let nested = set_paths
@@ -531,13 +532,10 @@ impl Planner<'_> {
                 }
                 continue;
             }
+            let staged = || self.tree.join(set.path.trim_start_matches('/'));
             match service {
-                Some(ServiceKind::PhpFpmPool) => {
-                    self.check_pool(&self.tree.join(set.path.trim_start_matches('/')));
-                }
-                Some(ServiceKind::NginxSite) => {
-                    self.check_nginx_site(&self.tree.join(set.path.trim_start_matches('/')));
-                }
+                Some(ServiceKind::PhpFpmPool) => pools.push((staged(), PathBuf::from(&to))),
+                Some(ServiceKind::NginxSite) => sites.push((staged(), PathBuf::from(&to))),
                 _ => {}
             }
             if to != set.path {
@@ -547,6 +545,7 @@ impl Planner<'_> {
             conflicts.extend(placement.conflicts.iter().cloned());
             placements.push(placement);
         }
+        self.check_services(&pools, &sites, &domain_to);
         let symlink_retargets = self.check_symlinks(&d.files, &renamed)?;
 
         // Packages: what is missing, and whether this host's versions can run the app.
