@@ -215,6 +215,8 @@ pub enum ExportError {
     },
     #[error("{path} was replaced while being archived")]
     Replaced { path: String },
+    #[error("{path} was removed while being archived")]
+    Vanished { path: String },
     #[error("{path} is nested deeper than {limit} directories")]
     TooDeep { path: String, limit: usize },
 }

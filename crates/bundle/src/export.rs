@@ -671,8 +671,13 @@ impl Walker<'_> {
             }
             let stat = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(stat) => stat,
-                // Deleted since the directory was listed: it is not part of the tree any more.
-                Err(Errno::NOENT) => continue,
+                // As for a file: the bundle would silently lack what the listing had.
+                Err(Errno::NOENT) => {
+                    return Err(ExportError::Vanished {
+                        path: path.to_string(),
+                    }
+                    .into())
+                }
                 Err(e) => {
                     return Err(ExportError::Unreadable {
                         path: path.to_string(),
@@ -682,6 +687,14 @@ impl Walker<'_> {
                 }
             };
             let file_type = FileType::from_raw_mode(stat.st_mode);
+            // A directory swapped for a link after the listing would otherwise be archived
+            // as the link, its listed content gone without a word.
+            if listed_type != FileType::Unknown && listed_type != file_type {
+                return Err(ExportError::Replaced {
+                    path: path.to_string(),
+                }
+                .into());
+            }
             if !self.selected(&path, file_type == FileType::Directory) {
                 continue;
             }
@@ -798,6 +811,12 @@ impl Walker<'_> {
             Ok(fd) => fd,
             Err(Errno::LOOP) => {
                 return Err(ExportError::Replaced {
+                    path: path.to_string(),
+                }
+                .into())
+            }
+            Err(Errno::NOENT) => {
+                return Err(ExportError::Vanished {
                     path: path.to_string(),
                 }
                 .into())
