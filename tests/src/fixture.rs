@@ -139,3 +139,16 @@ pub fn runnable_block(doc: &str, name: &str) -> String {
     let body = &body[body.find('\n').expect("a fence line") + 1..];
     body[..body.find("```").expect("closing fence")].to_owned()
 }
+
+/// `len` incompressible bytes (xorshift), the same on every run.
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}

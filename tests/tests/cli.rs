@@ -224,16 +224,11 @@ fn export_onto_a_full_disk_fails_cleanly() {
     let source = dir.path().join("tree");
     small_tree(&source);
     // Incompressible, so the payload cannot fit in 256 KiB.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let noise: Vec<u8> = (0..2_000_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    fs_err::write(source.join("noise.bin"), noise).unwrap();
+    fs_err::write(
+        source.join("noise.bin"),
+        baluchon_tests::fixture::noise(2_000_000),
+    )
+    .unwrap();
     let small = dir.path().join("small");
     fs_err::create_dir(&small).unwrap();
     let mounted = Command::new("mount")

@@ -78,6 +78,9 @@ pub struct ExportReport {
     /// Entries the [`Selection`] excluded, with its reason: every one of them, since the
     /// caller must be able to record them all.
     pub excluded: Vec<(EntryPath, String)>,
+    /// Temporary files of earlier exports to the same name, killed midway, that this one
+    /// removed (see [`crate::leftovers`]).
+    pub removed_leftovers: Vec<PathBuf>,
 }
 
 /// Which entries of the source tree go into the bundle.
@@ -149,6 +152,7 @@ pub struct BundleWriter<'k> {
     readme: String,
     payload: Vec<PayloadFile>,
     tree: Option<Tree>,
+    removed_leftovers: Vec<PathBuf>,
 }
 
 /// What archiving the tree leaves for the tag files and the report.
@@ -194,10 +198,15 @@ impl<'k> BundleWriter<'k> {
             .output
             .file_name()
             .map_or_else(|| "bundle".into(), |n| n.to_string_lossy().into_owned());
+        let (prefix, suffix) = (format!(".{out_name}."), ".partial");
         let partial = tempfile::Builder::new()
-            .prefix(&format!(".{out_name}."))
-            .suffix(".partial")
+            .prefix(&prefix)
+            .suffix(suffix)
             .tempfile_in(&out_dir)
+            .map_err(|e| with_path(e, &out_dir))?;
+        crate::leftovers::hold(partial.as_file()).map_err(|e| with_path(e, partial.path()))?;
+        // An earlier export of this name killed midway left its temporary file behind.
+        let removed_leftovers = crate::leftovers::remove_abandoned(&out_dir, &prefix, suffix)
             .map_err(|e| with_path(e, &out_dir))?;
 
         let created_at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
@@ -227,6 +236,7 @@ impl<'k> BundleWriter<'k> {
             readme,
             payload: Vec::new(),
             tree: None,
+            removed_leftovers,
         })
     }
 
@@ -513,6 +523,7 @@ impl<'k> BundleWriter<'k> {
             changed,
             xattrs_not_archived,
             excluded,
+            removed_leftovers: self.removed_leftovers,
         })
     }
 }

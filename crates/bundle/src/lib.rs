@@ -17,6 +17,7 @@ mod extract;
 mod files;
 mod index;
 mod layout;
+pub mod leftovers;
 mod outer;
 mod progress;
 mod readme;
@@ -34,8 +35,8 @@ pub use extract::{
     PLACEHOLDER_ID_BASE,
 };
 pub use index::{
-    BundleHeader, Change, Entry, EntryKind, EntryPath, Extent, FilesSummary, IndexError, Meta,
-    PathError, PayloadFile, Producer, SkipReason, Xattr,
+    is_valid_tenant, BundleHeader, Change, Entry, EntryKind, EntryPath, Extent, FilesSummary,
+    IndexError, Meta, PathError, PayloadFile, Producer, SkipReason, Xattr,
 };
 pub use layout::{FILES_INDEX, FILES_PAYLOAD, SIGNATURE_NAMESPACE};
 pub use outer::OuterError;

@@ -218,10 +218,10 @@ fn back_up(
     baluchon_backup::list(&dest, Some(&name))
         .with_context(|| format!("cannot use {dest} as a destination"))?;
     let key = crate::export::load_signing_key(sign_key)?;
-    let work = tempfile::Builder::new()
-        .prefix("baluchon-backup.")
-        .tempdir_in(work_dir.map_or_else(std::env::temp_dir, Path::to_owned))
-        .context("cannot create the work directory")?;
+    let work = crate::scratch::ScratchDir::new(
+        &work_dir.map_or_else(std::env::temp_dir, Path::to_owned),
+        "baluchon-backup.",
+    )?;
     let output = work.path().join(format!("{name}.baluchon"));
     // The time in seconds: backups of a tenant keep going up, whichever host made them.
     let now = Timestamp::now();
@@ -479,9 +479,10 @@ impl Checking {
         trust: &TrustedSigners,
         progress: &dyn Progress,
     ) -> anyhow::Result<()> {
-        let work = tempfile::Builder::new()
-            .prefix("baluchon-verify.")
-            .tempdir_in(self.work_dir.clone().unwrap_or_else(std::env::temp_dir))?;
+        let work = crate::scratch::ScratchDir::new(
+            &self.work_dir.clone().unwrap_or_else(std::env::temp_dir),
+            "baluchon-verify.",
+        )?;
         let local = work.path().join("bundle.baluchon");
         baluchon_backup::fetch(dest, backup, &local, &NoProgress)?;
         let mut policy = Policy::default();

@@ -62,7 +62,7 @@ pub struct ExportArgs {
     #[arg(short, long, required_unless_present = "plan")]
     output: Option<PathBuf>,
     /// Sequence number of this bundle for the tenant [default: one more than the last
-    /// export of this tenant recorded on this machine]
+    /// number an export of this tenant took on this machine, even one that failed]
     #[arg(long)]
     sequence: Option<u64>,
     /// Encrypt the bundle to this recipient (repeatable): an age key (age1…), an SSH public
@@ -198,24 +198,20 @@ fn sealed_if_asked(
     crate::sealed::seal_into(&inner, &recipients, key, output, args.json)
 }
 
-/// Runs `export` with the tenant's next sequence number (or `explicit`), and records it
-/// once the export succeeded.
+/// Runs `export` with the tenant's next sequence number (or `explicit`). The number is
+/// taken before the export starts, under a lock, so that exports of a tenant running at once
+/// each get their own; a failed export leaves a gap, which is harmless: importers only need
+/// the numbers to go up.
 fn with_sequence(
     tenant: &str,
     explicit: Option<u64>,
     export: impl FnOnce(u64) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
-    let counter = SequenceFile::for_tenant(tenant);
-    let sequence = match explicit {
-        Some(n) => n,
-        None => counter.as_ref().map_or(Ok(1), |c| c.next())?,
+    let sequence = match SequenceFile::for_tenant(tenant) {
+        Some(counter) => counter.take(explicit)?,
+        None => explicit.unwrap_or(1),
     };
-    export(sequence)?;
-    if let Some(counter) = counter {
-        // Never move the counter backwards, even after an explicit lower --sequence.
-        counter.record(sequence.max(counter.next()?.saturating_sub(1)))?;
-    }
-    Ok(())
+    export(sequence)
 }
 
 pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {
@@ -235,6 +231,7 @@ pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {
             "changed": report.changed.iter().map(|(p, c)| serde_json::json!({"path": p.to_string(), "change": c})).collect::<Vec<_>>(),
             "changed_count": files.changed,
             "xattrs_not_archived": report.xattrs_not_archived,
+            "removed_leftovers": report.removed_leftovers,
         });
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
@@ -265,6 +262,12 @@ pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {
         println!(
             "{} extended attributes outside user.* (SELinux labels, capabilities, ACLs) were not archived; each is named in the bundle's index",
             report.xattrs_not_archived
+        );
+    }
+    for leftover in &report.removed_leftovers {
+        println!(
+            "removed {}, left by an export of the same name that was interrupted",
+            leftover.display()
         );
     }
     if files.changed > 0 {
@@ -299,6 +302,8 @@ pub fn passphrase(var: &str, path: &Path) -> Option<String> {
 /// The per-tenant sequence counter, in `$XDG_STATE_HOME/baluchon/sequences/TENANT`.
 struct SequenceFile {
     path: PathBuf,
+    /// One lock for every tenant's counter: it is held for a read and a write.
+    lock_path: PathBuf,
 }
 
 impl SequenceFile {
@@ -311,21 +316,39 @@ impl SequenceFile {
             .or_else(|| {
                 std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/baluchon"))
             })?;
-        // Tenant names are validated by the export itself; an invalid one never gets here
-        // with a path separator because it fails before `record`.
-        (!tenant.contains('/')).then(|| Self {
+        // An invalid name has no counter; the export then refuses it.
+        baluchon_bundle::is_valid_tenant(tenant).then(|| Self {
             path: base.join("sequences").join(tenant),
+            lock_path: base.join("sequences.lock"),
         })
     }
 
-    fn next(&self) -> anyhow::Result<u64> {
+    /// The next number, or `explicit`, recorded at once as taken (never moving the counter
+    /// backwards, even for an explicit lower number).
+    fn take(&self, explicit: Option<u64>) -> anyhow::Result<u64> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        fs_err::create_dir_all(dir)?;
+        let lock = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("cannot lock {}", self.lock_path.display()))?;
+        let last = self.last()?;
+        let sequence = explicit.unwrap_or(last + 1);
+        self.record(sequence.max(last))?;
+        Ok(sequence)
+    }
+
+    /// The last number taken; 0 before the first export.
+    fn last(&self) -> anyhow::Result<u64> {
         match fs_err::read_to_string(&self.path) {
             Ok(text) => Ok(text
                 .trim()
                 .parse::<u64>()
-                .with_context(|| format!("{} does not hold a number", self.path.display()))?
-                + 1),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(1),
+                .with_context(|| format!("{} does not hold a number", self.path.display()))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(e.into()),
         }
     }

@@ -165,13 +165,14 @@ pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow
             .and_then(|b| b.authenticate(&trust, &policy, progress))
             .and_then(|b| b.verify_payload(progress))
             .with_context(|| format!("{} failed verification", args.bundle.display()))?;
-        let dir = match &args.path {
-            Some(_) => tempfile::tempdir()?,
+        let parent = match &args.path {
+            Some(_) => std::env::temp_dir(),
             None => {
                 fs_err::create_dir_all(&args.work_dir)?;
-                tempfile::tempdir_in(&args.work_dir)?
+                args.work_dir.clone()
             }
         };
+        let dir = crate::scratch::ScratchDir::new(&parent, "baluchon-decrypted.")?;
         let inner = crate::sealed::decrypt(&outer, &args.decrypt_with, dir.path())?;
         let policy = crate::sealed::inner_policy(&outer, &policy);
         return import_here(args, &inner, &trust, policy, progress);

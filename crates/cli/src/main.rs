@@ -14,6 +14,7 @@ mod inspect;
 mod manual;
 mod progress;
 mod remote;
+mod scratch;
 mod sealed;
 mod verify;
 

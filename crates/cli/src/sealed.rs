@@ -19,16 +19,14 @@ pub fn recipients(texts: &[String]) -> anyhow::Result<Vec<Recipient>> {
     Ok(all)
 }
 
-/// A private directory beside `output` for the inner bundle, removed when dropped.
-pub fn inner_dir(output: &Path) -> anyhow::Result<tempfile::TempDir> {
-    let dir = match output.parent() {
+/// A private directory beside `output` for the inner bundle (in clear), removed when
+/// dropped, even by the next run if this one is killed.
+pub fn inner_dir(output: &Path) -> anyhow::Result<crate::scratch::ScratchDir> {
+    let parent = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
-    tempfile::Builder::new()
-        .prefix(".baluchon-seal.")
-        .tempdir_in(&dir)
-        .with_context(|| format!("cannot create a temporary directory in {}", dir.display()))
+    crate::scratch::ScratchDir::new(&parent, ".baluchon-seal.")
 }
 
 /// Encrypts the finished bundle `inner` into `output` and says so.
