@@ -431,6 +431,24 @@ impl SiteRules<'_> {
                     self.judge_names(&args, &mut verdict);
                     None
                 }
+                // Certificates are this host's: nginx -t would fail after the files are
+                // placed; say so before anything changes.
+                "ssl_certificate"
+                | "ssl_certificate_key"
+                | "ssl_trusted_certificate"
+                | "ssl_client_certificate"
+                | "ssl_dhparam"
+                    if !first.starts_with("data:") && !first.contains('$') =>
+                {
+                    let here = first.replace(self.domain, self.domain_to);
+                    if !Path::new(&here).exists() {
+                        verdict.problems.push(format!(
+                            "`{directive} {here}` (no such file on this host: put the TLS certificate and key for {} there first, with certbot for instance)",
+                            self.domain_to
+                        ));
+                    }
+                    None
+                }
                 _ => None,
             };
             if let Some(why) = refused {
@@ -636,6 +654,33 @@ mod tests {
         ] {
             assert_eq!(rules().judge(bad).problems.len(), 1, "{bad}");
         }
+    }
+
+    #[test]
+    fn tls_files_must_be_on_this_host_under_the_new_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        fs_err::create_dir_all(dir.path().join("b.test")).unwrap();
+        fs_err::write(dir.path().join("b.test/fullchain.pem"), "cert").unwrap();
+        let at = |domain: &str| format!("{}/{domain}/fullchain.pem", dir.path().display());
+        // The bundle's path names the old domain; the new one's file is here.
+        assert!(rules()
+            .judge(&format!("ssl_certificate {};", at("a.test")))
+            .problems
+            .is_empty());
+        let missing = rules().judge(&format!(
+            "ssl_certificate_key {}/b.test/privkey.pem;",
+            dir.path().display()
+        ));
+        assert_eq!(missing.problems.len(), 1);
+        assert!(
+            missing.problems[0].contains("no such file on this host"),
+            "{:?}",
+            missing.problems
+        );
+        assert!(rules()
+            .judge("ssl_certificate data:$cert;")
+            .problems
+            .is_empty());
     }
 
     #[test]
