@@ -690,3 +690,41 @@ fn an_app_migrates_from_one_host_to_another_through_this_machine() {
     script("wordpress-site.sh", &["remove", &new]);
     script("wordpress-site.sh", &["remove", &third]);
 }
+
+#[test]
+fn transfers_keep_to_the_rate_limit_each_way() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let mut options = options(&sshd, &known_hosts);
+    options.limit_rate = Some(1 << 20);
+    let conn = Connection::open(&target(&sshd), &options).unwrap();
+    let bytes = baluchon_tests::fixture::noise(2 << 20);
+    let here = dir.path().join("here.bin");
+    fs_err::write(&here, &bytes).unwrap();
+    let there = dir.path().join("there.bin").display().to_string();
+    let back = dir.path().join("back.bin");
+    // 2 MiB at 1 MiB/s: two seconds at least each way (only the bound the limit sets is
+    // checked; a slow machine may take longer).
+    let at_least = std::time::Duration::from_millis(1900);
+
+    let started = std::time::Instant::now();
+    conn.upload(&mut LocalFile::new(&here), &there, &mut |_| {})
+        .unwrap();
+    assert!(
+        started.elapsed() >= at_least,
+        "upload took {:?}",
+        started.elapsed()
+    );
+    assert!(fs_err::read(&there).unwrap() == bytes);
+
+    let started = std::time::Instant::now();
+    conn.download(&there, &back).unwrap();
+    assert!(
+        started.elapsed() >= at_least,
+        "download took {:?}",
+        started.elapsed()
+    );
+    assert!(fs_err::read(&back).unwrap() == bytes);
+}

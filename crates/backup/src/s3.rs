@@ -29,12 +29,15 @@ pub struct S3Settings {
     /// `secret_access_key`, `allow_http`, …, with or without `aws_`); they win over the
     /// environment, and an unknown one is an error.
     pub file: Vec<(String, String)>,
+    /// Bytes per second that uploads may average.
+    pub limit_rate: Option<u64>,
 }
 
 pub(crate) struct S3Store {
     store: AmazonS3,
     prefix: String,
     runtime: tokio::runtime::Runtime,
+    limit_rate: Option<u64>,
 }
 
 impl S3Store {
@@ -74,6 +77,7 @@ impl S3Store {
             store,
             prefix: prefix.to_owned(),
             runtime,
+            limit_rate: settings.limit_rate,
         })
     }
 
@@ -121,6 +125,7 @@ impl S3Store {
                 .await
                 .map_err(error("upload"))?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+            let mut pacer = self.limit_rate.map(baluchon_transport::Pacer::new);
             let mut buf = vec![0u8; PART_SIZE];
             let sent = loop {
                 let n = match file.read(&mut buf) {
@@ -135,6 +140,10 @@ impl S3Store {
                 }
                 writer.write(&buf[..n]);
                 progress.advance(n as u64);
+                if let Some(pacer) = &mut pacer {
+                    // Parts go out while the next one is awaited: the average holds.
+                    pacer.pace(n as u64);
+                }
             };
             match sent {
                 Ok(()) => writer.finish().await.map(drop).map_err(error("upload")),

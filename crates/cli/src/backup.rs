@@ -99,6 +99,7 @@ impl DestinationArgs {
             environment: std::env::vars()
                 .filter(|(k, _)| k.starts_with("AWS_"))
                 .collect(),
+            limit_rate: self.ssh.limit_rate(),
             ..S3Settings::default()
         };
         if let Some(path) = &self.s3_config {

@@ -35,6 +35,34 @@ pub struct SshArgs {
     /// Seconds without any progress after which a connection counts as stalled
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     ssh_timeout: u64,
+    /// Keep transfers to and from other hosts under RATE bytes per second on average,
+    /// each way (K, M, G: times 1024; e.g. 20M), to leave room on a shared link; for
+    /// backups, uploads to S3 too
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    limit_rate: Option<u64>,
+}
+
+/// `RATE` as `--limit-rate` takes it: bytes per second, with an optional K, M or G
+/// (powers of 1024, as curl's `--limit-rate`).
+fn parse_rate(text: &str) -> Result<u64, String> {
+    let (digits, unit) = match text.char_indices().last() {
+        Some((at, c)) if c.is_ascii_alphabetic() => (&text[..at], c.to_ascii_uppercase()),
+        _ => (text, 'B'),
+    };
+    let shift = match unit {
+        'B' => 0,
+        'K' => 10,
+        'M' => 20,
+        'G' => 30,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?} (K, M or G)")),
+    };
+    let value: u64 = digits
+        .parse()
+        .map_err(|_| format!("expected a number of bytes per second, got {text:?}"))?;
+    match value.checked_mul(1 << shift) {
+        Some(0) | None => Err(format!("{text:?} is not a usable rate")),
+        Some(rate) => Ok(rate),
+    }
 }
 
 impl SshArgs {
@@ -51,7 +79,12 @@ impl SshArgs {
         options.identity.clone_from(&self.identity);
         options.passphrase = std::env::var("BALUCHON_SSH_KEY_PASSPHRASE").ok();
         options.timeout = Duration::from_secs(self.ssh_timeout.max(1));
+        options.limit_rate = self.limit_rate;
         Ok(Connection::open(&target, &options)?)
+    }
+
+    pub fn limit_rate(&self) -> Option<u64> {
+        self.limit_rate
     }
 }
 
@@ -583,4 +616,20 @@ fn resumable(err: &TransportError) -> bool {
             | TransportError::Stalled { .. }
             | TransportError::Connect { .. }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates_are_bytes_per_second_with_binary_units() {
+        assert_eq!(parse_rate("500"), Ok(500));
+        assert_eq!(parse_rate("64k"), Ok(64 << 10));
+        assert_eq!(parse_rate("20M"), Ok(20 << 20));
+        assert_eq!(parse_rate("1G"), Ok(1 << 30));
+        for bad in ["", "0", "M", "2T", "1.5M", "-1", "99999999999999G"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+    }
 }
