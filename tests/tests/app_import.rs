@@ -1027,3 +1027,44 @@ fn a_bundle_site_or_pool_cannot_reach_beyond_its_app() {
     assert_same_state(&before, &host_state(), "after refusing a hostile site");
     assert_eq!(http_get(&target, "/").0, 404, "the new site is not served");
 }
+
+#[test]
+fn tables_outside_transactions_are_dumped_under_a_lock_and_the_import_serves_them() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    services();
+    let domain = format!("{}.test", unique("wp-myisam"));
+    let site = Site::create("wordpress", &domain);
+    let db = site.fact("db_name");
+    // Plugins still create MyISAM tables: one transaction is no snapshot of those.
+    mariadb_root(&format!("ALTER TABLE `{db}`.wp_options ENGINE=MyISAM"));
+    let moved = Move::export("wordpress", &domain);
+    let description: Value = serde_json::from_slice(&baluchon_tests::apps::payload(
+        &moved.bundle,
+        "data/app/app.json",
+    ))
+    .unwrap();
+    let dump = &description["databases"][0];
+    let method = dump["method"].as_str().unwrap();
+    assert!(
+        method.contains("--lock-tables") && !method.contains("--single-transaction"),
+        "{method}"
+    );
+    let note = dump["note"].as_str().unwrap();
+    assert!(note.contains("wp_options (MyISAM)"), "{note}");
+
+    let target = format!("{}.test", unique("wp-myisam-new"));
+    let plan = moved.plan(&["--domain", &target]);
+    let out = moved.import(&["--domain", &target], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let new_db = plan["databases"][0]["to"].as_str().unwrap();
+    let home = mariadb_root(&format!(
+        "SELECT option_value FROM `{new_db}`.wp_options WHERE option_name = 'home'"
+    ));
+    assert_eq!(
+        home,
+        format!("http://{target}"),
+        "the MyISAM table came over, rewritten"
+    );
+    assert_eq!(http_get(&target, "/").0, 200);
+    remove_imported(&plan);
+}

@@ -221,6 +221,9 @@ pub fn capture(
             db.dump,
             db.server_version
         );
+        if let Some(note) = &db.note {
+            println!("  {note}");
+        }
     }
     for set in &d.files {
         println!(

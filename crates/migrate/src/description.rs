@@ -81,6 +81,10 @@ pub struct DatabaseDump {
     pub server_version: String,
     pub charset: Option<String>,
     pub collation: Option<String>,
+    /// What a person restoring it should know about how consistent it is (MariaDB tables
+    /// that take no part in transactions); absent when there is nothing to say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

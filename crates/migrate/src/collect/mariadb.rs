@@ -11,8 +11,9 @@ use crate::description::DatabaseDump;
 use crate::error::CaptureError;
 
 /// Options that make the dump one consistent, complete, restorable-elsewhere snapshot:
-/// InnoDB tables in one transaction, stored code and events included, binary columns as
-/// hex so no charset conversion can touch them.
+/// InnoDB tables in one transaction (the first option, replaced when other tables are
+/// there), stored code and events included, binary columns as hex so no charset conversion
+/// can touch them.
 const DUMP_OPTIONS: [&str; 7] = [
     "--single-transaction",
     "--routines",
@@ -126,6 +127,26 @@ pub fn dump<'k>(
         db,
         "SELECT VERSION(), @@character_set_database, @@collation_database",
     )?;
+    // One transaction is a consistent snapshot of InnoDB tables only: with others (MyISAM,
+    // Aria, …) in the database, a read lock on all its tables is, at the cost of making
+    // the app's writes wait for the dump.
+    let others = query(
+        db,
+        "SELECT COALESCE(GROUP_CONCAT(CONCAT(table_name, ' (', engine, ')') \
+         ORDER BY table_name SEPARATOR ', '), '') FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE' AND engine <> 'InnoDB'",
+    )?
+    .join("");
+    let (options, note) = if others.is_empty() {
+        (DUMP_OPTIONS.to_vec(), None)
+    } else {
+        let mut options = DUMP_OPTIONS.to_vec();
+        options[0] = "--lock-tables";
+        let note = format!(
+            "tables that take no part in transactions ({others}): dumped under a read lock on the database instead of in one transaction, so the app's writes waited"
+        );
+        (options, Some(note))
+    };
     let creds = credentials(db)?;
     let tool = Tool {
         id: db.id.clone(),
@@ -135,7 +156,7 @@ pub fn dump<'k>(
     let (writer, _) = tool.stream_into(
         Command::new("mariadb-dump")
             .arg(format!("--defaults-file={}", creds.path().display()))
-            .args(DUMP_OPTIONS)
+            .args(&options)
             .arg("--")
             .arg(name(db)?),
         writer,
@@ -148,7 +169,7 @@ pub fn dump<'k>(
             id: db.id.clone(),
             engine: db.engine,
             dump: payload,
-            method: format!("mariadb-dump {} <name>", DUMP_OPTIONS.join(" ")),
+            method: format!("mariadb-dump {} <name>", options.join(" ")),
             name: db.name.clone(),
             user: db.user.clone(),
             host: db.host.clone(),
@@ -156,6 +177,7 @@ pub fn dump<'k>(
             server_version: row.first().cloned().unwrap_or_default(),
             charset: row.get(1).cloned(),
             collation: row.get(2).cloned(),
+            note,
         },
     ))
 }

@@ -119,6 +119,7 @@ pub fn dump<'k>(
             server_version: facts.next().unwrap_or_default(),
             charset: facts.next(),
             collation: facts.next(),
+            note: None,
         },
     ))
 }

@@ -118,6 +118,7 @@ pub fn dump<'k>(
             server_version: rusqlite::version().to_owned(),
             charset: None,
             collation: None,
+            note: None,
         },
     ))
 }
