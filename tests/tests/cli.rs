@@ -106,6 +106,30 @@ fn exit_codes_tell_a_bad_bundle_from_other_failures() {
     );
     assert_eq!(out.status.code(), Some(3));
 
+    // Signed by a trusted key, but one listed for another principal than required: 3.
+    let principal = |name: &str| {
+        baluchon(
+            &[
+                &"verify",
+                &bundle,
+                &"--signer",
+                &keys.allowed_signers,
+                &"--principal",
+                &name,
+            ],
+            &state,
+        )
+    };
+    let out = principal("someone@else.example");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not for \"someone@else.example\""),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = principal(&keys.principal);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
     // A missing file is not a bad bundle: 1.
     let out = baluchon(
         &[

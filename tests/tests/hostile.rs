@@ -307,7 +307,61 @@ fn a03_unknown_signer_or_namespace_not_allowed() {
         case.verify_with(&case.forge.to_bytes(), &git_only, &Policy::default()),
         Invalid::Signature(VerifyError::NamespaceNotAllowed { .. })
     );
+
+    // A trusted key, but listed for another principal than the one required.
+    let trust = case.keys.trust();
+    let requiring = |identity: &str| {
+        let mut policy = Policy::default();
+        policy.expected_signer = Some(identity.to_owned());
+        policy
+    };
+    expect!(
+        fails,
+        "key listed for another principal",
+        case.verify_with(&case.forge.to_bytes(), &trust, &requiring("shop@new-host.example")),
+        Invalid::WrongSigner { identity, .. } if identity == "shop@new-host.example"
+    );
     fails.finish();
+}
+
+#[test]
+fn a03_principal_patterns_decide_as_ssh_keygen_does() {
+    let case = Case::new();
+    let line = |principals: &str| {
+        TrustedSigners::parse(
+            &format!("{principals} {}\n", case.keys.key.public_key_line()),
+            Path::new("allowed_signers"),
+        )
+        .expect("trust line")
+    };
+    let requiring = |identity: &str| {
+        let mut policy = Policy::default();
+        policy.expected_signer = Some(identity.to_owned());
+        policy
+    };
+    let bytes = case.forge.to_bytes();
+    for (principals, identity, accepted) in [
+        ("exports@old-host.example", "exports@old-host.example", true),
+        ("*@old-host.example", "exports@old-host.example", true),
+        (
+            "a@x,exports@old-host.exampl?",
+            "exports@old-host.example",
+            true,
+        ),
+        (
+            "*@old-host.example,!exports@*",
+            "exports@old-host.example",
+            false,
+        ),
+        ("*@other.example", "exports@old-host.example", false),
+    ] {
+        let outcome = case.verify_with(&bytes, &line(principals), &requiring(identity));
+        assert_eq!(
+            outcome.is_ok(),
+            accepted,
+            "{principals} for {identity}: {outcome:?}"
+        );
+    }
 }
 
 #[test]

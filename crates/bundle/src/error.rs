@@ -118,6 +118,12 @@ pub enum Invalid {
     Inconsistent { reason: String },
     #[error("the bundle is for tenant {found:?}, not {expected:?}")]
     WrongTenant { expected: String, found: String },
+    #[error("the bundle is signed by {fingerprint}, which the trust file lists for {principals:?}, not for {identity:?}")]
+    WrongSigner {
+        identity: String,
+        fingerprint: String,
+        principals: String,
+    },
     #[error("the bundle claims to be created at {created_at}, in the future (clock now {now})")]
     FromTheFuture {
         created_at: jiff::Timestamp,

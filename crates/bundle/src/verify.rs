@@ -36,6 +36,9 @@ const CHUNK_POOL: usize = 8;
 pub struct Policy {
     /// Refuse a bundle made for another tenant (cross-tenant replay).
     pub expected_tenant: Option<String>,
+    /// Refuse a bundle whose key the trust file does not list for this principal (as
+    /// `ssh-keygen -Y verify -I`): one trust file may hold many clients' keys.
+    pub expected_signer: Option<String>,
     pub max_entries: u64,
     pub max_uncompressed_bytes: u64,
     /// Logical bytes of file content, holes included: verification hashes them all.
@@ -49,6 +52,7 @@ impl Default for Policy {
     fn default() -> Self {
         Self {
             expected_tenant: None,
+            expected_signer: None,
             max_entries: 100_000_000,
             max_uncompressed_bytes: 64 << 40,
             max_content_bytes: 64 << 40,
@@ -176,6 +180,16 @@ impl Bundle<Unverified> {
         let signer = trust
             .verify(SIGNATURE_NAMESPACE, &tag_manifest, &signature, policy.now)
             .map_err(Invalid::Signature)?;
+        if let Some(identity) = &policy.expected_signer {
+            if !signer.answers_to(identity) {
+                return Err(Invalid::WrongSigner {
+                    identity: identity.clone(),
+                    fingerprint: signer.fingerprint.clone(),
+                    principals: signer.principals.join(","),
+                }
+                .into());
+            }
+        }
 
         let tags = parse_listing(&tag_manifest, layout::TAG_MANIFEST)?;
         let expected_tags: Vec<&str> = layout::LEADING_TAG_FILES

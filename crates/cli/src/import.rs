@@ -72,6 +72,10 @@ pub struct ImportArgs {
     /// Require the bundle to be for this tenant
     #[arg(long)]
     tenant: Option<String>,
+    /// Require the signing key to be listed for this principal in the signers file, as
+    /// `ssh-keygen -Y verify -I PRINCIPAL` does (a file may hold many clients' keys)
+    #[arg(long, value_name = "PRINCIPAL")]
+    principal: Option<String>,
     /// Replace DEST if it exists (its content is kept until confirmed)
     #[arg(long)]
     replace: bool,
@@ -119,6 +123,7 @@ pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow
         .with_context(|| format!("cannot use the signer file {}", args.signer.display()))?;
     let mut policy = Policy::default();
     policy.expected_tenant.clone_from(&args.tenant);
+    policy.expected_signer.clone_from(&args.principal);
     if let Some(url) = &args.to {
         let mut extra = Vec::new();
         if let Some(domain) = &args.domain {
@@ -128,6 +133,9 @@ pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow
         extra.extend(["--on-conflict".to_owned(), policy]);
         if let Some(tenant) = &args.tenant {
             extra.extend(["--tenant".to_owned(), tenant.clone()]);
+        }
+        if let Some(principal) = &args.principal {
+            extra.extend(["--principal".to_owned(), principal.clone()]);
         }
         if args.plan {
             extra.push("--plan".to_owned());

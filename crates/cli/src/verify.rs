@@ -29,6 +29,10 @@ pub struct VerifyArgs {
     /// Also require the bundle to be for this tenant
     #[arg(long)]
     tenant: Option<String>,
+    /// Also require the signing key to be listed for this principal in the signers file,
+    /// as `ssh-keygen -Y verify -I PRINCIPAL` does (a file may hold many clients' keys)
+    #[arg(long, value_name = "PRINCIPAL")]
+    principal: Option<String>,
     /// An age identity file or an SSH private key (ed25519 or RSA) to open an encrypted
     /// bundle with (repeatable; a key's passphrase from BALUCHON_DECRYPT_KEY_PASSPHRASE, or
     /// asked on the terminal)
@@ -44,6 +48,7 @@ pub fn run(args: &VerifyArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         .with_context(|| format!("cannot use the signer file {}", args.signer.display()))?;
     let mut policy = Policy::default();
     policy.expected_tenant.clone_from(&args.tenant);
+    policy.expected_signer.clone_from(&args.principal);
     let verified = Bundle::open(&args.bundle)
         .and_then(|b| b.authenticate(&trust, &policy, progress))
         .and_then(|b| b.verify_payload(progress))

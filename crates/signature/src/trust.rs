@@ -35,6 +35,23 @@ pub struct VerifiedSigner {
     pub principals: Vec<String>,
 }
 
+impl VerifiedSigner {
+    /// Whether the trust file lists the key for `identity`: one of its principal patterns
+    /// matches it (`*` and `?` wildcards) and no negated one (`!pattern`) does, as
+    /// `ssh-keygen -Y verify -I identity` decides.
+    pub fn answers_to(&self, identity: &str) -> bool {
+        let mut listed = false;
+        for pattern in &self.principals {
+            match pattern.strip_prefix('!') {
+                Some(negated) if glob_match(negated, identity) => return false,
+                Some(_) => {}
+                None => listed |= glob_match(pattern, identity),
+            }
+        }
+        listed
+    }
+}
+
 impl TrustedSigners {
     pub fn from_file(path: &Path) -> Result<Self, Error> {
         let text = fs_err::read_to_string(path)?;
