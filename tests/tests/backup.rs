@@ -606,13 +606,37 @@ fn schedule_install_writes_a_timer_and_offers_cron_without_systemd() {
     );
 }
 
+/// A new age identity in `path`, with its recipient (`age1…`).
+fn age_key(path: &Path) -> (PathBuf, String) {
+    let generated = Command::new("age-keygen")
+        .arg("-o")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", stderr(&generated));
+    let recipient = Command::new("age-keygen")
+        .arg("-y")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        path.to_owned(),
+        String::from_utf8(recipient.stdout)
+            .unwrap()
+            .trim()
+            .to_owned(),
+    )
+}
+
 #[test]
 fn a_fleet_run_backs_up_tenants_in_parallel_and_fails_if_one_fails() {
     let setup = Setup::new();
     let to = setup.dir.path().join("backups");
     let other = setup.dir.path().join("other");
     small_tree(&other);
+    let (_, recipient) = age_key(&setup.dir.path().join("fleet.age"));
     let inventory = setup.dir.path().join("fleet.toml");
+    // Backups are encrypted by default; blog's are not.
     fs_err::write(
         &inventory,
         format!(
@@ -620,6 +644,7 @@ fn a_fleet_run_backs_up_tenants_in_parallel_and_fails_if_one_fails() {
 [defaults]
 to = "{to}"
 sign_key = "{key}"
+encrypt_to = ["{recipient}"]
 
 [[tenant]]
 path = "{tree}"
@@ -628,6 +653,7 @@ tenant = "shop"
 [[tenant]]
 path = "{other}"
 tenant = "blog"
+encrypt_to = []
 
 [[tenant]]
 path = "{missing}"
@@ -638,6 +664,7 @@ tenant = "gone"
             tree = setup.tree.display(),
             other = other.display(),
             missing = setup.dir.path().join("missing").display(),
+            recipient = recipient.trim(),
         ),
     )
     .unwrap();
@@ -671,6 +698,19 @@ tenant = "gone"
     );
     let (keys, _) = setup.listed(&[], &to.display().to_string(), &[]);
     assert_eq!(keys.len(), 2, "{keys:?}");
+    for key in &keys {
+        let members = Command::new("tar")
+            .arg("-tf")
+            .arg(to.join(key))
+            .output()
+            .unwrap();
+        let sealed = String::from_utf8_lossy(&members.stdout).contains("data/bundle.baluchon.age");
+        assert_eq!(
+            sealed,
+            key.starts_with("shop/"),
+            "{key} encrypted: {sealed}"
+        );
+    }
 
     // The same summary for a script: one object per tenant, and still exit 1.
     let out = setup.run(
@@ -751,19 +791,7 @@ fn an_encrypted_backup_is_verified_without_the_key_and_restored_with_it() {
     let setup = Setup::new();
     let to = setup.dir.path().join("backups").display().to_string();
     let signer = setup.keys.allowed_signers.display().to_string();
-    let key = setup.dir.path().join("restore.age");
-    let generated = Command::new("age-keygen")
-        .arg("-o")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(generated.status.success(), "{}", stderr(&generated));
-    let recipient = Command::new("age-keygen")
-        .arg("-y")
-        .arg(&key)
-        .output()
-        .unwrap();
-    let recipient = String::from_utf8(recipient.stdout).unwrap();
+    let (key, recipient) = age_key(&setup.dir.path().join("restore.age"));
     let mut args = setup.backup_args("vault", &to);
     args.extend(strings(&["--encrypt-to", recipient.trim()]));
     setup.ok(&[], &args);

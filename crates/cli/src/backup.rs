@@ -999,9 +999,10 @@ enum FleetCommand {
 
 /// Back up every tenant of an inventory, N at a time, and print a summary
 ///
-/// The inventory is TOML: a [defaults] table (to, sign_key, work_dir) and one [[tenant]]
-/// table per tenant (app and instance, or path and tenant; to and sign_key override the
-/// defaults). A tenant with `host = "ssh://user@host"` is backed up on that host by its own
+/// The inventory is TOML: a [defaults] table (to, sign_key, work_dir, encrypt_to) and one
+/// [[tenant]] table per tenant (app and instance, or path and tenant; to, sign_key and
+/// encrypt_to override the defaults; encrypt_to is a list of recipients as --encrypt-to
+/// takes them). A tenant with `host = "ssh://user@host"` is backed up on that host by its own
 /// baluchon, which must be installed there; the destination and key are then as that host
 /// sees them. Exits with status 1 if any tenant failed.
 ///
@@ -1037,6 +1038,8 @@ struct Defaults {
     to: Option<String>,
     sign_key: Option<PathBuf>,
     work_dir: Option<PathBuf>,
+    /// Recipients the backups are encrypted to, as `--encrypt-to` takes them.
+    encrypt_to: Option<Vec<String>>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -1052,6 +1055,8 @@ struct Entry {
     host: Option<String>,
     /// The baluchon command on `host`.
     baluchon: Option<String>,
+    /// Replaces the defaults' recipients (`[]`: this tenant's backups are not encrypted).
+    encrypt_to: Option<Vec<String>>,
 }
 
 /// A tenant's bar, fed by the export, then by the upload.
@@ -1103,6 +1108,11 @@ fn run_entry(
         .as_ref()
         .or(defaults.sign_key.as_ref())
         .context("no signing key: set `sign_key` in [defaults] or for the tenant")?;
+    let encrypt_to = entry
+        .encrypt_to
+        .as_ref()
+        .or(defaults.encrypt_to.as_ref())
+        .map_or(&[][..], Vec::as_slice);
     if let Some(host) = &entry.host {
         bar.set_message(format!("on {host}"));
         let conn = destination.ssh.connect(host)?;
@@ -1110,14 +1120,22 @@ fn run_entry(
             "{} --no-progress backup --json",
             baluchon_transport::shell_quote(entry.baluchon.as_deref().unwrap_or("baluchon"))
         );
-        for arg in tenant.to_args().iter().chain(&[
-            "--to".to_owned(),
-            to.clone(),
-            "--sign-key".to_owned(),
-            sign_key.display().to_string(),
-        ]) {
+        let recipients = encrypt_to
+            .iter()
+            .flat_map(|r| ["--encrypt-to".to_owned(), r.clone()]);
+        for arg in tenant
+            .to_args()
+            .into_iter()
+            .chain([
+                "--to".to_owned(),
+                to.clone(),
+                "--sign-key".to_owned(),
+                sign_key.display().to_string(),
+            ])
+            .chain(recipients)
+        {
             command.push(' ');
-            command.push_str(&baluchon_transport::shell_quote(arg));
+            command.push_str(&baluchon_transport::shell_quote(&arg));
         }
         let mut out = Vec::new();
         conn.run(&command, None, &mut out)?;
@@ -1133,8 +1151,7 @@ fn run_entry(
         &tenant,
         to,
         sign_key,
-        // Fleet inventories do not name recipients yet: their backups are not encrypted.
-        &[],
+        &crate::sealed::recipients(encrypt_to)?,
         defaults.work_dir.as_deref(),
         destination,
         &progress,
