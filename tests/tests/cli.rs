@@ -130,6 +130,27 @@ fn exit_codes_tell_a_bad_bundle_from_other_failures() {
     let out = principal(&keys.principal);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 
+    // Trusted, but revoked: 3.
+    let revoked = dir.path().join("revoked_keys");
+    fs_err::write(&revoked, keys.key.public_key_line()).unwrap();
+    let out = baluchon(
+        &[
+            &"verify",
+            &bundle,
+            &"--signer",
+            &keys.allowed_signers,
+            &"--revoked",
+            &revoked,
+        ],
+        &state,
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is revoked"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // A missing file is not a bad bundle: 1.
     let out = baluchon(
         &[

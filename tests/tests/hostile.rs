@@ -383,6 +383,39 @@ fn a04_expired_or_not_yet_valid_key() {
         case.verify_with(&bytes, &future, &Policy::default()),
         Invalid::Signature(VerifyError::NotYetValid { .. })
     );
+    // Trusted by the signers file, but listed as revoked (as `ssh-keygen -Y verify -r`).
+    let revoked = case.dir.path().join("revoked_keys");
+    fs_err::write(
+        &revoked,
+        format!(
+            "# leaked on 2026-11-01\n\n{}\n",
+            case.keys.key.public_key_line()
+        ),
+    )
+    .expect("write revoked keys");
+    let mut trust = case.keys.trust();
+    trust.revoke_from_file(&revoked).expect("revocation file");
+    expect!(
+        fails,
+        "revoked key",
+        case.verify_with(&bytes, &trust, &Policy::default()),
+        Invalid::Signature(VerifyError::Revoked { .. })
+    );
+    // Another key's revocation leaves this one trusted.
+    let other_dir = case.dir.path().join("other");
+    fs_err::create_dir(&other_dir).expect("mkdir");
+    let other = Keys::new(&other_dir);
+    fs_err::write(&revoked, other.key.public_key_line()).expect("write revoked keys");
+    let mut trust = case.keys.trust();
+    trust.revoke_from_file(&revoked).expect("revocation file");
+    expect_ok!(
+        fails,
+        "another key revoked",
+        case.verify_with(&bytes, &trust, &Policy::default())
+    );
+    // A binary KRL is not read: refused, not ignored.
+    fs_err::write(&revoked, b"SSHKRL\n\0\x01\0\0").expect("write krl");
+    assert!(case.keys.trust().revoke_from_file(&revoked).is_err());
     fails.finish();
 }
 

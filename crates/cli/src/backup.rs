@@ -459,6 +459,10 @@ struct Checking {
     /// Trusted signers: an OpenSSH allowed_signers file, or public key file(s) in .pub format
     #[arg(long)]
     signer: PathBuf,
+    /// Public keys to refuse even if the signers file trusts them (one per line, .pub
+    /// format), as `ssh-keygen -Y verify -r FILE` takes a plain key list
+    #[arg(long, value_name = "FILE")]
+    revoked: Option<PathBuf>,
     /// Directory to download each bundle into while it is checked [default: the system's
     /// temporary directory]
     #[arg(long, value_name = "DIR")]
@@ -467,8 +471,7 @@ struct Checking {
 
 impl Checking {
     fn trust(&self) -> anyhow::Result<TrustedSigners> {
-        TrustedSigners::from_file(&self.signer)
-            .with_context(|| format!("cannot use the signer file {}", self.signer.display()))
+        crate::verify::load_trust(&self.signer, self.revoked.as_deref())
     }
 
     /// Downloads the backup, checks it against its marker, then its signature, every hash

@@ -76,6 +76,10 @@ pub struct ImportArgs {
     /// `ssh-keygen -Y verify -I PRINCIPAL` does (a file may hold many clients' keys)
     #[arg(long, value_name = "PRINCIPAL")]
     principal: Option<String>,
+    /// Public keys to refuse even if the signers file trusts them (one per line, .pub
+    /// format), as `ssh-keygen -Y verify -r FILE` takes a plain key list (not with --to)
+    #[arg(long, value_name = "FILE", conflicts_with = "to")]
+    revoked: Option<PathBuf>,
     /// Replace DEST if it exists (its content is kept until confirmed)
     #[arg(long)]
     replace: bool,
@@ -119,8 +123,7 @@ enum OnConflictArg {
 }
 
 pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow::Result<()> {
-    let trust = TrustedSigners::from_file(&args.signer)
-        .with_context(|| format!("cannot use the signer file {}", args.signer.display()))?;
+    let trust = crate::verify::load_trust(&args.signer, args.revoked.as_deref())?;
     let mut policy = Policy::default();
     policy.expected_tenant.clone_from(&args.tenant);
     policy.expected_signer.clone_from(&args.principal);

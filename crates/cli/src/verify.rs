@@ -33,6 +33,10 @@ pub struct VerifyArgs {
     /// as `ssh-keygen -Y verify -I PRINCIPAL` does (a file may hold many clients' keys)
     #[arg(long, value_name = "PRINCIPAL")]
     principal: Option<String>,
+    /// Public keys to refuse even if the signers file trusts them (one per line, .pub
+    /// format), as `ssh-keygen -Y verify -r FILE` takes a plain key list
+    #[arg(long, value_name = "FILE")]
+    revoked: Option<PathBuf>,
     /// An age identity file or an SSH private key (ed25519 or RSA) to open an encrypted
     /// bundle with (repeatable; a key's passphrase from BALUCHON_DECRYPT_KEY_PASSPHRASE, or
     /// asked on the terminal)
@@ -43,9 +47,23 @@ pub struct VerifyArgs {
     json: bool,
 }
 
+/// The signers file, less the keys of the revocation file.
+pub fn load_trust(
+    signer: &std::path::Path,
+    revoked: Option<&std::path::Path>,
+) -> anyhow::Result<TrustedSigners> {
+    let mut trust = TrustedSigners::from_file(signer)
+        .with_context(|| format!("cannot use the signer file {}", signer.display()))?;
+    if let Some(revoked) = revoked {
+        trust
+            .revoke_from_file(revoked)
+            .with_context(|| format!("cannot use the revocation file {}", revoked.display()))?;
+    }
+    Ok(trust)
+}
+
 pub fn run(args: &VerifyArgs, progress: &dyn Progress) -> anyhow::Result<()> {
-    let trust = TrustedSigners::from_file(&args.signer)
-        .with_context(|| format!("cannot use the signer file {}", args.signer.display()))?;
+    let trust = load_trust(&args.signer, args.revoked.as_deref())?;
     let mut policy = Policy::default();
     policy.expected_tenant.clone_from(&args.tenant);
     policy.expected_signer.clone_from(&args.principal);

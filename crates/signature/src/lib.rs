@@ -54,6 +54,8 @@ pub enum VerifyError {
     WrongNamespace { found: String, expected: String },
     #[error("the signing key {fingerprint} is not in the trusted signers")]
     UnknownSigner { fingerprint: String },
+    #[error("the signing key {fingerprint} is revoked")]
+    Revoked { fingerprint: String },
     #[error("the signing key {fingerprint} is trusted, but not for namespace {namespace:?}")]
     NamespaceNotAllowed {
         fingerprint: String,

@@ -15,6 +15,8 @@ use crate::{parse_signature, Error, VerifyError};
 #[derive(Debug, Clone)]
 pub struct TrustedSigners {
     signers: Vec<AllowedSigner>,
+    /// Keys refused whatever the trust file says (a client's key that leaked).
+    revoked: Vec<PublicKey>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +80,30 @@ impl TrustedSigners {
                 path: origin.to_owned(),
             });
         }
-        Ok(Self { signers })
+        Ok(Self {
+            signers,
+            revoked: Vec::new(),
+        })
+    }
+
+    /// Also refuses the public keys listed in `path`, one per line in `.pub` format (blank
+    /// lines and `#` comments skipped), as `ssh-keygen -Y verify -r` takes a plain key list.
+    /// OpenSSH's binary KRL format is not read: such a file is refused as unparsable.
+    pub fn revoke_from_file(&mut self, path: &Path) -> Result<(), Error> {
+        let text = fs_err::read_to_string(path)?;
+        for (index, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = PublicKey::from_openssh(line).map_err(|e| Error::TrustFile {
+                path: path.to_owned(),
+                line: index + 1,
+                reason: format!("invalid public key: {e}"),
+            })?;
+            self.revoked.push(key);
+        }
+        Ok(())
     }
 
     /// Checks an armored SSHSIG over `message` made under `namespace`, at time `now`.
@@ -98,6 +123,13 @@ impl TrustedSigners {
         }
         let signer_key = PublicKey::from(sig.public_key().clone());
         let fingerprint = signer_key.fingerprint(HashAlg::Sha256).to_string();
+        if self
+            .revoked
+            .iter()
+            .any(|r| r.key_data() == sig.public_key())
+        {
+            return Err(VerifyError::Revoked { fingerprint });
+        }
         let same_key: Vec<&AllowedSigner> = self
             .signers
             .iter()
