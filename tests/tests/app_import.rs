@@ -170,6 +170,22 @@ impl Move {
         command.output().unwrap()
     }
 
+    /// Imports with `extra`: it succeeds, its health check passed.
+    fn import_served(&self, extra: &[&str]) {
+        let out = self.import(extra, &[]);
+        assert!(
+            out.status.success(),
+            "import: {}\n{}",
+            text(&out.stderr),
+            text(&out.stdout)
+        );
+        assert!(
+            text(&out.stdout).contains("health check passed"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+
     /// The import fails saying `said`, and the host is as `before`.
     fn assert_refused(&self, said: &str, before: &BTreeMap<String, String>) {
         let out = self.import(&[], &[]);
@@ -290,18 +306,7 @@ fn wordpress_moves_to_a_new_domain_and_new_database_and_still_works() {
     let new_db = plan["databases"][0]["to"].as_str().unwrap().to_owned();
     assert_ne!(new_db, db, "a new database name");
 
-    let out = moved.import(&["--domain", &new], &[]);
-    assert!(
-        out.status.success(),
-        "import: {}\n{}",
-        text(&out.stderr),
-        text(&out.stdout)
-    );
-    assert!(
-        text(&out.stdout).contains("health check passed"),
-        "{}",
-        text(&out.stdout)
-    );
+    moved.import_served(&["--domain", &new]);
 
     let (status, page) = http_get(&new, &format!("/?p={post_id}"));
     assert_eq!(status, 200);
@@ -1067,4 +1072,70 @@ fn tables_outside_transactions_are_dumped_under_a_lock_and_the_import_serves_the
     );
     assert_eq!(http_get(&target, "/").0, 200);
     remove_imported(&plan);
+}
+
+#[test]
+fn a_site_from_an_older_php_runs_on_this_hosts_php_with_php_version() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    services();
+    let domain = format!("{}.test", unique("wp-php74"));
+    let site = Site::create("wordpress", &domain);
+    // The source as Debian 11 lays it out: PHP 7.4's pool directory and socket. Only files
+    // are read by the export, so nothing needs to run there.
+    let vhost = PathBuf::from(site.fact("vhost_path"));
+    let pool = PathBuf::from(site.fact("pool_path"));
+    let old_pool = Path::new("/etc/php/7.4/fpm/pool.d").join(pool.file_name().unwrap());
+    let (vhost_text, pool_text) = (
+        fs_err::read_to_string(&vhost).unwrap(),
+        fs_err::read_to_string(&pool).unwrap(),
+    );
+    fs_err::create_dir_all(old_pool.parent().unwrap()).unwrap();
+    fs_err::write(&old_pool, pool_text.replace("php8.2-fpm", "php7.4-fpm")).unwrap();
+    fs_err::remove_file(&pool).unwrap();
+    fs_err::write(&vhost, vhost_text.replace("php8.2-fpm", "php7.4-fpm")).unwrap();
+    let moved = Move::export("wordpress", &domain);
+    fs_err::remove_dir_all("/etc/php/7.4").unwrap();
+    fs_err::write(&vhost, &vhost_text).unwrap();
+    fs_err::write(&pool, &pool_text).unwrap();
+    let description: Value = serde_json::from_slice(&baluchon_tests::apps::payload(
+        &moved.bundle,
+        "data/app/app.json",
+    ))
+    .unwrap();
+    assert_eq!(description["values"]["php_version"], "7.4", "{description}");
+    drop(site);
+
+    let target = format!("{}.test", unique("wp-php82"));
+    let out = moved.import(&["--plan", "--json", "--domain", &target], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let blockers = plan["blockers"].to_string();
+    assert!(
+        blockers.contains("package php7.4-fpm is needed and not available here (this host has PHP 8.2: --php-version 8.2 runs the app on it)"),
+        "{blockers}"
+    );
+
+    let args = ["--domain", target.as_str(), "--php-version", "8.2"];
+    let plan = moved.plan(&args);
+    assert!(
+        plan["warnings"]
+            .to_string()
+            .contains("PHP 7.4 in the bundle runs on PHP 8.2 here"),
+        "{plan}"
+    );
+    moved.import_served(&args);
+    assert!(pool.exists(), "the pool went to PHP 8.2's directory");
+    let placed = fs_err::read_to_string(&pool).unwrap();
+    assert!(
+        placed.contains("php8.2-fpm") && !placed.contains("7.4"),
+        "{placed}"
+    );
+    let site_here = fs_err::read_to_string(format!("/etc/nginx/sites-available/{target}")).unwrap();
+    assert!(
+        site_here.contains("php8.2-fpm") && !site_here.contains("php7.4"),
+        "{site_here}"
+    );
+    assert!(!Path::new("/etc/php/7.4").exists());
+    remove_imported(&plan);
+    let _ = fs_err::remove_file(&pool);
 }

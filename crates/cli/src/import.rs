@@ -63,6 +63,10 @@ pub struct ImportArgs {
     /// back to an earlier backup); refused otherwise
     #[arg(long, conflicts_with = "path")]
     allow_older: bool,
+    /// App bundles: run a PHP app on this PHP version (e.g. 8.2) instead of the bundle's
+    /// (Debian 11's 7.4, say); socket and pool paths follow
+    #[arg(long, value_name = "X.Y", conflicts_with = "path")]
+    php_version: Option<String>,
     /// App bundles: where imports keep locks, journals, staging and backups
     #[arg(long, default_value = baluchon_migrate::DEFAULT_WORK_DIR, conflicts_with = "path")]
     work_dir: PathBuf,
@@ -149,6 +153,9 @@ pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow
         if args.allow_older {
             extra.push("--allow-older".to_owned());
         }
+        if let Some(version) = &args.php_version {
+            extra.extend(["--php-version".to_owned(), version.clone()]);
+        }
         if args.json {
             extra.push("--json".to_owned());
         }
@@ -210,6 +217,7 @@ fn import_here(
         options.policy = policy;
         options.allowed_accounts.clone_from(&args.allow_account);
         options.allow_older = args.allow_older;
+        options.php_version.clone_from(&args.php_version);
         return crate::app_import::run(
             bundle_path,
             trust,

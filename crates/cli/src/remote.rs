@@ -442,6 +442,10 @@ pub struct MigrateArgs {
     /// for `baluchon import`) (can be repeated)
     #[arg(long, value_name = "NAME")]
     allow_account: Vec<String>,
+    /// Run the app on the target's PHP version (e.g. 8.2) instead of the source's (as for
+    /// `baluchon import`)
+    #[arg(long, value_name = "X.Y")]
+    php_version: Option<String>,
     /// Encrypt the bundle to this recipient (repeatable; see `baluchon export --help`): it
     /// then crosses this machine encrypted
     #[arg(long, value_name = "RECIPIENT", requires = "decrypt_with")]
@@ -593,6 +597,11 @@ fn migrate_through(
         import
             .args
             .extend(["--allow-account".to_owned(), account.clone()]);
+    }
+    if let Some(version) = &args.php_version {
+        import
+            .args
+            .extend(["--php-version".to_owned(), version.clone()]);
     }
     if args.json {
         import.args.push("--json".to_owned());

@@ -14,7 +14,10 @@ impl Planner<'_> {
         pools: &[(PathBuf, PathBuf)],
         sites: &[(PathBuf, PathBuf)],
         domain_to: &str,
+        php: Option<&super::plan::PhpChange>,
     ) {
+        // The staged text names the bundle's PHP version; this host's pools, the new one.
+        let renamed = |text: &str| php.map_or_else(|| text.to_owned(), |p| p.rename(text));
         let ours: Vec<&Path> = pools
             .iter()
             .chain(sites)
@@ -42,7 +45,8 @@ impl Planner<'_> {
                 continue;
             };
             let mut problems = pool_problems(&text, &accounts, &groups, &allowed);
-            for pool in pool_sections(&text) {
+            for mut pool in pool_sections(&text) {
+                pool.listen = pool.listen.as_deref().map(renamed);
                 if let Some(other) = host
                     .pools
                     .iter()
@@ -85,7 +89,7 @@ impl Planner<'_> {
             let Some(text) = self.staged_text(staged) else {
                 continue;
             };
-            let verdict = rules.judge(&text);
+            let verdict = rules.judge(&renamed(&text));
             for problem in verdict.problems {
                 self.blockers
                     .push(format!("the nginx site {}: {problem}", staged.display()));

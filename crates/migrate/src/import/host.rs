@@ -358,3 +358,22 @@ pub fn free_bytes(path: &Path) -> Result<u64, ImportError> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("statvfs {}: {e}", path.display())))?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
+
+/// The PHP versions whose PHP-FPM is installed here (`/etc/php/X.Y/fpm`), oldest first.
+pub(super) fn installed_php_versions() -> Vec<String> {
+    let mut versions: Vec<String> = fs_err::read_dir("/etc/php")
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().join("fpm").is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_by_key(|v| {
+        v.split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    });
+    versions
+}

@@ -62,6 +62,9 @@ pub struct ImportOptions {
     /// Import a bundle older (by sequence) than the last one imported for its tenant:
     /// going back to an earlier backup.
     pub allow_older: bool,
+    /// Run a PHP app on this PHP version (`8.2`) rather than the bundle's: its version in
+    /// socket and pool paths follows, in values and in the app's nginx sites and pools.
+    pub php_version: Option<String>,
 }
 
 impl ImportOptions {
@@ -75,6 +78,7 @@ impl ImportOptions {
             recipe_dirs: vec![PathBuf::from(baluchon_recipe::HOST_RECIPE_DIR)],
             allowed_accounts: Vec::new(),
             allow_older: false,
+            php_version: None,
         }
     }
 }

@@ -101,6 +101,15 @@ impl Planner<'_> {
         if let Some(v) = &domain_value {
             new.insert(v.clone(), domain_to.clone());
         }
+        let php = self.php_change(&old);
+        if let Some(change) = &php {
+            for (name, value) in &mut new {
+                if !d.secret_values.contains(name) {
+                    *value = change.rename(value);
+                }
+            }
+            new.insert(PHP_VERSION.to_owned(), change.to.clone());
+        }
 
         // Databases: always new ones, named after the instance, with a new owner.
         std::fs::create_dir_all(staging.join("db"))?;
@@ -465,6 +474,33 @@ impl Planner<'_> {
                 });
             }
         }
+        if let Some(change) = &php {
+            // The app's own sites and pools name the version in their socket and paths.
+            for service in &self.recipe.definition().services {
+                if !matches!(
+                    service.kind,
+                    ServiceKind::NginxSite | ServiceKind::PhpFpmPool
+                ) {
+                    continue;
+                }
+                let Ok(path) = expand_template(&service.path, &old) else {
+                    continue;
+                };
+                if let Ok(staged) = staged_file(self.tree, &d.files, &path) {
+                    for (from, to) in change.pairs() {
+                        rewrites.push(format!("{path}: {from} → {to}"));
+                        config_rewrites.push(ConfigRewrite {
+                            file: staged.clone(),
+                            kind: RewriteKind::Text { old: from, new: to },
+                        });
+                    }
+                }
+            }
+            self.warnings.push(format!(
+                "PHP {} in the bundle runs on PHP {} here (--php-version): the app must support it; the health check tells",
+                change.from, change.to
+            ));
+        }
         if !domain_changes && self.options.domain.is_some() {
             self.warnings
                 .push("--domain is the bundle's own domain: nothing to rename".to_owned());
@@ -545,7 +581,7 @@ impl Planner<'_> {
             conflicts.extend(placement.conflicts.iter().cloned());
             placements.push(placement);
         }
-        self.check_services(&pools, &sites, &domain_to);
+        self.check_services(&pools, &sites, &domain_to, php.as_ref());
         let symlink_retargets = self.check_symlinks(&d.files, &renamed)?;
 
         // Packages: what is missing, and whether this host's versions can run the app.
@@ -568,8 +604,10 @@ impl Planner<'_> {
             }
             if host::installed_version(&name).is_none() {
                 if host::candidate_version(&name).is_none() {
-                    self.blockers
-                        .push(format!("package {name} is needed and not available here"));
+                    self.blockers.push(format!(
+                        "package {name} is needed and not available here{}",
+                        php_hint(&name)
+                    ));
                 } else {
                     packages_to_install.push(name);
                 }
@@ -835,5 +873,104 @@ impl Planner<'_> {
             }
         }
         Ok(needs.into_iter().map(|(_, need)| need).collect())
+    }
+}
+
+/// The recipe value that holds an app's PHP version (`7.4`), as the built-in recipes name it.
+const PHP_VERSION: &str = "php_version";
+
+/// A PHP version change asked for with `--php-version`.
+pub(super) struct PhpChange {
+    pub(super) from: String,
+    pub(super) to: String,
+}
+
+impl PhpChange {
+    /// How a version shows in Debian's paths and names: `php7.4-fpm` (package, service,
+    /// socket), `php-fpm7.4` (binary), `/php/7.4/` (configuration).
+    pub(super) fn pairs(&self) -> Vec<(String, String)> {
+        let (from, to) = (&self.from, &self.to);
+        vec![
+            (format!("php{from}-"), format!("php{to}-")),
+            (format!("php-fpm{from}"), format!("php-fpm{to}")),
+            (format!("/php/{from}/"), format!("/php/{to}/")),
+        ]
+    }
+
+    pub(super) fn rename(&self, text: &str) -> String {
+        self.pairs()
+            .iter()
+            .fold(text.to_owned(), |text, (from, to)| text.replace(from, to))
+    }
+}
+
+/// For a missing `phpX.Y-…` package: the versions this host has.
+fn php_hint(package: &str) -> String {
+    if !package.starts_with("php") {
+        return String::new();
+    }
+    let installed = host::installed_php_versions();
+    if installed.is_empty() {
+        return String::new();
+    }
+    format!(
+        " (this host has PHP {}: --php-version {} runs the app on it)",
+        installed.join(", "),
+        installed[installed.len() - 1]
+    )
+}
+
+impl Planner<'_> {
+    fn php_change(&mut self, old: &BTreeMap<String, String>) -> Option<PhpChange> {
+        let to = self.options.php_version.as_ref()?;
+        let plain = |v: &str| {
+            v.split('.').count() == 2
+                && v.split('.')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if !plain(to) {
+            self.blockers.push(format!(
+                "--php-version {to:?} is not a PHP version such as 8.2"
+            ));
+            return None;
+        }
+        let Some(from) = old.get(PHP_VERSION) else {
+            self.blockers.push(format!(
+                "--php-version: the bundle's {} app has no PHP version ({PHP_VERSION}) to change",
+                self.description.app
+            ));
+            return None;
+        };
+        (from != to).then(|| PhpChange {
+            from: from.clone(),
+            to: to.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PhpChange;
+
+    #[test]
+    fn a_php_version_is_renamed_where_debian_puts_it() {
+        let change = PhpChange {
+            from: "7.4".to_owned(),
+            to: "8.2".to_owned(),
+        };
+        assert_eq!(
+            change.rename("fastcgi_pass unix:/run/php/php7.4-fpm-blog.sock;"),
+            "fastcgi_pass unix:/run/php/php8.2-fpm-blog.sock;"
+        );
+        assert_eq!(
+            change.rename("/etc/php/7.4/fpm/pool.d/blog.conf"),
+            "/etc/php/8.2/fpm/pool.d/blog.conf"
+        );
+        assert_eq!(change.rename("php-fpm7.4 -t"), "php-fpm8.2 -t");
+        // Other numbers stay.
+        assert_eq!(
+            change.rename("version 7.4.33, port 7400"),
+            "version 7.4.33, port 7400"
+        );
     }
 }
