@@ -1,6 +1,7 @@
 //! Database dumps of app exports, against the real servers that `tests/apps/start.sh`
-//! starts (nothing is mocked): a PostgreSQL dump and an SQLite backup taken while a writer
-//! keeps committing are each one consistent snapshot, and a wrong password or an
+//! starts (nothing is mocked): a PostgreSQL dump, a MariaDB dump (InnoDB tables in one
+//! transaction, MyISAM ones under a lock) and an SQLite backup taken while a writer keeps
+//! committing are each one consistent snapshot, and a wrong password or an
 //! unreachable server fails with the server's own message and leaves nothing behind.
 //!
 //! Every test names what it creates after the process id and a counter, so the tests run
@@ -20,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use baluchon_tests::apps::{baluchon, payload, postgres_admin, services};
+use baluchon_tests::apps::{baluchon, mariadb_root, payload, postgres_admin, services};
 use baluchon_tests::fixture::{baluchon_bin, Keys};
 use serde_json::Value;
 
@@ -50,6 +51,22 @@ fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
 
 // --- PostgreSQL as its superuser -------------------------------------------------------
 
+/// Waits until a writer (the client `child`) has committed past `seed` rows, as `count`
+/// says.
+fn wait_until_writing(child: &mut Child, count: impl Fn() -> u64, seed: u64) {
+    let writing = poll(Duration::from_secs(30), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+            }
+            panic!("the writer stopped ({status}): {stderr}");
+        }
+        (count() > seed).then_some(())
+    });
+    assert!(writing.is_some(), "the writer committed nothing in 30 s");
+}
+
 /// `postgres_admin` without the panic: for cleanup, which may run while unwinding.
 fn try_postgres_admin(database: &str, sql: &str) -> Result<String, String> {
     let out = Command::new("runuser")
@@ -64,8 +81,13 @@ fn try_postgres_admin(database: &str, sql: &str) -> Result<String, String> {
         ])
         .args(["-At", "-d", database, "-c", sql])
         .stdin(Stdio::null())
-        .output()
-        .map_err(|e| e.to_string())?;
+        .output();
+    trimmed_output(out)
+}
+
+/// A command's trimmed stdout, or why it failed.
+fn trimmed_output(out: std::io::Result<Output>) -> Result<String, String> {
+    let out = out.map_err(|e| e.to_string())?;
     if out.status.success() {
         Ok(text(&out.stdout).trim().to_owned())
     } else {
@@ -203,6 +225,10 @@ impl Scratch {
             );
         }
         let _ = try_postgres_admin("postgres", &format!("DROP ROLE IF EXISTS \"{}\"", self.sql));
+        for db in [format!("{}_restored", self.sql), self.sql.clone()] {
+            let _ = try_mariadb_root(&format!("DROP DATABASE IF EXISTS `{db}`"));
+        }
+        let _ = try_mariadb_root(&format!("DROP USER IF EXISTS '{}'@'localhost'", self.sql));
     }
 
     /// Writes the instance file: `domain` and `data_dir`, then `rest`.
@@ -341,19 +367,8 @@ impl PgWriter {
         Self { child, app_name }
     }
 
-    /// Waits until the writer has committed past `seed` rows.
     fn wait_until_writing(&mut self, database: &str, seed: u64) {
-        let writing = poll(Duration::from_secs(30), || {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                let mut stderr = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-                }
-                panic!("the writer stopped ({status}): {stderr}");
-            }
-            (pg_count(database, "a") > seed).then_some(())
-        });
-        assert!(writing.is_some(), "the writer committed nothing in 30 s");
+        wait_until_writing(&mut self.child, || pg_count(database, "a"), seed);
     }
 
     fn stop(&mut self) {
@@ -856,4 +871,196 @@ fn sqlite_backup_is_consistent_while_a_writer_holds_transactions_open() {
 #[test]
 fn sqlite_backup_is_consistent_in_wal_mode_while_a_writer_holds_transactions_open() {
     sqlite_backup_is_consistent("WAL");
+}
+
+// --- MariaDB -----------------------------------------------------------------------------
+
+/// `mariadb_root` without the panic: for cleanup, which may run while unwinding.
+fn try_mariadb_root(sql: &str) -> Result<String, String> {
+    trimmed_output(
+        Command::new("mariadb")
+            .args(["--batch", "--skip-column-names", "-e", sql])
+            .output(),
+    )
+}
+
+fn mariadb_count(database: &str, table: &str) -> u64 {
+    mariadb_root(&format!("SELECT COUNT(*) FROM `{database}`.`{table}`"))
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// A `mariadb` client running `CALL churn(…)` as the app's user; its server threads are
+/// killed on drop (a procedure outlives its client until it next writes to it).
+struct MariadbWriter {
+    child: Child,
+    user: String,
+}
+
+impl MariadbWriter {
+    fn start(database: &str, user: &str, password: &str) -> Self {
+        let child = Command::new("mariadb")
+            .args(["-u", user, database, "-e", "CALL churn(2000000000)"])
+            .env("MYSQL_PWD", password)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mariadb starts");
+        Self {
+            child,
+            user: user.to_owned(),
+        }
+    }
+
+    fn wait_until_writing(&mut self, database: &str, seed: u64) {
+        wait_until_writing(&mut self.child, || mariadb_count(database, "a"), seed);
+    }
+
+    fn stop(&mut self) {
+        if let Ok(ids) = try_mariadb_root(&format!(
+            "SELECT id FROM information_schema.processlist WHERE user = '{}'",
+            self.user
+        )) {
+            for id in ids.lines() {
+                let _ = try_mariadb_root(&format!("KILL {id}"));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for MariadbWriter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Tables `a` and `b` in `engine` that a writer fills in step (one row each, in one
+/// transaction where the engine has them), `a_padding` dumped between them, and an export
+/// while the writer runs. Returns the rows of `a` before, in the dump and after, and the
+/// dump's rows of `b`.
+fn mariadb_export_while_writing(s: &Scratch, engine: &str) -> (u64, u64, u64, u64, Value) {
+    let (db, user) = (&s.sql, &s.sql);
+    let password = format!("pw-{}", s.name);
+    mariadb_root(&format!(
+        "CREATE DATABASE `{db}`; CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}'; \
+         GRANT ALL PRIVILEGES ON `{db}`.* TO '{user}'@'localhost';"
+    ));
+    mariadb_root(&format!(
+        "USE `{db}`;
+        CREATE TABLE a (id BIGINT PRIMARY KEY) ENGINE={engine};
+        CREATE TABLE b (id BIGINT PRIMARY KEY) ENGINE={engine};
+        CREATE TABLE a_padding (id BIGINT, filler TEXT) ENGINE={engine};
+        INSERT INTO a SELECT seq FROM seq_1_to_{SEED};
+        INSERT INTO b SELECT seq FROM seq_1_to_{SEED};
+        INSERT INTO a_padding SELECT seq, REPEAT('x', 100) FROM seq_1_to_{PADDING_ROWS};
+        DELIMITER //
+        CREATE DEFINER = '{user}'@'localhost' PROCEDURE churn(n INT)
+        BEGIN
+            DECLARE i INT DEFAULT 0;
+            DECLARE last BIGINT;
+            SELECT COALESCE(MAX(id), 0) INTO last FROM a;
+            WHILE i < n DO
+                SET last = last + 1;
+                START TRANSACTION;
+                INSERT INTO a VALUES (last);
+                INSERT INTO b VALUES (last);
+                COMMIT;
+                SET i = i + 1;
+            END WHILE;
+        END //
+        DELIMITER ;"
+    ));
+    let mut writer = MariadbWriter::start(db, user, &password);
+    writer.wait_until_writing(db, SEED);
+    s.write_instance(&format!(
+        "[mariadb]\nname = \"{db}\"\nuser = \"{user}\"\npassword = \"{password}\"\n"
+    ));
+    let before = mariadb_count(db, "a");
+    let (out, _) = s.export();
+    let after = mariadb_count(db, "a");
+    writer.stop();
+    assert!(
+        out.status.success(),
+        "export failed:\n{}",
+        text(&out.stderr)
+    );
+
+    let restored = format!("{db}_restored");
+    mariadb_root(&format!("CREATE DATABASE `{restored}`"));
+    let mut child = Command::new("mariadb")
+        .arg(&restored)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mariadb starts");
+    let dump = payload(&s.bundle(), "data/db/mariadb.sql.zst");
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    let feeder = std::thread::spawn(move || stdin.write_all(&dump));
+    let restore = child.wait_with_output().expect("mariadb runs");
+    feeder
+        .join()
+        .expect("the feeder")
+        .expect("the dump was read");
+    assert!(
+        restore.status.success(),
+        "restore: {}",
+        text(&restore.stderr)
+    );
+    let dumped = mariadb_count(&restored, "a");
+    assert_eq!(mariadb_count(&restored, "a_padding"), PADDING_ROWS);
+    let databases = s.databases();
+    eprintln!("mariadb {engine}: before {before}, dumped {dumped}, after {after} (rows of a)");
+    (
+        before,
+        dumped,
+        after,
+        mariadb_count(&restored, "b"),
+        databases[0].clone(),
+    )
+}
+
+#[test]
+fn mariadb_dump_of_innodb_tables_is_one_snapshot_while_a_writer_commits() {
+    services();
+    let s = Scratch::new();
+    let (before, dumped, after, dumped_b, description) = mariadb_export_while_writing(&s, "InnoDB");
+    assert_eq!(dumped_b, dumped, "a and b dumped at different moments");
+    assert!(
+        dumped > before && dumped < after,
+        "{before} < {dumped} < {after}"
+    );
+    let method = description["method"].as_str().unwrap();
+    assert!(method.contains("--single-transaction"), "{method}");
+    assert!(description.get("note").is_none(), "{description}");
+}
+
+#[test]
+fn mariadb_dump_of_myisam_tables_is_taken_under_a_lock_while_a_writer_writes() {
+    services();
+    let s = Scratch::new();
+    let (before, dumped, after, dumped_b, description) = mariadb_export_while_writing(&s, "MyISAM");
+    // MyISAM has no transactions: the writer may have been stopped between its two
+    // inserts, never further apart (one transaction would have read `b` a padding later).
+    assert!(
+        dumped_b == dumped || dumped_b + 1 == dumped,
+        "a {dumped}, b {dumped_b}"
+    );
+    assert!(
+        dumped > before && dumped <= after,
+        "{before} < {dumped} <= {after}"
+    );
+    let method = description["method"].as_str().unwrap();
+    assert!(
+        method.contains("--lock-tables") && !method.contains("--single-transaction"),
+        "{method}"
+    );
+    let note = description["note"].as_str().unwrap();
+    assert!(
+        note.contains("a (MyISAM), a_padding (MyISAM), b (MyISAM)"),
+        "{note}"
+    );
 }
