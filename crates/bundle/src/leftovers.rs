@@ -19,12 +19,16 @@ pub const GRACE: Duration = Duration::from_secs(60);
 /// The name of the lock file inside a temporary directory.
 pub const DIR_LOCK: &str = "lock";
 
+/// How many random characters `tempfile` puts in a name (its default).
+const RANDOM_LEN: usize = 6;
+
 /// Takes the lock that marks `file` as in use by this process (held until it is closed).
 pub fn hold(file: impl std::os::fd::AsFd) -> io::Result<()> {
     rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive).map_err(io::Error::from)
 }
 
-/// Removes the entries of `dir` named `prefix…suffix` that no live process holds: regular
+/// Removes the entries of `dir` named `prefix`, six random letters or digits, `suffix` (as
+/// `tempfile` names them) that no live process holds: regular
 /// files locked themselves, directories through their [`DIR_LOCK`] file. Returns what was
 /// removed. Anything else by that name (a link, a directory without a lock file, an entry
 /// in use or too recent) is left as it is.
@@ -34,10 +38,15 @@ pub fn remove_abandoned(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Ve
         let entry = entry?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.len() <= prefix.len() + suffix.len()
-            || !name.starts_with(prefix)
-            || !name.ends_with(suffix)
-        {
+        // The random middle that `tempfile` puts between them: anything else by a similar
+        // name is not ours to remove.
+        let ours = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+            .is_some_and(|middle| {
+                middle.len() == RANDOM_LEN && middle.bytes().all(|b| b.is_ascii_alphanumeric())
+            });
+        if !ours {
             continue;
         }
         let path = entry.path();
@@ -104,44 +113,47 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let at = |name: &str| dir.path().join(name);
         for name in [
-            ".b.1.partial",
-            ".b.2.partial",
-            ".b.3.partial",
+            ".b.AAAAA1.partial",
+            ".b.AAAAA2.partial",
+            ".b.AAAAA3.partial",
             "b.partial",
-            ".c.4.partial",
+            ".c.AAAAA4.partial",
+            ".b.notes.partial",
         ] {
             fs_err::write(at(name), b"half a bundle").unwrap();
             age(&at(name), 3600);
         }
         // A live export's file, and one created a moment ago.
-        let live = fs_err::File::open(at(".b.2.partial")).unwrap();
+        let live = fs_err::File::open(at(".b.AAAAA2.partial")).unwrap();
         hold(live.file()).unwrap();
-        fs_err::write(at(".b.3.partial"), b"just created").unwrap();
+        fs_err::write(at(".b.AAAAA3.partial"), b"just created").unwrap();
         // A link by that name is not followed, nor removed.
-        std::os::unix::fs::symlink(at(".c.4.partial"), at(".b.5.partial")).unwrap();
+        std::os::unix::fs::symlink(at(".c.AAAAA4.partial"), at(".b.AAAAA5.partial")).unwrap();
         // A directory: abandoned with its lock file, kept without one.
-        for name in [".s.1.dir", ".s.2.dir"] {
+        for name in [".s.AAAAA1.dir", ".s.AAAAA2.dir"] {
             fs_err::create_dir(at(name)).unwrap();
             fs_err::write(at(name).join("inner.baluchon"), b"clear text").unwrap();
         }
-        fs_err::write(at(".s.1.dir").join(DIR_LOCK), b"").unwrap();
-        for name in [".s.1.dir", ".s.2.dir"] {
+        fs_err::write(at(".s.AAAAA1.dir").join(DIR_LOCK), b"").unwrap();
+        for name in [".s.AAAAA1.dir", ".s.AAAAA2.dir"] {
             age(&at(name), 3600);
         }
 
         let removed = remove_abandoned(dir.path(), ".b.", ".partial").unwrap();
-        assert_eq!(removed, [at(".b.1.partial")]);
+        assert_eq!(removed, [at(".b.AAAAA1.partial")]);
         for kept in [
-            ".b.2.partial",
-            ".b.3.partial",
+            ".b.AAAAA2.partial",
+            ".b.AAAAA3.partial",
             "b.partial",
-            ".c.4.partial",
-            ".b.5.partial",
+            ".c.AAAAA4.partial",
+            ".b.AAAAA5.partial",
+            // Not a name `tempfile` makes.
+            ".b.notes.partial",
         ] {
             assert!(at(kept).symlink_metadata().is_ok(), "{kept}");
         }
         let removed = remove_abandoned(dir.path(), ".s.", ".dir").unwrap();
-        assert_eq!(removed, [at(".s.1.dir")]);
-        assert!(at(".s.2.dir").exists());
+        assert_eq!(removed, [at(".s.AAAAA1.dir")]);
+        assert!(at(".s.AAAAA2.dir").exists());
     }
 }
