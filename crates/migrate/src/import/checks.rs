@@ -84,6 +84,7 @@ impl Planner<'_> {
                 .collect(),
             sockets,
             names: host.names,
+            other_sites: host.sites,
         };
         for (staged, _) in sites {
             let Some(text) = self.staged_text(staged) else {
@@ -305,6 +306,8 @@ struct HostWeb {
     pools: Vec<PoolSection>,
     /// Each name an nginx site answers for, with the file that says so.
     names: Vec<(String, PathBuf)>,
+    /// The other enabled nginx sites (sites-enabled and conf.d).
+    sites: Vec<PathBuf>,
 }
 
 impl HostWeb {
@@ -335,18 +338,24 @@ impl HostWeb {
             }
         }
         let mut names = Vec::new();
-        let sites = files_in(Path::new("/etc/nginx/sites-enabled"))
+        let sites: Vec<PathBuf> = files_in(Path::new("/etc/nginx/sites-enabled"))
             .into_iter()
-            .chain(files_in(Path::new("/etc/nginx/conf.d")));
-        for file in sites.filter(|f| theirs(f)) {
-            let text = fs_err::read_to_string(&file).unwrap_or_default();
+            .chain(files_in(Path::new("/etc/nginx/conf.d")))
+            .filter(|f| theirs(f))
+            .collect();
+        for file in &sites {
+            let text = fs_err::read_to_string(file).unwrap_or_default();
             for (directive, args) in nginx_directives(&text) {
                 if directive == "server_name" {
                     names.extend(args.iter().map(|n| (n.to_ascii_lowercase(), file.clone())));
                 }
             }
         }
-        Self { pools, names }
+        Self {
+            pools,
+            names,
+            sites,
+        }
     }
 }
 
@@ -380,6 +389,8 @@ struct SiteRules<'a> {
     sockets: Vec<String>,
     /// Names this host's other sites answer for.
     names: Vec<(String, PathBuf)>,
+    /// This host's other enabled sites.
+    other_sites: Vec<PathBuf>,
 }
 
 #[derive(Debug, Default)]
@@ -415,8 +426,21 @@ impl SiteRules<'_> {
                 .then_some("only nginx's own snippets may be included"),
                 "root" | "alias" => (!self.is_served(first))
                     .then_some("it would serve files that are not the app's"),
+                // On a host that serves nothing else (one VM per client) it takes nothing
+                // from anyone; beside other sites it would take their unmatched requests.
                 "listen" if args.iter().any(|a| a == "default_server" || a == "default") => {
-                    Some("the site would answer for every name this host does not serve")
+                    match self.other_sites.first() {
+                        Some(other) => verdict.problems.push(format!(
+                            "{} (the site would answer for every name this host does not serve, beside {} and any other enabled site)",
+                            statement(),
+                            other.display()
+                        )),
+                        None => verdict.notes.push(format!(
+                            "{} (the only enabled site here: it answers for every name)",
+                            statement()
+                        )),
+                    }
+                    None
                 }
                 "fastcgi_pass" => {
                     let target = first.strip_prefix("unix:").unwrap_or(first);
@@ -618,6 +642,10 @@ mod tests {
                     PathBuf::from("/etc/nginx/sites-enabled/b"),
                 ),
             ],
+            other_sites: vec![
+                PathBuf::from("/etc/nginx/sites-enabled/b"),
+                PathBuf::from("/etc/nginx/sites-enabled/other"),
+            ],
         }
     }
 
@@ -685,6 +713,23 @@ mod tests {
             .judge("ssl_certificate data:$cert;")
             .problems
             .is_empty());
+    }
+
+    #[test]
+    fn the_only_site_of_a_host_may_be_its_default_server() {
+        let alone = SiteRules {
+            other_sites: Vec::new(),
+            ..rules()
+        };
+        let verdict = alone.judge("listen 80 default_server;");
+        assert!(verdict.problems.is_empty(), "{:?}", verdict.problems);
+        assert_eq!(verdict.notes.len(), 1, "{:?}", verdict.notes);
+        let beside = rules().judge("listen 80 default_server;");
+        assert!(
+            beside.problems[0].contains("beside /etc/nginx/sites-enabled/b"),
+            "{:?}",
+            beside.problems
+        );
     }
 
     #[test]
