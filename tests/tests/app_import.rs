@@ -641,6 +641,16 @@ fn packages_installed_by_a_failed_import_are_removed_again() {
     // `sl`, a tiny package nothing else needs, stands for a missing dependency of the app.
     assert!(!installed("sl"), "this test needs sl not installed");
     let (_site, moved) = site_and_bundle();
+    let target = format!("{}.test", unique("wp-package"));
+    let counted = |plan: &Value| -> u64 {
+        plan["disk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["needed"].as_u64().unwrap())
+            .sum()
+    };
+    let without_package = counted(&moved.plan(&["--domain", &target]));
     // This host's own wordpress recipe needs one more package (a bundle cannot choose).
     struct HostRecipe(PathBuf);
     impl Drop for HostRecipe {
@@ -660,9 +670,27 @@ fn packages_installed_by_a_failed_import_are_removed_again() {
     )
     .unwrap();
     let before = host_state();
-    let target = format!("{}.test", unique("wp-package"));
     let plan = moved.plan(&["--domain", &target]);
     assert_eq!(plan["packages_to_install"], serde_json::json!(["sl"]));
+    // The room check counts what apt would download and unpack, as apt-cache says (one
+    // filesystem here, so the totals differ by exactly that).
+    let size = |field: &str| -> u64 {
+        text(
+            &Command::new("apt-cache")
+                .args(["show", "--no-all-versions", "sl"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let package_bytes = size("Size:") + size("Installed-Size:") * 1024;
+    assert_eq!(counted(&plan) - without_package, package_bytes, "{plan}");
     let out = moved.import(
         &["--domain", &target],
         &[("BALUCHON_TEST_FAIL_AT", "health")],

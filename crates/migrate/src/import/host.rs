@@ -377,3 +377,68 @@ pub(super) fn installed_php_versions() -> Vec<String> {
     });
     versions
 }
+
+/// Bytes installing `packages` would take, as apt plans it (dependencies included): what
+/// it downloads into its cache, and what the packages take once unpacked. Read without a
+/// lock: `apt-get -s` lists what it would install, `apt-cache show` their sizes. `None`
+/// when apt says nothing usable.
+pub(super) fn package_bytes(packages: &[String]) -> Option<(u64, u64)> {
+    if packages.is_empty() {
+        return Some((0, 0));
+    }
+    let simulated = Command::new("apt-get")
+        .args(["-s", "-q", "--no-remove", "install", "--"])
+        .args(packages)
+        .env("LC_ALL", "C")
+        .output()
+        .ok()?;
+    let names = simulated_installs(&String::from_utf8_lossy(&simulated.stdout));
+    if names.is_empty() {
+        return None;
+    }
+    let shown = Command::new("apt-cache")
+        .args(["show", "--no-all-versions", "--"])
+        .args(&names)
+        .env("LC_ALL", "C")
+        .output()
+        .ok()?;
+    Some(package_sizes(&String::from_utf8_lossy(&shown.stdout)))
+}
+
+/// The packages of `apt-get -s` output's `Inst NAME …` lines.
+fn simulated_installs(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("Inst "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The sum of `Size` (bytes, downloaded) and of `Installed-Size` (KiB, unpacked) over the
+/// stanzas of `apt-cache show` output.
+fn package_sizes(text: &str) -> (u64, u64) {
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum()
+    };
+    (field("Size:"), field("Installed-Size:") * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_plans_are_read_for_names_and_sizes() {
+        let simulated = "NOTE: This is only a simulation!\nReading package lists...\n\
+                         Inst libfoo1 (1.2-3 Debian:12/stable [amd64])\n\
+                         Inst foo (1.2-3 Debian:12/stable [amd64]) []\n\
+                         Conf libfoo1 (1.2-3 Debian:12/stable [amd64])\n";
+        assert_eq!(simulated_installs(simulated), ["libfoo1", "foo"]);
+        let shown = "Package: libfoo1\nInstalled-Size: 100\nSize: 40000\n\n\
+                     Package: foo\nInstalled-Size: 20\nSize: 5000\nDescription: Size: 9\n";
+        assert_eq!(package_sizes(shown), (45_000, 120 * 1024));
+    }
+}

@@ -676,7 +676,14 @@ impl Planner<'_> {
         php.dedup();
         let (checks, reloads) = host::reload_commands(nginx, &php);
 
-        let disk = self.disk_needs(&placements, &planned_dbs, header)?;
+        let packages = host::package_bytes(&packages_to_install);
+        if packages.is_none() {
+            self.warnings.push(format!(
+                "apt gave no sizes for {}: the room they need is not counted",
+                packages_to_install.join(", ")
+            ));
+        }
+        let disk = self.disk_needs(&placements, &planned_dbs, header, packages)?;
         for need in disk.iter().filter(|n| n.free < n.needed) {
             self.blockers.push(format!(
                 "{} bytes are needed on the filesystem of {}, {} are free",
@@ -825,12 +832,14 @@ fn staged_file(
 impl Planner<'_> {
     /// Room the apply needs on each filesystem: a file set whose destination is on another
     /// filesystem than staging is copied there (on the same one it is renamed: no room),
-    /// and a database is restored into its server's directory (about its dump's size).
+    /// a database is restored into its server's directory (about its dump's size), and
+    /// packages (`(downloaded, unpacked)` bytes) go through apt's cache into /usr.
     fn disk_needs(
         &self,
         placements: &[SetPlacement],
         databases: &[PlannedDatabase],
         header: &baluchon_bundle::BundleHeader,
+        packages: Option<(u64, u64)>,
     ) -> Result<Vec<DiskNeed>, ImportError> {
         use std::os::unix::fs::MetadataExt as _;
         let staged_on = fs_err::metadata(self.tree)?.dev();
@@ -870,6 +879,13 @@ impl Planner<'_> {
             };
             if let Some(fs) = place::filesystem_of(Path::new(dir)) {
                 add(fs, bytes)?;
+            }
+        }
+        if let Some((downloaded, unpacked)) = packages.filter(|&(d, u)| d + u > 0) {
+            for (dir, bytes) in [("/var/cache/apt/archives", downloaded), ("/usr", unpacked)] {
+                if let Some(fs) = place::filesystem_of(Path::new(dir)) {
+                    add(fs, bytes)?;
+                }
             }
         }
         Ok(needs.into_iter().map(|(_, need)| need).collect())
