@@ -205,6 +205,29 @@ fn s3_backups_are_listed_verified_checked_pruned_and_restored_through_import() {
         &strings(&["backups", "verify", &to, "--signer", &signer]),
     );
     assert!(verified.contains("3 backups verified"), "{verified}");
+    // Signed by a key listed for another principal than the one required: refused.
+    let principal = |name: &str| {
+        setup.run(
+            &env,
+            &strings(&[
+                "backups",
+                "verify",
+                &to,
+                "--signer",
+                &signer,
+                "--principal",
+                name,
+            ]),
+        )
+    };
+    let refused = principal("someone@else.example");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("not for \"someone@else.example\""),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(principal(&setup.keys.principal).status.success());
 
     let report: serde_json::Value = serde_json::from_str(&setup.ok(
         &env,

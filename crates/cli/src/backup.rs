@@ -463,6 +463,10 @@ struct Checking {
     /// format), as `ssh-keygen -Y verify -r FILE` takes a plain key list
     #[arg(long, value_name = "FILE")]
     revoked: Option<PathBuf>,
+    /// Require the signing key to be listed for this principal in the signers file, as
+    /// `ssh-keygen -Y verify -I PRINCIPAL` does (a file may hold many clients' keys)
+    #[arg(long, value_name = "PRINCIPAL")]
+    principal: Option<String>,
     /// Directory to download each bundle into while it is checked [default: the system's
     /// temporary directory]
     #[arg(long, value_name = "DIR")]
@@ -491,6 +495,7 @@ impl Checking {
         baluchon_backup::fetch(dest, backup, &local, &NoProgress)?;
         let mut policy = Policy::default();
         policy.expected_tenant = Some(backup.tenant.clone());
+        policy.expected_signer.clone_from(&self.principal);
         baluchon_bundle::verify(&local, trust, &policy, progress)
             .with_context(|| format!("{} failed verification", backup.key))?;
         Ok(())
