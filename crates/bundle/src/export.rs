@@ -206,8 +206,7 @@ impl<'k> BundleWriter<'k> {
             .map_err(|e| with_path(e, &out_dir))?;
         crate::leftovers::hold(partial.as_file()).map_err(|e| with_path(e, partial.path()))?;
         // An earlier export of this name killed midway left its temporary file behind.
-        let removed_leftovers = crate::leftovers::remove_abandoned(&out_dir, &prefix, suffix)
-            .map_err(|e| with_path(e, &out_dir))?;
+        let removed_leftovers = crate::leftovers::remove_abandoned(&out_dir, &prefix, suffix);
 
         let created_at = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
             .unwrap_or_else(|_| jiff::Timestamp::now());

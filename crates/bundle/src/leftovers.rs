@@ -32,10 +32,16 @@ pub fn hold(file: impl std::os::fd::AsFd) -> io::Result<()> {
 /// files locked themselves, directories through their [`DIR_LOCK`] file. Returns what was
 /// removed. Anything else by that name (a link, a directory without a lock file, an entry
 /// in use or too recent) is left as it is.
-pub fn remove_abandoned(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Vec<PathBuf>> {
+///
+/// Best effort: an entry that cannot be read or removed is left, and so is everything if
+/// `dir` cannot be listed. Other runs finish and remove their own entries meanwhile, and
+/// cleaning up after a dead one must never fail a live one.
+pub fn remove_abandoned(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
+    let Ok(entries) = fs_err::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut removed = Vec::new();
-    for entry in fs_err::read_dir(dir)? {
-        let entry = entry?;
+    for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         // The random middle that `tempfile` puts between them: anything else by a similar
@@ -50,7 +56,9 @@ pub fn remove_abandoned(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Ve
             continue;
         }
         let path = entry.path();
-        let meta = fs_err::symlink_metadata(&path)?;
+        let Ok(meta) = fs_err::symlink_metadata(&path) else {
+            continue;
+        };
         let recent = meta
             .modified()
             .ok()
@@ -72,14 +80,16 @@ pub fn remove_abandoned(dir: &Path, prefix: &str, suffix: &str) -> io::Result<Ve
         if hold(&lock).is_err() {
             continue; // a live export's
         }
-        if meta.is_dir() {
-            fs_err::remove_dir_all(&path)?;
+        let gone = if meta.is_dir() {
+            fs_err::remove_dir_all(&path)
         } else {
-            fs_err::remove_file(&path)?;
+            fs_err::remove_file(&path)
+        };
+        if gone.is_ok() {
+            removed.push(path);
         }
-        removed.push(path);
     }
-    Ok(removed)
+    removed
 }
 
 fn open_no_follow(path: &Path) -> io::Result<std::fs::File> {
@@ -139,7 +149,7 @@ mod tests {
             age(&at(name), 3600);
         }
 
-        let removed = remove_abandoned(dir.path(), ".b.", ".partial").unwrap();
+        let removed = remove_abandoned(dir.path(), ".b.", ".partial");
         assert_eq!(removed, [at(".b.AAAAA1.partial")]);
         for kept in [
             ".b.AAAAA2.partial",
@@ -152,7 +162,7 @@ mod tests {
         ] {
             assert!(at(kept).symlink_metadata().is_ok(), "{kept}");
         }
-        let removed = remove_abandoned(dir.path(), ".s.", ".dir").unwrap();
+        let removed = remove_abandoned(dir.path(), ".s.", ".dir");
         assert_eq!(removed, [at(".s.AAAAA1.dir")]);
         assert!(at(".s.AAAAA2.dir").exists());
     }

@@ -31,9 +31,7 @@ impl ScratchDir {
         let lock =
             fs_err::File::create(dir.path().join(leftovers::DIR_LOCK)).with_context(failed)?;
         leftovers::hold(&lock).with_context(failed)?;
-        for removed in leftovers::remove_abandoned(parent, prefix, "")
-            .with_context(|| format!("cannot list {}", parent.display()))?
-        {
+        for removed in leftovers::remove_abandoned(parent, prefix, "") {
             eprintln!(
                 "baluchon: removed {}, left by a run that was interrupted",
                 removed.display()
