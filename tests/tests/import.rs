@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baluchon_bundle::{
-    Bundle, Destination, Error, ExtractError, ExtractOptions, NoProgress, Policy, Switched,
+    Bundle, Destination, Error, ExtractError, ExtractOptions, Lack, NoProgress, Policy, Switched,
 };
 use baluchon_tests::fixture::{baluchon_bin, export, small_tree, Keys, SmallBundle};
 use baluchon_tests::tree::{build_fidelity_tree, differences, walk, Observed};
@@ -242,6 +242,26 @@ fn dry_run_lists_changes_and_touches_nothing() {
     );
 }
 
+/// Mounts a filesystem (`mount` arguments before the mount point) under `dir`, and makes a
+/// live tree `dest` on it; returns the mount point and `dest`.
+fn live_tree_on_a_new_mount(
+    dir: &Path,
+    mount_args: &[&str],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mount = dir.join("mnt");
+    fs_err::create_dir(&mount).unwrap();
+    assert!(Command::new("mount")
+        .args(mount_args)
+        .arg(&mount)
+        .status()
+        .unwrap()
+        .success());
+    let dest = mount.join("dest");
+    fs_err::create_dir(&dest).unwrap();
+    fs_err::write(dest.join("live.txt"), "live").unwrap();
+    (mount, dest)
+}
+
 /// A tmpfs too small for the tree: the extraction fails with ENOSPC, the live tree is as it
 /// was, and no staging directory is left.
 #[test]
@@ -258,17 +278,8 @@ fn disk_full_during_staging_leaves_the_destination_unchanged() {
     let bundle = dir.path().join("b.baluchon");
     export(&source, &bundle, &keys);
 
-    let mount = dir.path().join("mnt");
-    fs_err::create_dir(&mount).unwrap();
-    assert!(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&mount)
-        .status()
-        .unwrap()
-        .success());
-    let dest = mount.join("dest");
-    fs_err::create_dir(&dest).unwrap();
-    fs_err::write(dest.join("live.txt"), "live").unwrap();
+    let (mount, dest) =
+        live_tree_on_a_new_mount(dir.path(), &["-t", "tmpfs", "-o", "size=1m", "tmpfs"]);
     let before = walk(&dest);
     let result = import(&bundle, &dest, &keys, &ExtractOptions::default(), true);
     let after = walk(&dest);
@@ -281,6 +292,131 @@ fn disk_full_during_staging_leaves_the_destination_unchanged() {
     );
     assert_eq!(before, after, "the live tree is unchanged");
     assert!(left.is_empty(), "staging left behind: {left:?}");
+}
+
+/// A ramfs keeps no extended attributes (it has links and owners): a tree with some is
+/// refused before any entry is written, naming what is missing and nothing else; with
+/// `drop_xattrs` it is installed without them, and the report counts them.
+#[test]
+fn a_filesystem_without_xattrs_is_refused_up_front_unless_they_are_dropped() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: mounting a ramfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    let source = dir.path().join("source");
+    small_tree(&source);
+    rustix::fs::setxattr(
+        source.join("notes.txt"),
+        "user.origin",
+        b"old-host",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let bundle = dir.path().join("b.baluchon");
+    export(&source, &bundle, &keys);
+
+    let (mount, dest) = live_tree_on_a_new_mount(dir.path(), &["-t", "ramfs", "ramfs"]);
+    let before = walk(&dest);
+    let refused = import(&bundle, &dest, &keys, &ExtractOptions::default(), true);
+    let after_refusal = walk(&dest);
+    let left = leftovers(&mount);
+
+    let mut options = ExtractOptions::default();
+    options.drop_xattrs = true;
+    let authenticated = Bundle::open(&bundle)
+        .and_then(|b| b.authenticate(&keys.trust(), &Policy::default(), &NoProgress));
+    let dropped = authenticated.and_then(|a| {
+        let (_, staged) = a.extract(Destination::lock(&dest)?, &options, &NoProgress)?;
+        let report = staged.report().clone();
+        staged.switch(true)?;
+        Ok(report)
+    });
+    let installed = walk(&dest);
+    let _ = Command::new("umount").arg(&mount).status();
+
+    match refused {
+        Err(Error::Extract(ExtractError::FilesystemLacks { dir, lacking })) => {
+            assert_eq!(dir, mount);
+            // notes.txt and its hard link notes-link.txt: both names carry the inode's.
+            assert_eq!(lacking, vec![Lack::UserXattrs { entries: 2 }]);
+        }
+        other => panic!("expected the filesystem to be refused, got {other:?}"),
+    }
+    assert_eq!(before, after_refusal, "the live tree is unchanged");
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+
+    let report = dropped.expect("the import without xattrs succeeds");
+    assert_eq!(report.xattrs_dropped, 2);
+    let mut expected = walk(&source);
+    for observed in expected.values_mut() {
+        observed.xattrs.clear();
+    }
+    assert_eq!(
+        differences(&expected, &installed, true),
+        Vec::<String>::new()
+    );
+}
+
+/// Root in a user namespace that maps no other id (a rootless container) cannot give files
+/// away: the import says so before writing anything, and `--map-owner NAME=root` is the way
+/// to install the tree there anyway.
+#[test]
+fn root_that_cannot_give_files_away_is_told_before_anything_is_written() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: giving the source's files to www-data needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    let source = dir.path().join("source");
+    small_tree(&source);
+    let www = Command::new("chown")
+        .args(["-R", "www-data:www-data"])
+        .arg(source.join("site"))
+        .status()
+        .unwrap();
+    assert!(www.success());
+    let bundle = dir.path().join("b.baluchon");
+    export(&source, &bundle, &keys);
+    let dest = dir.path().join("dest");
+    let in_user_namespace = |extra: &[&str]| {
+        Command::new("unshare")
+            .args(["--user", "--map-root-user"])
+            .arg(baluchon_bin())
+            .args(["--no-progress", "import"])
+            .arg(&bundle)
+            .arg("--path")
+            .arg(&dest)
+            .arg("--signer")
+            .arg(&keys.allowed_signers)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+
+    let refused = in_user_namespace(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("refused a change of owner, even by root"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("belong to www-data;"), "{stderr}");
+    assert!(!dest.exists());
+    assert!(leftovers(dir.path()).is_empty());
+
+    let mapped = in_user_namespace(&["--map-owner", "www-data=root"]);
+    assert!(
+        mapped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mapped.stderr)
+    );
+    let index = fs_err::read_to_string(dest.join("site/index.html")).unwrap();
+    assert_eq!(index, "<h1>hello</h1>\n");
+    let owner = fs_err::metadata(dest.join("site/index.html")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&owner), 0);
 }
 
 /// SIGKILL in the middle of the extraction: the live tree is untouched, the staging directory

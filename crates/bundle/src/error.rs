@@ -248,4 +248,14 @@ pub enum ExtractError {
         users: Vec<String>,
         groups: Vec<String>,
     },
+    #[error(
+        "the filesystem holding {} cannot keep this tree as it is; it refused {}. Nothing was \
+         written",
+        dir.display(),
+        lacking.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    FilesystemLacks {
+        dir: PathBuf,
+        lacking: Vec<crate::probe::Lack>,
+    },
 }

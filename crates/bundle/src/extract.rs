@@ -32,6 +32,7 @@ use rustix::io::Errno;
 use crate::error::{Error, ExtractError};
 use crate::files::FileOutput;
 use crate::index::{Entry, EntryKind, EntryPath, Meta, OwnerRef, Xattr};
+use crate::probe::{self, TreeNeeds};
 use crate::progress::Progress;
 use crate::verify::{Authenticated, Bundle, TreeSink, Verified};
 
@@ -52,6 +53,10 @@ pub struct ExtractOptions {
     /// create the accounts, then give the staged entries to them before they leave
     /// staging. (Placeholder ids are far above any real account's.)
     pub placeholder_ids_for_unknown_names: bool,
+    /// Leave `user.*` extended attributes out, for a filesystem that has none (the report
+    /// counts the entries that had some). Without this, such a filesystem is refused
+    /// before anything is written.
+    pub drop_xattrs: bool,
 }
 
 /// First placeholder id (see [`ExtractOptions::placeholder_ids_for_unknown_names`]).
@@ -80,6 +85,8 @@ pub struct ExtractReport {
     pub numeric_owners: u64,
     /// Owner and group names this host lacks, when asked to use placeholders for them.
     pub placeholders: Vec<Placeholder>,
+    /// Entries whose extended attributes were left out, as asked.
+    pub xattrs_dropped: u64,
 }
 
 /// A destination directory, locked against concurrent imports for as long as this lives.
@@ -610,7 +617,11 @@ impl Extractor<'_> {
         MetaPlan {
             owner: (self.owners.apply && self.created_as != Some((uid, gid))).then_some((uid, gid)),
             mode: (!mode_set).then_some(mode),
-            xattrs: meta.xattrs.clone(),
+            xattrs: if self.options.drop_xattrs {
+                Vec::new()
+            } else {
+                meta.xattrs.clone()
+            },
             times: times(meta),
         }
     }
@@ -695,15 +706,54 @@ impl TreeSink for Extractor<'_> {
         }
     }
 
-    /// Every owner must exist here before the first file is created.
-    fn prepared(&mut self) -> Result<(), Error> {
+    /// Every owner must exist here, and the filesystem must hold what the tree needs,
+    /// before the first entry is created.
+    fn prepared(&mut self, needs: &TreeNeeds) -> Result<(), Error> {
         self.owners = Owners::resolve(
             &self.owner_keys,
             self.options,
             &mut self.report.placeholders,
         )?;
         self.report.owners_applied = self.owners.apply;
-        Ok(())
+        let ours = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let (mut chown_to, mut others) = ((None, None), BTreeSet::new());
+        if self.owners.apply {
+            for (name, &uid) in self.owners.users.iter().filter(|(_, &id)| id != ours.0) {
+                chown_to.0 = Some(uid);
+                others.insert(name.clone());
+            }
+            for (name, &gid) in self.owners.groups.iter().filter(|(_, &id)| id != ours.1) {
+                chown_to.1 = Some(gid);
+                others.insert(name.clone());
+            }
+        }
+        let mut needs = needs.clone();
+        if self.options.drop_xattrs {
+            self.report.xattrs_dropped = std::mem::take(&mut needs.xattrs);
+        }
+        let lacking = probe::lacking(
+            self.root.as_fd(),
+            &needs,
+            chown_to,
+            others.into_iter().collect(),
+        )
+        .map_err(|e| io_at(e, &self.staging_path))?;
+        if lacking.is_empty() {
+            Ok(())
+        } else {
+            Err(ExtractError::FilesystemLacks {
+                dir: self
+                    .staging_path
+                    .parent()
+                    .unwrap_or(&self.staging_path)
+                    .to_owned(),
+                lacking,
+            }
+            .into())
+        }
     }
 
     fn begin(&mut self, entry: &Entry) -> Result<Option<Box<dyn FileOutput>>, Error> {

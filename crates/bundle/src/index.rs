@@ -463,9 +463,9 @@ fn join_bytes(
 }
 
 /// The little of an index line that the first pass over the index needs, read without
-/// building the entry: the owner and group of an ordinary entry. Anything else (a hardlink,
-/// a line without ids, one this cannot read) takes the full parse, and the second pass
-/// parses every line in full anyway.
+/// building the entry: the owner and group of an ordinary entry, its type, and whether it
+/// has extended attributes. Anything else (a hardlink, a line without ids, one this cannot
+/// read) takes the full parse, and the second pass parses every line in full anyway.
 #[derive(Deserialize)]
 pub(crate) struct Outline<'a> {
     #[serde(rename = "type", borrow)]
@@ -476,6 +476,9 @@ pub(crate) struct Outline<'a> {
     owner: Option<Cow<'a, str>>,
     #[serde(borrow)]
     group: Option<Cow<'a, str>>,
+    /// Only whether it is there and not empty.
+    #[serde(default)]
+    xattrs: Option<Vec<serde::de::IgnoredAny>>,
 }
 
 /// An owner or group as an index line gives it: a name if it has one, and the id.
@@ -484,6 +487,14 @@ pub(crate) type OwnerRef<'a> = (Option<&'a str>, u32);
 impl Outline<'_> {
     pub(crate) fn parse(line: &[u8]) -> Option<Outline<'_>> {
         serde_json::from_slice(line).ok()
+    }
+
+    pub(crate) fn is_symlink(&self) -> bool {
+        self.kind == "symlink"
+    }
+
+    pub(crate) fn has_xattrs(&self) -> bool {
+        self.xattrs.as_ref().is_some_and(|x| !x.is_empty())
     }
 
     /// Owner and group of a directory, file or symlink that has both ids.

@@ -19,6 +19,7 @@ mod index;
 mod layout;
 pub mod leftovers;
 mod outer;
+mod probe;
 mod progress;
 mod readme;
 mod sealed;
@@ -40,6 +41,7 @@ pub use index::{
 };
 pub use layout::{FILES_INDEX, FILES_PAYLOAD, SIGNATURE_NAMESPACE};
 pub use outer::OuterError;
+pub use probe::Lack;
 pub use progress::{NoProgress, Phase, Progress};
 pub use sealed::{seal, Identities, Recipient, SealOptions, SEALED_MEDIA_TYPE, SEALED_PAYLOAD};
 pub use tarfmt::TarError;

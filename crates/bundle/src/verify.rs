@@ -22,6 +22,7 @@ use crate::files::{process_files, Batch, FileOutput, InFlight, Job, Jobs};
 use crate::index::{is_valid_tenant, BundleHeader, Entry, EntryKind, EntryPath, Outline, OwnerRef};
 use crate::layout::{self, tag_file_cap, MAX_INDEX_LINE, SIGNATURE_NAMESPACE, ZSTD_WINDOW_LOG_MAX};
 use crate::outer::{self, Member};
+use crate::probe::TreeNeeds;
 use crate::progress::{Phase, Progress};
 use crate::tarfmt::{Content, TarEntry, TarKind, TarReader};
 
@@ -512,18 +513,30 @@ impl Bundle<Authenticated> {
         // Hardlink targets are the only entries that must be remembered: a first, cheap pass
         // over the index finds them, so memory stays flat however large the tree.
         let mut targets: HashMap<u64, bool> = HashMap::new();
-        // The sink gets the same pass (the importer collects owner names from it).
+        // The sink gets the same pass (the importer collects owner names from it, and what
+        // the tree needs of the filesystem).
+        let mut needs = TreeNeeds::default();
         self.for_each_index_line(|line, bytes| {
             // Most lines are read in outline only.
-            if let Some((owner, group)) = Outline::parse(bytes).as_ref().and_then(Outline::owners) {
-                sink.prepare(owner, group);
-                return Ok(());
+            if let Some(outline) = Outline::parse(bytes) {
+                if let Some((owner, group)) = outline.owners() {
+                    needs.symlinks += u64::from(outline.is_symlink());
+                    needs.xattrs += u64::from(outline.has_xattrs());
+                    sink.prepare(owner, group);
+                    return Ok(());
+                }
             }
             let entry = index_entry(line, bytes)?;
-            if let EntryKind::Hardlink { target, .. } = &entry.kind {
-                targets.insert(path_key(target), false);
+            match &entry.kind {
+                EntryKind::Hardlink { target, .. } => {
+                    targets.insert(path_key(target), false);
+                    needs.hardlinks += 1;
+                }
+                EntryKind::Symlink { .. } => needs.symlinks += 1,
+                _ => {}
             }
             if let Some(meta) = entry.meta() {
+                needs.xattrs += u64::from(!meta.xattrs.is_empty());
                 sink.prepare(
                     (meta.owner.as_deref(), meta.uid),
                     (meta.group.as_deref(), meta.gid),
@@ -531,7 +544,7 @@ impl Bundle<Authenticated> {
             }
             Ok(())
         })?;
-        sink.prepared()?;
+        sink.prepared(&needs)?;
         let mut lines = IndexLines::new(index)?;
         let mut order = TreeOrder::default();
         let (mut entries, mut skipped, mut changed, mut content) = (0u64, 0u64, 0u64, 0u64);
@@ -657,8 +670,9 @@ pub(crate) trait TreeSink {
     /// The owner and group of each index line that has them, during the first pass over
     /// the index (before any content).
     fn prepare(&mut self, _owner: OwnerRef<'_>, _group: OwnerRef<'_>) {}
-    /// The first pass is over; the payload pass starts.
-    fn prepared(&mut self) -> Result<(), Error> {
+    /// The first pass is over, and found that the tree `needs` these of a filesystem; the
+    /// payload pass starts.
+    fn prepared(&mut self, _needs: &TreeNeeds) -> Result<(), Error> {
         Ok(())
     }
     /// The entry's header matched its index line. For a file, where its content goes: the

@@ -100,6 +100,10 @@ pub struct ImportArgs {
     /// Create symlinks that point outside the tree (absolute or escaping with ..)
     #[arg(long)]
     allow_outside_symlinks: bool,
+    /// Leave out user.* extended attributes, for a filesystem that has none (the report
+    /// counts the entries that had some; without this, such a filesystem is refused)
+    #[arg(long)]
+    drop_xattrs: bool,
     /// An age identity file or an SSH private key (ed25519 or RSA) to open an encrypted
     /// bundle with (repeatable; a key's passphrase from BALUCHON_DECRYPT_KEY_PASSPHRASE, or
     /// asked on the terminal); with --to, a file on that host, without passphrase
@@ -284,6 +288,7 @@ fn import_here(
     let mut options = ExtractOptions::default();
     options.keep_special_modes = args.keep_special_modes;
     options.allow_outside_symlinks = args.allow_outside_symlinks;
+    options.drop_xattrs = args.drop_xattrs;
     options.owner_map.clone_from(&args.map_owner);
     let dest = Destination::lock(path).with_context(failed)?;
     let (verified, staged) = bundle
@@ -304,6 +309,7 @@ fn import_here(
                 "skipped_in_bundle": report.skipped_in_bundle,
                 "owners_applied": report.owners_applied,
                 "numeric_owners": report.numeric_owners,
+                "xattrs_dropped": report.xattrs_dropped,
                 "modes_adjusted": report.modes_adjusted.iter().map(|(p, from, to)| serde_json::json!({"path": p, "from": format!("{from:o}"), "to": format!("{to:o}")})).collect::<Vec<_>>(),
                 "previous": match &switched { Switched::Replaced { previous } => Some(previous), _ => None },
             }))?
@@ -333,6 +339,12 @@ fn import_here(
     }
     if !report.owners_applied {
         println!("owners were not restored: only root can give files to other users");
+    }
+    if report.xattrs_dropped > 0 {
+        println!(
+            "the extended attributes of {} entries were left out, as --drop-xattrs asked",
+            report.xattrs_dropped
+        );
     }
     for (path, from, to) in &report.modes_adjusted {
         println!(

@@ -1,0 +1,206 @@
+//! What the destination's filesystem can hold, found before the first entry is written.
+//!
+//! Without this, a tree with extended attributes imported into a filesystem that has none
+//! (ramfs, NFSv3, many FUSE mounts), or with owners into one where root cannot give files
+//! away (NFS with `root_squash`, a rootless container), fails at its first such entry with
+//! a bare "Operation not supported", possibly after gigabytes were written. The probe
+//! tries each feature the tree needs on scratch entries in the empty staging directory
+//! (the same filesystem, the same mount options), and lists everything missing at once.
+
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd};
+
+use rustix::fs::{Mode, OFlags, XattrFlags};
+use rustix::io::Errno;
+
+/// What a tree's index asks of the filesystem, counted in the first pass over it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TreeNeeds {
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    /// Entries with `user.*` extended attributes.
+    pub xattrs: u64,
+}
+
+/// A feature the tree needs and the destination's filesystem refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lack {
+    Symlinks {
+        entries: u64,
+    },
+    Hardlinks {
+        entries: u64,
+    },
+    UserXattrs {
+        entries: u64,
+    },
+    /// Root here cannot give files to other owners; `names` are the owners and groups the
+    /// tree's entries would get.
+    Owners {
+        names: Vec<String>,
+    },
+}
+
+impl fmt::Display for Lack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Symlinks { entries } => write!(f, "symbolic links ({entries} in the tree)"),
+            Self::Hardlinks { entries } => write!(f, "hard links ({entries} in the tree)"),
+            Self::UserXattrs { entries } => write!(
+                f,
+                "user.* extended attributes ({entries} {} in the tree {} some; --drop-xattrs \
+                 leaves them out)",
+                if *entries == 1 { "entry" } else { "entries" },
+                if *entries == 1 { "has" } else { "have" },
+            ),
+            Self::Owners { names } => write!(
+                f,
+                "a change of owner, even by root, as under NFS root_squash or in a user \
+                 namespace (the tree's entries belong to {}; --map-owner NAME=root keeps them as \
+                 root's)",
+                names.join(", ")
+            ),
+        }
+    }
+}
+
+/// Names the probe's scratch entries take in the empty staging directory, removed before
+/// the tree's own entries are created there.
+const FILE: &str = ".baluchon-probe";
+const LINK: &str = ".baluchon-probe-link";
+
+/// Tries, in the empty directory `dir`, each feature of `needs` and a change of owner to
+/// `chown_to` (user and group ids other than ours, or `None` for either), and returns those
+/// the filesystem refused. `owner_names` name the owners for the report.
+pub(crate) fn lacking(
+    dir: BorrowedFd<'_>,
+    needs: &TreeNeeds,
+    chown_to: (Option<u32>, Option<u32>),
+    owner_names: Vec<String>,
+) -> Result<Vec<Lack>, Errno> {
+    let file = rustix::fs::openat(
+        dir,
+        FILE,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let result = (|| {
+        let mut lacking = Vec::new();
+        if needs.xattrs > 0
+            && refused(rustix::fs::fsetxattr(
+                file.as_fd(),
+                "user.baluchon-probe",
+                b"1",
+                XattrFlags::CREATE,
+            ))?
+        {
+            lacking.push(Lack::UserXattrs {
+                entries: needs.xattrs,
+            });
+        }
+        if needs.hardlinks > 0 {
+            let linked = rustix::fs::linkat(dir, FILE, dir, LINK, rustix::fs::AtFlags::empty());
+            if refused(linked)? {
+                lacking.push(Lack::Hardlinks {
+                    entries: needs.hardlinks,
+                });
+            } else {
+                rustix::fs::unlinkat(dir, LINK, rustix::fs::AtFlags::empty())?;
+            }
+        }
+        if needs.symlinks > 0 {
+            let linked = rustix::fs::symlinkat(FILE, dir, LINK);
+            if refused(linked)? {
+                lacking.push(Lack::Symlinks {
+                    entries: needs.symlinks,
+                });
+            } else {
+                rustix::fs::unlinkat(dir, LINK, rustix::fs::AtFlags::empty())?;
+            }
+        }
+        let (uid, gid) = chown_to;
+        if (uid.is_some() || gid.is_some())
+            && refused(rustix::fs::fchown(
+                file.as_fd(),
+                uid.map(rustix::fs::Uid::from_raw),
+                gid.map(rustix::fs::Gid::from_raw),
+            ))?
+        {
+            lacking.push(Lack::Owners { names: owner_names });
+        }
+        Ok(lacking)
+    })();
+    drop(file);
+    let removed = rustix::fs::unlinkat(dir, FILE, rustix::fs::AtFlags::empty());
+    let lacking = result?;
+    removed?;
+    Ok(lacking)
+}
+
+/// Whether an operation failed because the filesystem does not do it (as opposed to
+/// failing for a reason that stops the import anyway, such as a full disk).
+fn refused(result: Result<(), Errno>) -> Result<bool, Errno> {
+    match result {
+        Ok(()) => Ok(false),
+        // EPERM: no links on FAT, no chown under root_squash; EINVAL: an id this user
+        // namespace does not map; ENOTSUP (EOPNOTSUPP on Linux): no xattrs (ramfs, NFSv3).
+        Err(Errno::NOTSUP | Errno::PERM | Errno::INVAL | Errno::NOSYS) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe_dir() -> (tempfile::TempDir, std::fs::File) {
+        let dir = tempfile::tempdir().unwrap();
+        let handle = fs_err::File::open(dir.path()).unwrap().into_parts().0;
+        (dir, handle)
+    }
+
+    /// On a filesystem that has everything (the test's temporary directory), nothing is
+    /// missing and the probe leaves the directory empty.
+    #[test]
+    fn a_complete_filesystem_lacks_nothing_and_the_probe_leaves_no_trace() {
+        let (dir, handle) = probe_dir();
+        let needs = TreeNeeds {
+            symlinks: 2,
+            hardlinks: 1,
+            xattrs: 3,
+        };
+        let ours = (None, None);
+        let lacking = lacking(handle.as_fd(), &needs, ours, Vec::new()).unwrap();
+        assert_eq!(lacking, Vec::new());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refusals_are_told_apart_from_failures() {
+        assert!(refused(Err(Errno::OPNOTSUPP)).unwrap());
+        assert!(refused(Err(Errno::NOTSUP)).unwrap());
+        assert!(refused(Err(Errno::PERM)).unwrap());
+        assert!(refused(Err(Errno::INVAL)).unwrap());
+        assert!(!refused(Ok(())).unwrap());
+        assert_eq!(refused(Err(Errno::NOSPC)), Err(Errno::NOSPC));
+        assert_eq!(refused(Err(Errno::IO)), Err(Errno::IO));
+    }
+
+    #[test]
+    fn each_lack_says_what_and_how_much() {
+        let owners = Lack::Owners {
+            names: vec!["www-data".into(), "alice".into()],
+        };
+        assert_eq!(
+            owners.to_string(),
+            "a change of owner, even by root, as under NFS root_squash or in a user namespace \
+             (the tree's entries belong to www-data, alice; --map-owner NAME=root keeps them as \
+             root's)"
+        );
+        assert_eq!(
+            Lack::UserXattrs { entries: 3 }.to_string(),
+            "user.* extended attributes (3 entries in the tree have some; --drop-xattrs leaves \
+             them out)"
+        );
+    }
+}
