@@ -1021,6 +1021,71 @@ fn a_postgresql_app_described_by_the_custom_recipe_moves_from_a_to_b() {
     world.done();
 }
 
+/// A dump is code: a tenant (or a hostile source host) can make a database whose restore
+/// runs its own function, here through an index on an expression, which PostgreSQL computes
+/// while `pg_restore` builds the index. This one tries to run a program on the new host
+/// (`COPY … TO PROGRAM`, from a volatile function, since PostgreSQL refuses COPY in the
+/// immutable one an index needs), but only away from the source, which sets
+/// `baluchon.test` for the database. B restores as the new unprivileged owner, so the attempt fails: the import is
+/// rolled back, says why, and the program never ran.
+#[test]
+fn a_postgresql_dump_whose_restore_runs_code_gets_no_privilege_on_b() {
+    let world = World::new("hostile-pgdump");
+    let (a, b) = (world.a(), world.b());
+    let old = "notes.provider-a.test";
+    notes_app(a, old, "CANARY-hostile-notes");
+    let marker = "/tmp/baluchon-hostile-pgdump-ran";
+    a.sh(&format!(
+        r#"runuser -u postgres -- psql -v ON_ERROR_STOP=1 -q \
+               -c "ALTER DATABASE notes SET baluchon.test = 'source'"
+           PGPASSWORD=notes-secret psql -v ON_ERROR_STOP=1 -q -h 127.0.0.1 -U notes notes <<'SQL'
+CREATE FUNCTION run_program() RETURNS void LANGUAGE plpgsql AS $f$
+BEGIN
+    EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {marker}''';
+END
+$f$;
+CREATE FUNCTION lower_body(body text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $f$
+BEGIN
+    IF current_setting('baluchon.test', true) IS DISTINCT FROM 'source' THEN
+        PERFORM public.run_program();
+    END IF;
+    RETURN lower(body);
+END
+$f$;
+CREATE INDEX notes_lower_body ON notes (lower_body(body));
+SQL"#
+    ));
+    let b_before = b.state();
+    let a_before = a.state();
+
+    let new = "notes.provider-b.test";
+    let out = run(&mut world.migrate("custom", "notes", &world.to_b(), &["--domain", new]));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stderr}\n{}",
+        text(&out.stdout)
+    );
+    assert!(stderr.contains("pg_restore"), "{stderr}");
+    assert!(
+        stderr.contains("privileges of the pg_execute_server_program role to COPY to or from an external program"),
+        "{stderr}"
+    );
+    println!("e2e hostile-pgdump: refused with: {}", stderr.trim());
+    assert_eq!(
+        b.sh(&format!("test -e {marker} && echo ran || echo absent"))
+            .trim(),
+        "absent",
+        "the dump's code ran a program on B"
+    );
+    assert_unchanged(b, &b_before, "after the refused restore");
+    assert_unchanged(a, &a_before, "after the refused restore");
+    assert_eq!(b.http_get(new, "/").0, 404, "B does not serve it");
+    assert_no_leftovers(&world);
+    world.done();
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
