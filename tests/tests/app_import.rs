@@ -15,6 +15,7 @@ use baluchon_tests::apps::{
     baluchon, http_get, mariadb_root, script, services, text, unique, Site,
 };
 use baluchon_tests::fixture::Keys;
+use baluchon_tests::tree::{self, differences};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -899,6 +900,65 @@ fn a_destination_on_a_full_filesystem_is_refused_by_the_plan() {
         .unwrap_or_else(|| panic!("{disk:?}"));
     assert_eq!(small["needed"], 3 << 20);
     assert!(small["free"].as_u64().unwrap() < 3 << 20);
+}
+
+/// A file set whose destination is on another filesystem than the work directory is copied
+/// there, not renamed: the copy keeps what a rename would. Here the data directory goes onto
+/// a tmpfs of its own and comes out identical: extended attributes (of a file and of a
+/// directory, which is always made anew), a hard link, a sparse file's holes, modes and
+/// times to the nanosecond.
+#[test]
+fn a_file_set_copied_to_another_filesystem_loses_nothing() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let name = unique("cross-fs");
+    let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
+    let data = srv.join("data");
+    fs_err::create_dir_all(data.join("album")).unwrap();
+    fs_err::write(data.join("tagged.txt"), "tagged\n").unwrap();
+    fs_err::write(data.join("album/a.jpg"), "not really a photo\n").unwrap();
+    fs_err::hard_link(data.join("album/a.jpg"), data.join("album/b.jpg")).unwrap();
+    for (path, attr, value) in [
+        ("tagged.txt", "user.origin", "old-host"),
+        ("album", "user.kind", "photos"),
+    ] {
+        rustix::fs::setxattr(
+            data.join(path),
+            attr,
+            value.as_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    }
+    {
+        use fs_err::os::unix::fs::FileExt;
+        let image = fs_err::File::create(data.join("disk.img")).unwrap();
+        image.set_len(16 << 20).unwrap();
+        image.write_all_at(b"boot", 0).unwrap();
+        image.write_all_at(b"data", 9 << 20).unwrap();
+    }
+    let before = tree::walk(&data);
+    assert!(
+        before[&b"disk.img"[..]].sparse,
+        "the source image is sparse"
+    );
+    let moved = export_custom_data_app(&name, &srv);
+    let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
+    fs_err::remove_dir_all(&srv).unwrap();
+
+    fs_err::create_dir_all(&srv).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "elsewhere"])
+        .arg(&srv)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let out = moved.import(&[], &[]);
+    let after = tree::walk(&data);
+    let _ = Command::new("umount").arg(&srv).status();
+    let _ = fs_err::remove_dir_all(&srv);
+    let _ = fs_err::remove_file(&spec);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(differences(&before, &after, true), Vec::<String>::new());
 }
 
 /// Exports the custom app `name` whose data directory is `srv/data`, described by a spec

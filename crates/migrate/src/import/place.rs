@@ -148,15 +148,17 @@ pub fn survey(tree: &Path, from: &Path, to: &Path) -> Result<SetPlacement, Impor
 }
 
 /// Bytes of the regular files of the staged set `from`, as a copy to another filesystem
-/// writes them (each hard link is copied on its own).
+/// writes them: each inode once, at its full size (holes stay holes, but whether a block
+/// is one cannot be told from its size on every filesystem: ZFS counts compressed blocks).
 pub fn staged_bytes(tree: &Path, from: &Path) -> Result<u64, ImportError> {
     let mut total = 0u64;
+    let mut seen = std::collections::HashSet::new();
     let mut stack = vec![staged_path(tree, from)];
     while let Some(path) = stack.pop() {
         let meta = fs_err::symlink_metadata(&path)?;
         if meta.is_dir() {
             stack.extend(children(&path)?.into_iter().map(|name| path.join(name)));
-        } else if meta.is_file() {
+        } else if meta.is_file() && (meta.nlink() == 1 || seen.insert((meta.dev(), meta.ino()))) {
             total = total.saturating_add(meta.len());
         }
     }
@@ -215,6 +217,7 @@ pub fn place(
     let mut stack = vec![(staged_path(tree, &set.from), set.to.clone())];
     // Directory times are set last: creating their entries changes them.
     let mut dir_times = Vec::new();
+    let mut copied_inodes = CopiedInodes::new();
     while let Some((staged, target)) = stack.pop() {
         match compare(&staged, &target)? {
             Existing::Same => continue,
@@ -301,7 +304,7 @@ pub fn place(
         let made = if meta.is_dir() {
             fs_err::create_dir(&target).map_err(ImportError::from)
         } else {
-            move_entry(&staged, &target, &meta)
+            move_entry(&staged, &target, &meta, &mut copied_inodes)
         };
         if let Err(e) = made {
             // Something appeared there since the plan: it is not ours to remove later.
@@ -316,6 +319,8 @@ pub fn place(
                 std::fs::Permissions::from_mode(meta.mode() & 0o7777),
             )?;
             chown(&target, &meta)?;
+            // The directory is made anew here, not moved: its attributes come along by hand.
+            copy_user_xattrs(&staged, &target)?;
             dir_times.push((target.clone(), meta.clone()));
             for name in children(&staged)?.into_iter().rev() {
                 stack.push((staged.join(&name), target.join(&name)));
@@ -379,9 +384,19 @@ fn meta_is_dir(path: &Path) -> Result<bool, ImportError> {
     Ok(fs_err::symlink_metadata(path)?.is_dir())
 }
 
+/// Where the first name of each staged inode with several names was copied, by (device,
+/// inode): across filesystems, its other names become hard links to that copy again.
+type CopiedInodes = std::collections::HashMap<(u64, u64), PathBuf>;
+
 /// Renames a staged file or link into place, never over an existing one; across
-/// filesystems, copies it with its metadata.
-fn move_entry(staged: &Path, target: &Path, meta: &std::fs::Metadata) -> Result<(), ImportError> {
+/// filesystems, copies it with its metadata, its holes, its `user.*` extended attributes
+/// and its other names (`copied` remembers the first).
+fn move_entry(
+    staged: &Path,
+    target: &Path,
+    meta: &std::fs::Metadata,
+    copied: &mut CopiedInodes,
+) -> Result<(), ImportError> {
     match rustix::fs::renameat_with(
         rustix::fs::CWD,
         staged,
@@ -404,19 +419,101 @@ fn move_entry(staged: &Path, target: &Path, meta: &std::fs::Metadata) -> Result<
         chown(target, meta)?;
         return Ok(());
     }
-    let mut out = fs_err::OpenOptions::new()
+    let inode = (meta.dev(), meta.ino());
+    if meta.nlink() > 1 {
+        if let Some(first) = copied.get(&inode) {
+            fs_err::hard_link(first, target)?;
+            return Ok(());
+        }
+    }
+    let out = fs_err::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(target)?;
-    std::io::copy(&mut fs_err::File::open(staged)?, &mut out)?;
+    copy_extents(staged, &out, meta.len())?;
+    out.sync_all()?;
     drop(out);
-    fs_err::File::open(target)?.sync_all()?;
     fs_err::set_permissions(
         target,
         std::fs::Permissions::from_mode(meta.mode() & 0o7777),
     )?;
     chown(target, meta)?;
-    set_mtime(target, meta)
+    copy_user_xattrs(staged, target)?;
+    set_mtime(target, meta)?;
+    if meta.nlink() > 1 {
+        copied.insert(inode, target.to_owned());
+    }
+    Ok(())
+}
+
+/// Copies the data of `from` into the new, empty file `out`, leaving its holes as holes
+/// (a sparse disk image stays sparse); `len` is its size.
+fn copy_extents(from: &Path, out: &fs_err::File, len: u64) -> Result<(), ImportError> {
+    use fs_err::os::unix::fs::FileExt;
+    use rustix::fs::SeekFrom;
+    let source = fs_err::File::open(from)?;
+    let failed = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("copying {}: {e}", from.display()))
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0;
+    while pos < len {
+        let (start, end) = match rustix::fs::seek(&source, SeekFrom::Data(pos)) {
+            Ok(start) => {
+                let end = rustix::fs::seek(&source, SeekFrom::Hole(start))
+                    .map_err(|e| failed(e.into()))?;
+                (start, end.min(len))
+            }
+            // No data after `pos`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            // A filesystem that cannot tell: copy everything.
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => (pos, len),
+            Err(e) => return Err(failed(e.into()).into()),
+        };
+        let mut at = start;
+        while at < end {
+            let want = usize::try_from(end - at)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            let n = source.read_at(&mut buf[..want], at).map_err(failed)?;
+            if n == 0 {
+                return Err(failed(std::io::ErrorKind::UnexpectedEof.into()).into());
+            }
+            out.write_all_at(&buf[..n], at)?;
+            at += n as u64;
+        }
+        pos = end;
+    }
+    out.set_len(len)?;
+    Ok(())
+}
+
+/// Copies the `user.*` extended attributes of `from` onto `to` (Linux allows none on
+/// symlinks). A filesystem that keeps none fails the placement rather than losing them.
+fn copy_user_xattrs(from: &Path, to: &Path) -> Result<(), ImportError> {
+    use std::os::unix::ffi::OsStrExt;
+    let failed = |what: &str, path: &Path, e: rustix::io::Errno| {
+        std::io::Error::new(
+            std::io::Error::from(e).kind(),
+            format!("{what} the extended attributes of {}: {e}", path.display()),
+        )
+    };
+    // The kernel's limits: 64 KiB for the list of names, and for one value.
+    let mut names = vec![0u8; 64 * 1024];
+    let len =
+        rustix::fs::llistxattr(from, &mut names[..]).map_err(|e| failed("listing", from, e))?;
+    let mut value = vec![0u8; 64 * 1024];
+    for name in names[..len]
+        .split(|&b| b == 0)
+        .filter(|name| name.starts_with(b"user."))
+    {
+        let name = std::ffi::OsStr::from_bytes(name);
+        let n = rustix::fs::lgetxattr(from, name, &mut value[..])
+            .map_err(|e| failed("reading", from, e))?;
+        rustix::fs::lsetxattr(to, name, &value[..n], rustix::fs::XattrFlags::empty())
+            .map_err(|e| failed("writing", to, e))?;
+    }
+    Ok(())
 }
 
 fn chown(path: &Path, meta: &std::fs::Metadata) -> Result<(), ImportError> {
