@@ -72,7 +72,8 @@ fn compare(staged: &Path, target: &Path) -> Result<Existing, ImportError> {
         }
         let same = same_bytes(staged, target)?
             && ours.mode() & 0o7777 == there.mode() & 0o7777
-            && (ours.uid(), ours.gid()) == (there.uid(), there.gid());
+            && (ours.uid(), ours.gid()) == (there.uid(), there.gid())
+            && sorted(user_xattrs(staged)?) == sorted(user_xattrs(target)?);
         return Ok(if same {
             Existing::Same
         } else {
@@ -80,6 +81,11 @@ fn compare(staged: &Path, target: &Path) -> Result<Existing, ImportError> {
         });
     }
     Ok(Existing::Differs)
+}
+
+fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+    items.sort();
+    items
 }
 
 fn same_bytes(a: &Path, b: &Path) -> Result<bool, ImportError> {
@@ -491,29 +497,44 @@ fn copy_extents(from: &Path, out: &fs_err::File, len: u64) -> Result<(), ImportE
 /// Copies the `user.*` extended attributes of `from` onto `to` (Linux allows none on
 /// symlinks). A filesystem that keeps none fails the placement rather than losing them.
 fn copy_user_xattrs(from: &Path, to: &Path) -> Result<(), ImportError> {
+    for (name, value) in user_xattrs(from)? {
+        rustix::fs::lsetxattr(to, &name, &value, rustix::fs::XattrFlags::empty())
+            .map_err(|e| xattr_error("writing", to, e))?;
+    }
+    Ok(())
+}
+
+/// The `user.*` extended attributes of `path` (not followed if a symlink), in the
+/// filesystem's order; none where the filesystem keeps none.
+fn user_xattrs(path: &Path) -> Result<Vec<(std::ffi::OsString, Vec<u8>)>, ImportError> {
     use std::os::unix::ffi::OsStrExt;
-    let failed = |what: &str, path: &Path, e: rustix::io::Errno| {
-        std::io::Error::new(
-            std::io::Error::from(e).kind(),
-            format!("{what} the extended attributes of {}: {e}", path.display()),
-        )
-    };
     // The kernel's limits: 64 KiB for the list of names, and for one value.
     let mut names = vec![0u8; 64 * 1024];
-    let len =
-        rustix::fs::llistxattr(from, &mut names[..]).map_err(|e| failed("listing", from, e))?;
+    let len = match rustix::fs::llistxattr(path, &mut names[..]) {
+        Ok(len) => len,
+        // A filesystem without extended attributes has none to list.
+        Err(rustix::io::Errno::NOTSUP) => 0,
+        Err(e) => return Err(xattr_error("listing", path, e).into()),
+    };
     let mut value = vec![0u8; 64 * 1024];
+    let mut found = Vec::new();
     for name in names[..len]
         .split(|&b| b == 0)
         .filter(|name| name.starts_with(b"user."))
     {
         let name = std::ffi::OsStr::from_bytes(name);
-        let n = rustix::fs::lgetxattr(from, name, &mut value[..])
-            .map_err(|e| failed("reading", from, e))?;
-        rustix::fs::lsetxattr(to, name, &value[..n], rustix::fs::XattrFlags::empty())
-            .map_err(|e| failed("writing", to, e))?;
+        let n = rustix::fs::lgetxattr(path, name, &mut value[..])
+            .map_err(|e| xattr_error("reading", path, e))?;
+        found.push((name.to_owned(), value[..n].to_vec()));
     }
-    Ok(())
+    Ok(found)
+}
+
+fn xattr_error(what: &str, path: &Path, e: rustix::io::Errno) -> std::io::Error {
+    std::io::Error::new(
+        std::io::Error::from(e).kind(),
+        format!("{what} the extended attributes of {}: {e}", path.display()),
+    )
 }
 
 fn chown(path: &Path, meta: &std::fs::Metadata) -> Result<(), ImportError> {
@@ -566,4 +587,57 @@ pub fn undo_file_change(change: &Change) -> Result<(), ImportError> {
         _ => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+        rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+    }
+
+    /// A file with the bundle's content, mode and owner but not its extended attributes is
+    /// not the bundle's file: the survey calls it a conflict, not identical.
+    #[test]
+    fn a_file_without_the_bundles_xattrs_is_a_conflict() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let staged = tree.join("srv/app");
+        fs_err::create_dir_all(&staged).unwrap();
+        fs_err::write(staged.join("a.txt"), "same\n").unwrap();
+        set_xattr(&staged.join("a.txt"), "user.origin", b"old-host");
+        let target = dir.path().join("app");
+        fs_err::create_dir_all(&target).unwrap();
+        fs_err::write(target.join("a.txt"), "same\n").unwrap();
+
+        let survey_now = || survey(&tree, Path::new("/srv/app"), &target).unwrap();
+        assert_eq!(survey_now().conflicts, vec![target.join("a.txt")]);
+        set_xattr(&target.join("a.txt"), "user.origin", b"old-host");
+        let plan = survey_now();
+        assert_eq!(plan.conflicts, Vec::<PathBuf>::new());
+        assert_eq!((plan.entries, plan.identical), (2, 2));
+    }
+
+    /// The copy writes the data and leaves the holes: the same bytes, fewer blocks.
+    #[test]
+    fn a_copy_keeps_the_holes_of_a_sparse_file() {
+        use fs_err::os::unix::fs::FileExt;
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("image");
+        let source = fs_err::File::create(&from).unwrap();
+        source.set_len(32 << 20).unwrap();
+        source.write_all_at(b"start", 0).unwrap();
+        source.write_all_at(b"middle", 20 << 20).unwrap();
+        source.sync_all().unwrap();
+        let to = dir.path().join("copy");
+        let out = fs_err::File::create(&to).unwrap();
+        copy_extents(&from, &out, 32 << 20).unwrap();
+        out.sync_all().unwrap();
+
+        assert_eq!(fs_err::read(&from).unwrap(), fs_err::read(&to).unwrap());
+        let blocks = fs_err::metadata(&to).unwrap().blocks() * 512;
+        assert!(blocks < 1 << 20, "the copy is dense: {blocks} bytes allocated");
+    }
 }
