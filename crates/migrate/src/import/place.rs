@@ -423,13 +423,29 @@ fn move_entry(
     if meta.file_type().is_symlink() {
         std::os::unix::fs::symlink(fs_err::read_link(staged)?, target)?;
         chown(target, meta)?;
-        return Ok(());
+        return set_mtime(target, meta);
     }
     let inode = (meta.dev(), meta.ino());
     if meta.nlink() > 1 {
         if let Some(first) = copied.get(&inode) {
-            fs_err::hard_link(first, target)?;
-            return Ok(());
+            match rustix::fs::linkat(
+                rustix::fs::CWD,
+                first,
+                rustix::fs::CWD,
+                target,
+                rustix::fs::AtFlags::empty(),
+            ) {
+                Ok(()) => return Ok(()),
+                // The first copy is on another filesystem again (a mount inside the set).
+                Err(rustix::io::Errno::XDEV) => {}
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("linking {} to {}: {e}", target.display(), first.display()),
+                    )
+                    .into())
+                }
+            }
         }
     }
     let out = fs_err::OpenOptions::new()
@@ -461,7 +477,7 @@ fn copy_extents(from: &Path, out: &fs_err::File, len: u64) -> Result<(), ImportE
     let failed = |e: std::io::Error| {
         std::io::Error::new(e.kind(), format!("copying {}: {e}", from.display()))
     };
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; usize::try_from(len.min(1 << 20)).unwrap_or(1 << 20)];
     let mut pos = 0;
     while pos < len {
         let (start, end) = match rustix::fs::seek(&source, SeekFrom::Data(pos)) {
@@ -638,6 +654,9 @@ mod tests {
 
         assert_eq!(fs_err::read(&from).unwrap(), fs_err::read(&to).unwrap());
         let blocks = fs_err::metadata(&to).unwrap().blocks() * 512;
-        assert!(blocks < 1 << 20, "the copy is dense: {blocks} bytes allocated");
+        assert!(
+            blocks < 1 << 20,
+            "the copy is dense: {blocks} bytes allocated"
+        );
     }
 }
