@@ -961,6 +961,56 @@ fn a_file_set_copied_to_another_filesystem_loses_nothing() {
     assert_eq!(differences(&before, &after, true), Vec::<String>::new());
 }
 
+/// The work directory's filesystem stages the app's tree: if it keeps no extended
+/// attributes that the tree has, the import says so before staging, and what to do about it
+/// (another --work-dir), not the tree import's flags.
+#[test]
+fn a_work_directory_without_xattrs_is_named_before_staging() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let name = unique("ramfs-work");
+    let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
+    fs_err::create_dir_all(srv.join("data")).unwrap();
+    fs_err::write(srv.join("data/tagged.txt"), "tagged\n").unwrap();
+    rustix::fs::setxattr(
+        srv.join("data/tagged.txt"),
+        "user.origin",
+        b"old-host",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let moved = export_custom_data_app(&name, &srv);
+    fs_err::remove_dir_all(&srv).unwrap();
+
+    let work = moved.dir.path().join("ramfs-work");
+    fs_err::create_dir(&work).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "ramfs", "ramfs"])
+        .arg(&work)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    // As Move::import does, with this work directory instead of the move's.
+    let out = Command::new(baluchon_tests::fixture::baluchon_bin())
+        .args(["import", "--plan"])
+        .arg(&moved.bundle)
+        .arg("--signer")
+        .arg(&moved.keys.allowed_signers)
+        .arg("--work-dir")
+        .arg(&work)
+        .env("BALUCHON_STATE_DIR", moved.dir.path())
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(&work).status();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot stage this app: it refused user.* extended attributes (1 entry in the tree has some); give --work-dir a directory on another filesystem"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--drop-xattrs"), "{stderr}");
+    assert!(!srv.exists());
+}
+
 /// Exports the custom app `name` whose data directory is `srv/data`, described by a spec
 /// with only its domain and that directory; the spec is removed again.
 fn export_custom_data_app(name: &str, srv: &Path) -> Move {

@@ -307,13 +307,15 @@ fn a_filesystem_without_xattrs_is_refused_up_front_unless_they_are_dropped() {
     let keys = Keys::new(dir.path());
     let source = dir.path().join("source");
     small_tree(&source);
-    rustix::fs::setxattr(
-        source.join("notes.txt"),
-        "user.origin",
-        b"old-host",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    for path in [source.join("notes.txt"), source.clone()] {
+        rustix::fs::setxattr(
+            path,
+            "user.origin",
+            b"old-host",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    }
     let bundle = dir.path().join("b.baluchon");
     export(&source, &bundle, &keys);
 
@@ -339,8 +341,9 @@ fn a_filesystem_without_xattrs_is_refused_up_front_unless_they_are_dropped() {
     match refused {
         Err(Error::Extract(ExtractError::FilesystemLacks { dir, lacking })) => {
             assert_eq!(dir, mount);
-            // notes.txt and its hard link notes-link.txt: both names carry the inode's.
-            assert_eq!(lacking, vec![Lack::UserXattrs { entries: 2 }]);
+            // The tree's root, and notes.txt and its hard link notes-link.txt (both names
+            // carry the inode's).
+            assert_eq!(lacking, vec![Lack::UserXattrs { entries: 3 }]);
         }
         other => panic!("expected the filesystem to be refused, got {other:?}"),
     }
@@ -348,7 +351,7 @@ fn a_filesystem_without_xattrs_is_refused_up_front_unless_they_are_dropped() {
     assert!(left.is_empty(), "staging left behind: {left:?}");
 
     let report = dropped.expect("the import without xattrs succeeds");
-    assert_eq!(report.xattrs_dropped, 2);
+    assert_eq!(report.xattrs_dropped, 3);
     let mut expected = walk(&source);
     for observed in expected.values_mut() {
         observed.xattrs.clear();
@@ -359,32 +362,79 @@ fn a_filesystem_without_xattrs_is_refused_up_front_unless_they_are_dropped() {
     );
 }
 
-/// Root in a user namespace that maps no other id (a rootless container) cannot give files
-/// away: the import says so before writing anything, and `--map-owner NAME=root` is the way
-/// to install the tree there anyway.
+/// A user namespace whose ids 0-99 are the same ids outside (root and Debian's system
+/// accounts, www-data among them) and no others: a container's partial map. Commands run
+/// in it as its root, which cannot give files to an id the map lacks.
+struct PartialUserNamespace {
+    holder: std::process::Child,
+}
+
+impl PartialUserNamespace {
+    fn new() -> Self {
+        let holder = Command::new("unshare")
+            .args(["--user", "--", "sleep", "600"])
+            .spawn()
+            .unwrap();
+        let ns = |pid: &str| fs_err::read_link(format!("/proc/{pid}/ns/user")).unwrap();
+        let pid = holder.id().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while ns(&pid) == ns("self") {
+            assert!(Instant::now() < deadline, "unshare made no user namespace");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for map in ["uid_map", "gid_map"] {
+            fs_err::write(format!("/proc/{pid}/{map}"), "0 0 100\n").unwrap();
+        }
+        Self { holder }
+    }
+
+    fn baluchon(&self) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .args(["--user", "--target", &self.holder.id().to_string(), "--"])
+            .arg(baluchon_bin());
+        command
+    }
+}
+
+impl Drop for PartialUserNamespace {
+    fn drop(&mut self) {
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+    }
+}
+
+/// Root in a user namespace that maps www-data but not nobody (a container) cannot give
+/// files to nobody: the import says so, naming only the owners refused, before writing
+/// anything; `--map-owner` gives those entries to an owner the namespace has.
 #[test]
-fn root_that_cannot_give_files_away_is_told_before_anything_is_written() {
+fn root_that_cannot_give_files_to_some_owners_is_told_before_anything_is_written() {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("skipped: giving the source's files to www-data needs root");
+        eprintln!("skipped: giving the source's files to other owners needs root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let keys = Keys::new(dir.path());
     let source = dir.path().join("source");
     small_tree(&source);
-    let www = Command::new("chown")
-        .args(["-R", "www-data:www-data"])
-        .arg(source.join("site"))
-        .status()
-        .unwrap();
-    assert!(www.success());
+    for (owner, path) in [
+        ("www-data:www-data", "site"),
+        ("nobody:nogroup", "notes.txt"),
+    ] {
+        let given = Command::new("chown")
+            .args(["-R", owner])
+            .arg(source.join(path))
+            .status()
+            .unwrap();
+        assert!(given.success());
+    }
     let bundle = dir.path().join("b.baluchon");
     export(&source, &bundle, &keys);
     let dest = dir.path().join("dest");
-    let in_user_namespace = |extra: &[&str]| {
-        Command::new("unshare")
-            .args(["--user", "--map-root-user"])
-            .arg(baluchon_bin())
+    let namespace = PartialUserNamespace::new();
+    let import = |extra: &[&str]| {
+        namespace
+            .baluchon()
             .args(["--no-progress", "import"])
             .arg(&bundle)
             .arg("--path")
@@ -396,27 +446,37 @@ fn root_that_cannot_give_files_away_is_told_before_anything_is_written() {
             .unwrap()
     };
 
-    let refused = in_user_namespace(&[]);
+    let refused = import(&[]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("refused a change of owner, even by root"),
+        stderr.contains("it refused giving files to nobody, nogroup, even as root"),
         "{stderr}"
     );
-    assert!(stderr.contains("belong to www-data;"), "{stderr}");
+    assert!(stderr.contains("--map-owner NAME=OTHER"), "{stderr}");
     assert!(!dest.exists());
     assert!(leftovers(dir.path()).is_empty());
 
-    let mapped = in_user_namespace(&["--map-owner", "www-data=root"]);
+    let mapped = import(&[
+        "--map-owner",
+        "nobody=www-data",
+        "--map-owner",
+        "nogroup=www-data",
+    ]);
     assert!(
         mapped.status.success(),
         "{}",
         String::from_utf8_lossy(&mapped.stderr)
     );
-    let index = fs_err::read_to_string(dest.join("site/index.html")).unwrap();
-    assert_eq!(index, "<h1>hello</h1>\n");
-    let owner = fs_err::metadata(dest.join("site/index.html")).unwrap();
-    assert_eq!(std::os::unix::fs::MetadataExt::uid(&owner), 0);
+    use std::os::unix::fs::MetadataExt;
+    for path in ["site/index.html", "notes.txt"] {
+        let meta = fs_err::metadata(dest.join(path)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (33, 33), "{path}");
+    }
+    assert_eq!(
+        fs_err::read_to_string(dest.join("site/index.html")).unwrap(),
+        "<h1>hello</h1>\n"
+    );
 }
 
 /// SIGKILL in the middle of the extraction: the live tree is untouched, the staging directory

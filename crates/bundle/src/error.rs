@@ -248,14 +248,27 @@ pub enum ExtractError {
         users: Vec<String>,
         groups: Vec<String>,
     },
-    #[error(
-        "the filesystem holding {} cannot keep this tree as it is; it refused {}. Nothing was \
-         written",
-        dir.display(),
-        lacking.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-    )]
+    #[error("{}", filesystem_lacks(dir, lacking))]
     FilesystemLacks {
         dir: PathBuf,
         lacking: Vec<crate::probe::Lack>,
     },
+}
+
+fn filesystem_lacks(dir: &std::path::Path, lacking: &[crate::probe::Lack]) -> String {
+    use crate::probe::Lack;
+    let list: Vec<String> = lacking.iter().map(ToString::to_string).collect();
+    let mut text = format!(
+        "the filesystem holding {} cannot keep this tree as it is; it refused {}. Nothing was \
+         written",
+        dir.display(),
+        list.join("; ")
+    );
+    if lacking.iter().any(|l| matches!(l, Lack::UserXattrs { .. })) {
+        text.push_str(" (--drop-xattrs leaves the extended attributes out)");
+    }
+    if lacking.iter().any(|l| matches!(l, Lack::Owners { .. })) {
+        text.push_str(" (--map-owner NAME=OTHER gives an owner's entries to another)");
+    }
+    text
 }

@@ -32,7 +32,7 @@ use rustix::io::Errno;
 use crate::error::{Error, ExtractError};
 use crate::files::FileOutput;
 use crate::index::{Entry, EntryKind, EntryPath, Meta, OwnerRef, Xattr};
-use crate::probe::{self, TreeNeeds};
+use crate::probe::{self, OwnerId, TreeNeeds};
 use crate::progress::Progress;
 use crate::verify::{Authenticated, Bundle, TreeSink, Verified};
 
@@ -715,32 +715,24 @@ impl TreeSink for Extractor<'_> {
             &mut self.report.placeholders,
         )?;
         self.report.owners_applied = self.owners.apply;
-        let ours = (
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        );
-        let (mut chown_to, mut others) = ((None, None), BTreeSet::new());
+        let mut owners = Vec::new();
         if self.owners.apply {
-            for (name, &uid) in self.owners.users.iter().filter(|(_, &id)| id != ours.0) {
-                chown_to.0 = Some(uid);
-                others.insert(name.clone());
-            }
-            for (name, &gid) in self.owners.groups.iter().filter(|(_, &id)| id != ours.1) {
-                chown_to.1 = Some(gid);
-                others.insert(name.clone());
+            for (ids, group) in [(&self.owners.users, false), (&self.owners.groups, true)] {
+                owners.extend(ids.iter().map(|(name, &id)| OwnerId {
+                    name: name.clone(),
+                    group,
+                    id,
+                }));
             }
         }
         let mut needs = needs.clone();
+        // The tree's root has no index line: its attributes come from the bundle's header.
+        needs.xattrs += u64::from(!self.root_meta.xattrs.is_empty());
         if self.options.drop_xattrs {
             self.report.xattrs_dropped = std::mem::take(&mut needs.xattrs);
         }
-        let lacking = probe::lacking(
-            self.root.as_fd(),
-            &needs,
-            chown_to,
-            others.into_iter().collect(),
-        )
-        .map_err(|e| io_at(e, &self.staging_path))?;
+        let lacking = probe::lacking(self.root.as_fd(), &needs, &owners)
+            .map_err(|e| io_at(e, &self.staging_path))?;
         if lacking.is_empty() {
             Ok(())
         } else {

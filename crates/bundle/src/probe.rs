@@ -34,11 +34,18 @@ pub enum Lack {
     UserXattrs {
         entries: u64,
     },
-    /// Root here cannot give files to other owners; `names` are the owners and groups the
-    /// tree's entries would get.
+    /// Root here cannot give files to these owners and groups of the tree's entries.
     Owners {
         names: Vec<String>,
     },
+}
+
+/// An owner or group that entries of the tree get, by name (or `#ID`) and id here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OwnerId {
+    pub name: String,
+    pub group: bool,
+    pub id: u32,
 }
 
 impl fmt::Display for Lack {
@@ -48,16 +55,14 @@ impl fmt::Display for Lack {
             Self::Hardlinks { entries } => write!(f, "hard links ({entries} in the tree)"),
             Self::UserXattrs { entries } => write!(
                 f,
-                "user.* extended attributes ({entries} {} in the tree {} some; --drop-xattrs \
-                 leaves them out)",
+                "user.* extended attributes ({entries} {} in the tree {} some)",
                 if *entries == 1 { "entry" } else { "entries" },
                 if *entries == 1 { "has" } else { "have" },
             ),
             Self::Owners { names } => write!(
                 f,
-                "a change of owner, even by root, as under NFS root_squash or in a user \
-                 namespace (the tree's entries belong to {}; --map-owner NAME=root keeps them as \
-                 root's)",
+                "giving files to {}, even as root (as under NFS root_squash, or in a user \
+                 namespace that does not map them)",
                 names.join(", ")
             ),
         }
@@ -69,14 +74,12 @@ impl fmt::Display for Lack {
 const FILE: &str = ".baluchon-probe";
 const LINK: &str = ".baluchon-probe-link";
 
-/// Tries, in the empty directory `dir`, each feature of `needs` and a change of owner to
-/// `chown_to` (user and group ids other than ours, or `None` for either), and returns those
-/// the filesystem refused. `owner_names` name the owners for the report.
+/// Tries, in the empty directory `dir`, each feature of `needs` and giving a file to each
+/// of `owners`, and returns what the filesystem refused.
 pub(crate) fn lacking(
     dir: BorrowedFd<'_>,
     needs: &TreeNeeds,
-    chown_to: (Option<u32>, Option<u32>),
-    owner_names: Vec<String>,
+    owners: &[OwnerId],
 ) -> Result<Vec<Lack>, Errno> {
     let file = rustix::fs::openat(
         dir,
@@ -118,15 +121,25 @@ pub(crate) fn lacking(
                 rustix::fs::unlinkat(dir, LINK, rustix::fs::AtFlags::empty())?;
             }
         }
-        let (uid, gid) = chown_to;
-        if (uid.is_some() || gid.is_some())
-            && refused(rustix::fs::fchown(
-                file.as_fd(),
-                uid.map(rustix::fs::Uid::from_raw),
-                gid.map(rustix::fs::Gid::from_raw),
-            ))?
-        {
-            lacking.push(Lack::Owners { names: owner_names });
+        // Each id on its own: a user namespace may map some and not others, and under
+        // root_squash even root's id is refused (files are created as nobody's).
+        let mut refused_names = Vec::new();
+        for owner in owners {
+            let (uid, gid) = if owner.group {
+                (None, Some(rustix::fs::Gid::from_raw(owner.id)))
+            } else {
+                (Some(rustix::fs::Uid::from_raw(owner.id)), None)
+            };
+            if refused(rustix::fs::fchown(file.as_fd(), uid, gid))? {
+                refused_names.push(owner.name.clone());
+            }
+        }
+        refused_names.sort();
+        refused_names.dedup();
+        if !refused_names.is_empty() {
+            lacking.push(Lack::Owners {
+                names: refused_names,
+            });
         }
         Ok(lacking)
     })();
@@ -143,8 +156,11 @@ fn refused(result: Result<(), Errno>) -> Result<bool, Errno> {
     match result {
         Ok(()) => Ok(false),
         // EPERM: no links on FAT, no chown under root_squash; EINVAL: an id this user
-        // namespace does not map; ENOTSUP (EOPNOTSUPP on Linux): no xattrs (ramfs, NFSv3).
-        Err(Errno::NOTSUP | Errno::PERM | Errno::INVAL | Errno::NOSYS) => Ok(true),
+        // namespace does not map, EOVERFLOW: one the filesystem's mount does not map;
+        // ENOTSUP (EOPNOTSUPP on Linux): no xattrs (ramfs, NFSv3).
+        Err(Errno::NOTSUP | Errno::PERM | Errno::INVAL | Errno::OVERFLOW | Errno::NOSYS) => {
+            Ok(true)
+        }
         Err(e) => Err(e),
     }
 }
@@ -169,8 +185,20 @@ mod tests {
             hardlinks: 1,
             xattrs: 3,
         };
-        let ours = (None, None);
-        let lacking = lacking(handle.as_fd(), &needs, ours, Vec::new()).unwrap();
+        // Root can give a file to anyone; anyone can give it to themselves.
+        let owners = [
+            OwnerId {
+                name: "us".into(),
+                group: false,
+                id: rustix::process::geteuid().as_raw(),
+            },
+            OwnerId {
+                name: "our group".into(),
+                group: true,
+                id: rustix::process::getegid().as_raw(),
+            },
+        ];
+        let lacking = lacking(handle.as_fd(), &needs, &owners).unwrap();
         assert_eq!(lacking, Vec::new());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
@@ -181,6 +209,7 @@ mod tests {
         assert!(refused(Err(Errno::NOTSUP)).unwrap());
         assert!(refused(Err(Errno::PERM)).unwrap());
         assert!(refused(Err(Errno::INVAL)).unwrap());
+        assert!(refused(Err(Errno::OVERFLOW)).unwrap());
         assert!(!refused(Ok(())).unwrap());
         assert_eq!(refused(Err(Errno::NOSPC)), Err(Errno::NOSPC));
         assert_eq!(refused(Err(Errno::IO)), Err(Errno::IO));
@@ -189,18 +218,20 @@ mod tests {
     #[test]
     fn each_lack_says_what_and_how_much() {
         let owners = Lack::Owners {
-            names: vec!["www-data".into(), "alice".into()],
+            names: vec!["alice".into(), "www-data".into()],
         };
         assert_eq!(
             owners.to_string(),
-            "a change of owner, even by root, as under NFS root_squash or in a user namespace \
-             (the tree's entries belong to www-data, alice; --map-owner NAME=root keeps them as \
-             root's)"
+            "giving files to alice, www-data, even as root (as under NFS root_squash, or in a \
+             user namespace that does not map them)"
         );
         assert_eq!(
             Lack::UserXattrs { entries: 3 }.to_string(),
-            "user.* extended attributes (3 entries in the tree have some; --drop-xattrs leaves \
-             them out)"
+            "user.* extended attributes (3 entries in the tree have some)"
+        );
+        assert_eq!(
+            Lack::UserXattrs { entries: 1 }.to_string(),
+            "user.* extended attributes (1 entry in the tree has some)"
         );
     }
 }

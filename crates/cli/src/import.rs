@@ -102,7 +102,7 @@ pub struct ImportArgs {
     allow_outside_symlinks: bool,
     /// Leave out user.* extended attributes, for a filesystem that has none (the report
     /// counts the entries that had some; without this, such a filesystem is refused)
-    #[arg(long)]
+    #[arg(long, requires = "path")]
     drop_xattrs: bool,
     /// An age identity file or an SSH private key (ed25519 or RSA) to open an encrypted
     /// bundle with (repeatable; a key's passphrase from BALUCHON_DECRYPT_KEY_PASSPHRASE, or

@@ -79,6 +79,16 @@ pub enum ImportError {
     },
     #[error("the import cannot proceed:\n  - {}", .0.join("\n  - "))]
     Blocked(Vec<String>),
+    #[error(
+        "the filesystem of the work directory {} cannot stage this app: it refused {}; give \
+         --work-dir a directory on another filesystem",
+        dir.display(),
+        lacking.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    WorkDirLacks {
+        dir: PathBuf,
+        lacking: Vec<baluchon_bundle::Lack>,
+    },
     #[error("{what} failed ({status}): {stderr}")]
     Tool {
         what: String,

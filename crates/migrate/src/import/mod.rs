@@ -24,7 +24,9 @@ mod recover;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use baluchon_bundle::{Bundle, Destination, ExtractOptions, Policy, Progress, Verified};
+use baluchon_bundle::{
+    Bundle, Destination, ExtractError, ExtractOptions, Policy, Progress, Verified,
+};
 use baluchon_recipe::{Engine, Health, Slot};
 use baluchon_signature::TrustedSigners;
 use serde::{Deserialize, Serialize};
@@ -330,7 +332,15 @@ pub fn prepare_import(
     // Accounts the tenant's files belong to and this host lacks are created by the apply,
     // which then gives the staged entries to them.
     extract.placeholder_ids_for_unknown_names = true;
-    let (bundle, staged) = authenticated.extract(Destination::lock(&tree)?, &extract, progress)?;
+    let (bundle, staged) = authenticated
+        .extract(Destination::lock(&tree)?, &extract, progress)
+        .map_err(|e| match e {
+            // The flags the tree import suggests do not apply here: staging is ours.
+            baluchon_bundle::Error::Extract(ExtractError::FilesystemLacks { dir, lacking }) => {
+                ImportError::WorkDirLacks { dir, lacking }
+            }
+            other => other.into(),
+        })?;
     let extracted = staged.report().clone();
     let placeholders = extracted.placeholders.clone();
     staged.switch(false)?;
