@@ -1011,6 +1011,77 @@ fn a_work_directory_without_xattrs_is_named_before_staging() {
     assert!(!srv.exists());
 }
 
+/// `export --app … --json` reports what the tree export reports: an entry that could not
+/// be archived (a FIFO) and an attribute outside `user.*` (here `trusted.*`) show in the
+/// JSON, as they do in the human report, not only in the bundle's index.
+#[test]
+fn an_app_exports_json_report_lists_what_was_not_archived() {
+    let name = unique("json-report");
+    let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
+    let data = srv.join("data");
+    fs_err::create_dir_all(&data).unwrap();
+    fs_err::write(data.join("notes.txt"), "kept\n").unwrap();
+    rustix::fs::setxattr(
+        data.join("notes.txt"),
+        "trusted.note",
+        b"root only",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        data.join("queue"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
+    fs_err::create_dir_all("/etc/baluchon/custom").unwrap();
+    fs_err::write(
+        &spec,
+        format!(
+            "domain = \"{name}.test\"\ndata_dir = \"{}\"\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    let bundle = dir.path().join("app.baluchon");
+    let out = baluchon(
+        &[
+            &"export",
+            &"--app",
+            &"custom",
+            &"--instance",
+            &name,
+            &"--sign-key",
+            &keys.private,
+            &"-o",
+            &bundle,
+            &"--json",
+        ],
+        dir.path(),
+    );
+    let _ = fs_err::remove_file(&spec);
+    let _ = fs_err::remove_dir_all(&srv);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["skipped_count"], 1, "{report}");
+    assert_eq!(
+        report["skipped"],
+        serde_json::json!([{"path": format!("{}/queue", data.display()).trim_start_matches('/'), "reason": "FIFO"}]),
+        "{report}"
+    );
+    assert_eq!(report["xattrs_not_archived"], 1, "{report}");
+    assert_eq!(report["app"], "custom", "app.json's fields are still there");
+    assert_eq!(
+        report["bundle_size"],
+        fs_err::metadata(&bundle).unwrap().len()
+    );
+}
+
 /// Exports the custom app `name` whose data directory is `srv/data`, described by a spec
 /// with only its domain and that directory; the spec is removed again.
 fn export_custom_data_app(name: &str, srv: &Path) -> Move {

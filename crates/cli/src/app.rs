@@ -190,22 +190,13 @@ pub fn capture(
     if json {
         let mut value = serde_json::to_value(&report.description)?;
         // The full package inventory is in the bundle; the report stays readable.
-        if let Some(obj) = value.as_object_mut() {
+        // With the tree export's fields: what was skipped or changed must show here too.
+        if let (Some(obj), serde_json::Value::Object(tree)) = (
+            value.as_object_mut(),
+            crate::export::report_json(&report.bundle),
+        ) {
             obj.remove("installed_packages");
-            obj.insert("output".into(), serde_json::json!(report.bundle.output));
-            obj.insert(
-                "bundle_size".into(),
-                serde_json::json!(report.bundle.bundle_size),
-            );
-            obj.insert(
-                "bundle_id".into(),
-                serde_json::json!(report.bundle.header.bundle_id),
-            );
-            obj.insert(
-                "sequence".into(),
-                serde_json::json!(report.bundle.header.sequence),
-            );
-            obj.insert("signer".into(), serde_json::json!(report.bundle.signer));
+            obj.extend(tree);
         }
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());

@@ -214,25 +214,32 @@ fn with_sequence(
     export(sequence)
 }
 
+/// What an export did, for `--json`: the bundle, and every entry skipped, changed while
+/// read or stored without some of its attributes.
+pub fn report_json(report: &ExportReport) -> serde_json::Value {
+    let files = &report.header.files;
+    serde_json::json!({
+        "output": report.output,
+        "bundle_size": report.bundle_size,
+        "bundle_id": report.header.bundle_id,
+        "tenant": report.header.tenant,
+        "sequence": report.header.sequence,
+        "signer": report.signer,
+        "entries": files.entries,
+        "content_bytes": files.content_bytes,
+        "skipped": report.skipped.iter().map(|(p, r)| serde_json::json!({"path": p.to_string(), "reason": r.to_string()})).collect::<Vec<_>>(),
+        "skipped_count": files.skipped,
+        "changed": report.changed.iter().map(|(p, c)| serde_json::json!({"path": p.to_string(), "change": c})).collect::<Vec<_>>(),
+        "changed_count": files.changed,
+        "xattrs_not_archived": report.xattrs_not_archived,
+        "removed_leftovers": report.removed_leftovers,
+    })
+}
+
 pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {
     let files = &report.header.files;
     if json {
-        let value = serde_json::json!({
-            "output": report.output,
-            "bundle_size": report.bundle_size,
-            "bundle_id": report.header.bundle_id,
-            "tenant": report.header.tenant,
-            "sequence": report.header.sequence,
-            "signer": report.signer,
-            "entries": files.entries,
-            "content_bytes": files.content_bytes,
-            "skipped": report.skipped.iter().map(|(p, r)| serde_json::json!({"path": p.to_string(), "reason": r.to_string()})).collect::<Vec<_>>(),
-            "skipped_count": files.skipped,
-            "changed": report.changed.iter().map(|(p, c)| serde_json::json!({"path": p.to_string(), "change": c})).collect::<Vec<_>>(),
-            "changed_count": files.changed,
-            "xattrs_not_archived": report.xattrs_not_archived,
-            "removed_leftovers": report.removed_leftovers,
-        });
+        let value = report_json(report);
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
