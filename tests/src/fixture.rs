@@ -152,3 +152,15 @@ pub fn noise(len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Makes a FIFO at `path`: an entry no bundle can archive, which an export must report.
+pub fn fifo(path: &Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .expect("mkfifo");
+}

@@ -1028,14 +1028,7 @@ fn an_app_exports_json_report_lists_what_was_not_archived() {
         rustix::fs::XattrFlags::empty(),
     )
     .unwrap();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        data.join("queue"),
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    baluchon_tests::fixture::fifo(&data.join("queue"));
     let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
     fs_err::create_dir_all("/etc/baluchon/custom").unwrap();
     fs_err::write(

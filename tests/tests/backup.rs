@@ -657,6 +657,10 @@ fn a_fleet_run_backs_up_tenants_in_parallel_and_fails_if_one_fails() {
     let to = setup.dir.path().join("backups");
     let other = setup.dir.path().join("other");
     small_tree(&other);
+    // A FIFO in each tree: each backup reports it as not archived, the encrypted one too.
+    for tree in [&setup.tree, &other] {
+        baluchon_tests::fixture::fifo(&tree.join("queue"));
+    }
     let (_, recipient) = age_key(&setup.dir.path().join("fleet.age"));
     let inventory = setup.dir.path().join("fleet.toml");
     // Backups are encrypted by default; blog's are not.
@@ -714,6 +718,12 @@ tenant = "gone"
     assert!(row("shop").contains(" ok "), "{table}");
     assert!(row("blog").contains(" ok "), "{table}");
     assert!(row("gone").contains("FAILED"), "{table}");
+    for tenant in ["shop", "blog"] {
+        assert!(
+            table.contains(&format!("{tenant}: 1 entries not archived (sockets, FIFOs, devices), 0 files changed while read")),
+            "{table}"
+        );
+    }
     assert!(
         stderr(&out).contains("1 of 3 tenants failed"),
         "{}",
@@ -756,6 +766,14 @@ tenant = "gone"
         .collect();
     assert_eq!(ok.iter().filter(|o| **o).count(), 2, "{rows}");
     assert!(rows.to_string().contains("\"tenant\":\"gone\""), "{rows}");
+    for row in rows.as_array().unwrap().iter().filter(|r| r["ok"] == true) {
+        assert_eq!(row["skipped_count"], 1, "{row}");
+        assert_eq!(
+            row["skipped"],
+            serde_json::json!([{"path": "queue", "reason": "FIFO"}]),
+            "{row}"
+        );
+    }
 }
 
 #[test]

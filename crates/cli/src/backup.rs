@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use baluchon_backup::{Backup, Destination, Location, Retention, S3Settings, TenantLock};
-use baluchon_bundle::{export_tree, ExportOptions, NoProgress, Phase, Policy, Progress};
+use baluchon_bundle::{
+    export_tree, ExportOptions, ExportReport, NoProgress, Phase, Policy, Progress,
+};
 use baluchon_migrate::{capture_instance, CaptureOptions};
 use baluchon_recipe::LocalHost;
 use baluchon_signature::TrustedSigners;
@@ -179,13 +181,16 @@ struct Outcome {
     tenant: String,
     destination: String,
     backup: Backup,
+    /// The export's report (of the bundle inside, for an encrypted backup): what it skipped
+    /// or found changing is said again with the backup.
+    exported: ExportReport,
     export_time: Duration,
     upload_time: Duration,
 }
 
 impl Outcome {
     fn json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut value = serde_json::json!({
             "tenant": self.tenant,
             "destination": self.destination,
             "key": self.backup.key,
@@ -194,7 +199,11 @@ impl Outcome {
             "size": self.backup.size,
             "export_seconds": self.export_time.as_secs_f64(),
             "upload_seconds": self.upload_time.as_secs_f64(),
-        })
+        });
+        if let Some(fields) = value.as_object_mut() {
+            fields.extend(crate::export::notices_json(&self.exported));
+        }
+        value
     }
 }
 
@@ -255,6 +264,7 @@ fn back_up(
         }
         _ => anyhow::bail!("say what to back up: --app and --instance, or --path and --tenant"),
     };
+    let exported = report.clone();
     let (report, output) = if recipients.is_empty() {
         (report, output)
     } else {
@@ -285,6 +295,7 @@ fn back_up(
         tenant: name,
         destination: dest.to_string(),
         backup,
+        exported,
         export_time,
         upload_time: started.elapsed(),
     })
@@ -319,6 +330,7 @@ pub fn backup(args: &BackupArgs, progress: &dyn Progress) -> anyhow::Result<()> 
             outcome.export_time.as_secs_f64(),
             outcome.upload_time.as_secs_f64()
         );
+        crate::export::print_notices(&outcome.exported);
     }
     Ok(())
 }
@@ -1085,20 +1097,21 @@ impl Progress for BarProgress {
     }
 }
 
-/// A row of the summary.
+/// A row of the summary: the backup's JSON report (as `backup --json` prints it), or why
+/// it failed.
 struct Row {
     tenant: String,
-    result: Result<String, String>,
-    size: Option<u64>,
+    result: Result<serde_json::Value, String>,
     seconds: f64,
 }
 
+/// Backs up one tenant of the inventory; returns its report, as `backup --json` prints it.
 fn run_entry(
     entry: &Entry,
     defaults: &Defaults,
     destination: &DestinationArgs,
     bar: &ProgressBar,
-) -> anyhow::Result<(String, u64)> {
+) -> anyhow::Result<serde_json::Value> {
     let tenant = TenantArgs {
         app: entry.app.clone(),
         instance: entry.instance.clone(),
@@ -1147,12 +1160,8 @@ fn run_entry(
         }
         let mut out = Vec::new();
         conn.run(&command, None, &mut out)?;
-        let report: serde_json::Value = serde_json::from_slice(&out)
-            .with_context(|| format!("baluchon on {host} printed no JSON report"))?;
-        return Ok((
-            report["key"].as_str().unwrap_or("").to_owned(),
-            report["size"].as_u64().unwrap_or(0),
-        ));
+        return serde_json::from_slice(&out)
+            .with_context(|| format!("baluchon on {host} printed no JSON report"));
     }
     let progress = BarProgress(bar.clone());
     let outcome = back_up(
@@ -1170,7 +1179,7 @@ fn run_entry(
             Box::new(BarProgress(bar.clone()))
         },
     )?;
-    Ok((outcome.backup.key, outcome.backup.size))
+    Ok(outcome.json())
 }
 
 fn fleet_backup(args: &FleetBackupArgs, bars: bool) -> anyhow::Result<()> {
@@ -1220,8 +1229,7 @@ fn fleet_backup(args: &FleetBackupArgs, bars: bool) -> anyhow::Result<()> {
                 bar.finish_with_message(if result.is_ok() { "done" } else { "FAILED" });
                 let row = Row {
                     tenant: names[i].clone(),
-                    size: result.as_ref().ok().map(|(_, size)| *size),
-                    result: result.map(|(key, _)| key).map_err(|e| format!("{e:#}")),
+                    result: result.map_err(|e| format!("{e:#}")),
                     seconds: started.elapsed().as_secs_f64(),
                 };
                 if let Ok(mut rows) = rows.lock() {
@@ -1238,14 +1246,25 @@ fn fleet_backup(args: &FleetBackupArgs, bars: bool) -> anyhow::Result<()> {
         let value: Vec<serde_json::Value> = rows
             .iter()
             .map(|(_, row)| {
-                serde_json::json!({
+                let report = row.result.as_ref().ok();
+                let mut value = serde_json::json!({
                     "tenant": row.tenant,
                     "ok": row.result.is_ok(),
-                    "key": row.result.as_ref().ok(),
+                    "key": report.map(|r| &r["key"]),
                     "error": row.result.as_ref().err(),
-                    "size": row.size,
+                    "size": report.map(|r| &r["size"]),
                     "seconds": row.seconds,
-                })
+                });
+                // The rest of `backup --json`'s report, among it what the export skipped or
+                // saw changing.
+                if let (Some(fields), Some(serde_json::Value::Object(report))) =
+                    (value.as_object_mut(), report)
+                {
+                    for (name, field) in report {
+                        fields.entry(name.clone()).or_insert_with(|| field.clone());
+                    }
+                }
+                value
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -1258,16 +1277,35 @@ fn fleet_backup(args: &FleetBackupArgs, bars: bool) -> anyhow::Result<()> {
         "tenant", "result", "bytes", "seconds"
     );
     for (_, row) in &rows {
-        let (status, detail) = match &row.result {
-            Ok(key) => ("ok", key.clone()),
-            Err(e) => ("FAILED", e.clone()),
+        let (status, size, detail) = match &row.result {
+            Ok(report) => (
+                "ok",
+                report["size"].to_string(),
+                report["key"].as_str().unwrap_or_default().to_owned(),
+            ),
+            Err(e) => ("FAILED", "-".to_owned(), e.clone()),
         };
         println!(
-            "{:<width$}  {status:<6}  {:>12}  {:>8.1}  {detail}",
-            row.tenant,
-            row.size.map_or_else(|| "-".to_owned(), |s| s.to_string()),
-            row.seconds
+            "{:<width$}  {status:<6}  {size:>12}  {:>8.1}  {detail}",
+            row.tenant, row.seconds
         );
+    }
+    for (_, row) in &rows {
+        let Ok(report) = &row.result else { continue };
+        let count = |name: &str| report[name].as_u64().unwrap_or(0);
+        let (skipped, changed, xattrs) = (
+            count("skipped_count"),
+            count("changed_count"),
+            count("xattrs_not_archived"),
+        );
+        if skipped + changed + xattrs > 0 {
+            println!(
+                "{}: {skipped} entries not archived (sockets, FIFOs, devices), {changed} files \
+                 changed while read, {xattrs} extended attributes outside user.* not archived; \
+                 the bundle's index lists each",
+                row.tenant
+            );
+        }
     }
     anyhow::ensure!(failed == 0, "{failed} of {} tenants failed", rows.len());
     Ok(())

@@ -214,11 +214,10 @@ fn with_sequence(
     export(sequence)
 }
 
-/// What an export did, for `--json`: the bundle, and every entry skipped, changed while
-/// read or stored without some of its attributes.
+/// What an export did, for `--json`: the bundle, and [`notices_json`].
 pub fn report_json(report: &ExportReport) -> serde_json::Value {
     let files = &report.header.files;
-    serde_json::json!({
+    let mut value = serde_json::json!({
         "output": report.output,
         "bundle_size": report.bundle_size,
         "bundle_id": report.header.bundle_id,
@@ -227,13 +226,39 @@ pub fn report_json(report: &ExportReport) -> serde_json::Value {
         "signer": report.signer,
         "entries": files.entries,
         "content_bytes": files.content_bytes,
-        "skipped": report.skipped.iter().map(|(p, r)| serde_json::json!({"path": p.to_string(), "reason": r.to_string()})).collect::<Vec<_>>(),
-        "skipped_count": files.skipped,
-        "changed": report.changed.iter().map(|(p, c)| serde_json::json!({"path": p.to_string(), "change": c})).collect::<Vec<_>>(),
-        "changed_count": files.changed,
-        "xattrs_not_archived": report.xattrs_not_archived,
-        "removed_leftovers": report.removed_leftovers,
-    })
+    });
+    if let Some(fields) = value.as_object_mut() {
+        fields.extend(notices_json(report));
+    }
+    value
+}
+
+/// What an export could not keep as it was, for `--json`: entries skipped, files changed
+/// while read, attributes not archived, and the leftovers of killed runs it removed.
+pub fn notices_json(report: &ExportReport) -> serde_json::Map<String, serde_json::Value> {
+    let files = &report.header.files;
+    let mut fields = serde_json::Map::new();
+    let skipped = report
+        .skipped
+        .iter()
+        .map(|(p, r)| serde_json::json!({"path": p.to_string(), "reason": r.to_string()}));
+    fields.insert("skipped".into(), skipped.collect());
+    fields.insert("skipped_count".into(), files.skipped.into());
+    let changed = report
+        .changed
+        .iter()
+        .map(|(p, c)| serde_json::json!({"path": p.to_string(), "change": c}));
+    fields.insert("changed".into(), changed.collect());
+    fields.insert("changed_count".into(), files.changed.into());
+    fields.insert(
+        "xattrs_not_archived".into(),
+        report.xattrs_not_archived.into(),
+    );
+    fields.insert(
+        "removed_leftovers".into(),
+        serde_json::json!(report.removed_leftovers),
+    );
+    fields
 }
 
 pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {
@@ -256,6 +281,13 @@ pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {
         "bundle id {}, signed by {}",
         report.header.bundle_id, report.signer
     );
+    print_notices(report);
+    Ok(())
+}
+
+/// The human form of [`notices_json`].
+pub fn print_notices(report: &ExportReport) {
+    let files = &report.header.files;
     if files.skipped > 0 {
         println!(
             "{} entries could not be archived and are listed in the bundle:",
@@ -286,7 +318,6 @@ pub fn print_report(report: &ExportReport, json: bool) -> anyhow::Result<()> {
             println!("  changed {path}: {change:?}");
         }
     }
-    Ok(())
 }
 
 pub fn load_signing_key(path: &Path) -> anyhow::Result<SigningKey> {
