@@ -264,29 +264,30 @@ fn back_up(
         }
         _ => anyhow::bail!("say what to back up: --app and --instance, or --path and --tenant"),
     };
-    let exported = report.clone();
-    let (report, output) = if recipients.is_empty() {
-        (report, output)
+    // The report of what is stored: the envelope, for an encrypted backup.
+    let (sealed, output) = if recipients.is_empty() {
+        (None, output)
     } else {
         let sealed = work.path().join(format!("{name}.sealed.baluchon"));
         let options = baluchon_bundle::SealOptions {
             tenant: &name,
             sequence,
         };
-        let report = baluchon_bundle::seal(&output, recipients, options, &key, &sealed)
+        let envelope = baluchon_bundle::seal(&output, recipients, options, &key, &sealed)
             .context("encrypting the backup failed")?;
-        (report, sealed)
+        (Some(envelope), sealed)
     };
+    let stored = sealed.as_ref().unwrap_or(&report);
     let export_time = started.elapsed();
     let started = Instant::now();
-    let progress = upload(report.bundle_size);
+    let progress = upload(stored.bundle_size);
     let backup = baluchon_backup::store(
         &dest,
         &name,
         // When the run started, to the millisecond (the bundle records only seconds): the
         // key's time orders two backups made within a second.
         now,
-        &report.header.bundle_id,
+        &stored.header.bundle_id,
         &output,
         progress.as_ref(),
     )
@@ -295,7 +296,7 @@ fn back_up(
         tenant: name,
         destination: dest.to_string(),
         backup,
-        exported,
+        exported: report,
         export_time,
         upload_time: started.elapsed(),
     })
