@@ -164,3 +164,18 @@ pub fn fifo(path: &Path) {
     )
     .expect("mkfifo");
 }
+
+/// Mounts a filesystem at `at`: `args` are `mount`'s arguments before the mount point
+/// (`-t tmpfs -o size=1m NAME`, say). Needs root.
+pub fn mount(args: &[&str], at: &Path) {
+    let mounted = std::process::Command::new("mount")
+        .args(args)
+        .arg(at)
+        .status()
+        .expect("mount runs");
+    assert!(
+        mounted.success(),
+        "mount {args:?} {} (needs root)",
+        at.display()
+    );
+}

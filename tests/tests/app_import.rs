@@ -519,12 +519,7 @@ fn dokuwiki_moves_to_a_new_domain_replacing_the_default_config() {
     let refused = moved.import(&["--domain", &new], &[]);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
     fs_err::create_dir_all(&moved.work).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256m", "tmpfs"])
-        .arg(&moved.work)
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mounting a tmpfs needs root");
+    baluchon_tests::fixture::mount(&["-t", "tmpfs", "-o", "size=256m", "tmpfs"], &moved.work);
     let out = moved.import(
         &["--domain", &new, "--on-conflict", "replace", "--json"],
         &[],
@@ -874,12 +869,7 @@ fn a_destination_on_a_full_filesystem_is_refused_by_the_plan() {
 
     // The destination's parent is a 1 MiB filesystem of its own.
     fs_err::create_dir_all(&srv).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "small"])
-        .arg(&srv)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
+    baluchon_tests::fixture::mount(&["-t", "tmpfs", "-o", "size=1m", "small"], &srv);
     let out = moved.import(&["--plan", "--json"], &[]);
     let _ = Command::new("umount").arg(&srv).status();
     let _ = fs_err::remove_dir_all(&srv);
@@ -946,12 +936,7 @@ fn a_file_set_copied_to_another_filesystem_loses_nothing() {
     fs_err::remove_dir_all(&srv).unwrap();
 
     fs_err::create_dir_all(&srv).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "elsewhere"])
-        .arg(&srv)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
+    baluchon_tests::fixture::mount(&["-t", "tmpfs", "-o", "size=64m", "elsewhere"], &srv);
     let out = moved.import(&[], &[]);
     let after = tree::walk(&data);
     let _ = Command::new("umount").arg(&srv).status();
@@ -983,12 +968,7 @@ fn a_work_directory_without_xattrs_is_named_before_staging() {
 
     let work = moved.dir.path().join("ramfs-work");
     fs_err::create_dir(&work).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "ramfs", "ramfs"])
-        .arg(&work)
-        .status()
-        .unwrap();
-    assert!(mounted.success());
+    baluchon_tests::fixture::mount(&["-t", "ramfs", "ramfs"], &work);
     // As Move::import does, with this work directory instead of the move's.
     let out = Command::new(baluchon_tests::fixture::baluchon_bin())
         .args(["import", "--plan"])

@@ -250,12 +250,7 @@ fn live_tree_on_a_new_mount(
 ) -> (std::path::PathBuf, std::path::PathBuf) {
     let mount = dir.join("mnt");
     fs_err::create_dir(&mount).unwrap();
-    assert!(Command::new("mount")
-        .args(mount_args)
-        .arg(&mount)
-        .status()
-        .unwrap()
-        .success());
+    baluchon_tests::fixture::mount(mount_args, &mount);
     let dest = mount.join("dest");
     fs_err::create_dir(&dest).unwrap();
     fs_err::write(dest.join("live.txt"), "live").unwrap();
