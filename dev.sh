@@ -33,10 +33,22 @@ need_cargo() {
     }
 }
 
+# A one-shot build gains nothing from incremental caches, which would take another GB.
+export CARGO_INCREMENTAL=0
+
+# A linker that runs out of disk dies of SIGBUS with no word about space: say it first.
+check_disk() {
+    local need_gib=$1 free_kib
+    free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+    echo "free disk here: $((free_kib / 1048576)) GiB (this step needs about ${need_gib} GiB)"
+    ((free_kib >= need_gib * 1048576)) || echo "warning: low on disk; a build may fail with 'Bus error'" >&2
+}
+
 case "${1:-}" in
     demo)
         install_packages
         need_cargo
+        check_disk 2
         # The test build's profile: `./dev.sh test` then reuses every compiled dependency
         # (dependencies are optimised in it too; see the root Cargo.toml).
         cargo build --locked -p baluchon-cli
@@ -47,6 +59,7 @@ case "${1:-}" in
         ((EUID == 0)) || { echo "the app tests configure services: run as root" >&2; exit 1; }
         bash tests/apps/install.sh >/dev/null
         need_cargo
+        check_disk 4
         cargo build --workspace --locked
         cargo test --workspace --locked
         ;;
