@@ -433,6 +433,122 @@ fn a_backup_killed_mid_upload_leaves_nothing_listed_and_the_next_run_succeeds() 
     );
 }
 
+/// Writes `path` as an unfinished upload last written `age` ago.
+fn unfinished_upload(path: &Path, age: Duration) {
+    fs_err::write(path, b"half a bundle").unwrap();
+    fs_err::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .file()
+        .set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
+}
+
+#[test]
+fn prune_removes_uploads_abandoned_for_a_day_and_no_upload_going_on_at_every_destination() {
+    let s3 = S3Server::start();
+    let sshd = Sshd::start();
+    let setup = Setup::new();
+    let known_hosts = setup.dir.path().join("known_hosts");
+    sshd.write_known_hosts(&known_hosts);
+    let ssh = strings(&[
+        "--known-hosts",
+        &known_hosts.display().to_string(),
+        "--identity",
+        &sshd.client_key().display().to_string(),
+    ]);
+    let remote = tempfile::tempdir().unwrap();
+    let directory = setup.dir.path().join("store");
+    // Each kind of destination, where its objects lie on this machine, and the names its
+    // own unfinished uploads take: a directory's temporary file carries no time, and a
+    // name's time says nothing of when the upload last wrote.
+    let cases = [
+        (
+            format!("s3://{BUCKET}/nightly"),
+            s3.object("nightly"),
+            s3.env(),
+            vec![],
+            [
+                "20261101T000000.000Z-aa.baluchon",
+                "20200101T000000.000Z-bb.baluchon",
+            ],
+        ),
+        (
+            directory.display().to_string(),
+            directory.clone(),
+            vec![],
+            vec![],
+            [
+                ".baluchon-upload.Xy12Zq",
+                "20200101T000000.000Z-bb.baluchon",
+            ],
+        ),
+        (
+            format!("{}{}/store", sshd.url(), remote.path().display()),
+            remote.path().join("store"),
+            vec![],
+            ssh,
+            [
+                "20261101T000000.000Z-aa.baluchon.part",
+                "20200101T000000.000Z-bb.baluchon.part",
+            ],
+        ),
+    ];
+    for (to, stored, env, options, [abandoned, going_on]) in cases {
+        setup.ok(
+            &env,
+            &[setup.backup_args("shop", &to), options.clone()].concat(),
+        );
+        unfinished_upload(
+            &stored.join("shop").join(abandoned),
+            Duration::from_secs(25 * 3600),
+        );
+        unfinished_upload(&stored.join("shop").join(going_on), Duration::from_secs(60));
+        let list = [
+            strings(&["backups", "list", &to, "--json"]),
+            options.clone(),
+        ]
+        .concat();
+        let listed: serde_json::Value = serde_json::from_str(&setup.ok(&env, &list)).unwrap();
+        assert_eq!(
+            listed["backups"].as_array().unwrap().len(),
+            1,
+            "{to}: {listed}"
+        );
+        assert_eq!(
+            listed["incomplete"].as_array().unwrap().len(),
+            2,
+            "{to}: {listed}"
+        );
+
+        let prune = [
+            strings(&["backups", "prune", &to, "--keep-last", "1"]),
+            options.clone(),
+        ]
+        .concat();
+        let out = setup.ok(&env, &prune);
+        assert!(
+            out.contains(&format!("remove unfinished upload shop/{abandoned}")),
+            "{to}: {out}"
+        );
+        assert!(!out.contains(going_on), "{to}: {out}");
+        assert!(!stored.join("shop").join(abandoned).exists(), "{to}");
+        assert!(stored.join("shop").join(going_on).exists(), "{to}");
+        let listed: serde_json::Value = serde_json::from_str(&setup.ok(&env, &list)).unwrap();
+        assert_eq!(
+            listed["backups"].as_array().unwrap().len(),
+            1,
+            "{to}: {listed}"
+        );
+        assert_eq!(
+            listed["incomplete"],
+            serde_json::json!([format!("shop/{going_on}")]),
+            "{to}"
+        );
+    }
+}
+
 #[test]
 fn a_second_run_for_the_same_tenant_is_refused_while_one_holds_the_lock() {
     let setup = Setup::new();

@@ -11,7 +11,7 @@ use std::path::Path;
 use baluchon_bundle::Progress;
 use jiff::civil::DateTime;
 use jiff::tz::TimeZone;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use crate::destination::{Destination, Object};
 use crate::BackupError;
@@ -211,14 +211,15 @@ pub fn remove_incomplete(destination: &Destination, object: &Object) -> Result<(
     destination.delete(&object.key)
 }
 
-/// When an incomplete object was made, if its name says so: stale ones can be removed
-/// without touching an upload that is still going on.
-pub fn started(object: &Object) -> Option<Timestamp> {
-    let key = object
-        .key
-        .strip_suffix(MARKER_SUFFIX)
-        .unwrap_or(&object.key);
-    parse_bundle_key(key).map(|(_, created, _)| created)
+/// How long an incomplete object goes unwritten before no upload is taken to be going on.
+const ABANDONED_AFTER: SignedDuration = SignedDuration::from_hours(24);
+
+/// Whether an incomplete object was left by an upload that stopped, so that removing it
+/// touches no upload still going on. Judged by its last write, not by its name: a directory
+/// destination's temporary file has no time in its name, and a slow upload can outlast the
+/// time a bundle's name carries.
+pub fn is_abandoned(object: &Object, now: Timestamp) -> bool {
+    now.duration_since(object.modified) > ABANDONED_AFTER
 }
 
 fn sha256_file(path: &Path) -> Result<String, BackupError> {
@@ -272,10 +273,16 @@ mod tests {
         let listing = list(&dest, Some("shop")).unwrap();
         assert_eq!(listing.backups, std::slice::from_ref(&first));
         assert_eq!(listing.incomplete.len(), 1);
-        assert_eq!(
-            started(&listing.incomplete[0]),
-            Some(at("2026-11-25T03:00:00Z"))
-        );
+        // Judged by its last write, not by the time in its name.
+        let written = listing.incomplete[0].modified;
+        assert!(!is_abandoned(
+            &listing.incomplete[0],
+            written + SignedDuration::from_hours(23)
+        ));
+        assert!(is_abandoned(
+            &listing.incomplete[0],
+            written + SignedDuration::from_hours(25)
+        ));
         // A line `sha256sum -c` checks, from inside the tenant's directory.
         assert_eq!(
             fs_err::read_to_string(

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use baluchon_bundle::Progress;
 use baluchon_transport::{shell_quote, Connection};
+use jiff::Timestamp;
 use sha2::{Digest as _, Sha256};
 
 use crate::s3::{S3Settings, S3Store};
@@ -76,6 +77,8 @@ pub struct Object {
     /// `tenant/name`, relative to the destination.
     pub key: String,
     pub size: u64,
+    /// When it was last written, by the destination's clock.
+    pub modified: Timestamp,
 }
 
 /// An opened destination.
@@ -290,15 +293,19 @@ impl Destination {
                 let q = shell_quote(root);
                 let out = conn
                     .output(&format!(
-                        "if [ -d {q} ]; then cd {q} && find . -mindepth 2 -maxdepth 2 -type f -printf '%s %P\\n'; fi"
+                        "if [ -d {q} ]; then cd {q} && find . -mindepth 2 -maxdepth 2 -type f -printf '%s %T@ %P\\n'; fi"
                     ))
                     .map_err(|e| self.ssh_error("listing", root, e))?;
                 out.lines()
                     .filter_map(|line| {
-                        let (size, key) = line.split_once(' ')?;
+                        let (size, rest) = line.split_once(' ')?;
+                        let (modified, key) = rest.split_once(' ')?;
+                        // `%T@` is seconds with a fraction; whole seconds are enough here.
+                        let seconds = modified.split('.').next()?.parse().ok()?;
                         Some(Object {
                             key: key.to_owned(),
                             size: size.parse().ok()?,
+                            modified: Timestamp::from_second(seconds).ok()?,
                         })
                     })
                     .collect()
@@ -433,6 +440,8 @@ fn list_dir(root: &Path) -> std::io::Result<Vec<Object>> {
                 objects.push(Object {
                     key: format!("{tenant_name}/{name}"),
                     size: meta.len(),
+                    modified: Timestamp::try_from(meta.modified()?)
+                        .map_err(std::io::Error::other)?,
                 });
             }
         }

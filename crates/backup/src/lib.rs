@@ -19,7 +19,7 @@ mod retention;
 mod s3;
 
 pub use catalog::{
-    bundle_key, check_tenant, fetch, list, remove, remove_incomplete, started, store, Backup,
+    bundle_key, check_tenant, fetch, is_abandoned, list, remove, remove_incomplete, store, Backup,
     Listing,
 };
 pub use destination::{Destination, Location, Object};

@@ -415,7 +415,7 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
     println!("{} backup(s)", listing.backups.len());
     if !listing.incomplete.is_empty() {
         println!(
-            "{} objects are not complete backups (unfinished uploads): `backups prune` removes those over a day old",
+            "{} objects are not complete backups (unfinished uploads): `backups prune` removes those not written to for a day",
             listing.incomplete.len()
         );
     }
@@ -580,7 +580,7 @@ fn verify(args: &VerifyArgs, progress: &dyn Progress) -> anyhow::Result<()> {
 /// Each tenant is pruned on its own. --keep-last N keeps the N newest; --keep-daily,
 /// --keep-weekly and --keep-monthly keep the newest backup of each of the N latest days,
 /// ISO weeks and months that have one. A backup kept by any rule stays. Unfinished uploads
-/// more than a day old are removed too.
+/// not written to for a day are removed too.
 ///
 /// Example:
 ///   baluchon backups prune s3://bundles/nightly --keep-daily 7 --keep-weekly 4 --keep-monthly 6 --dry-run
@@ -601,9 +601,6 @@ struct PruneArgs {
     #[arg(long)]
     dry_run: bool,
 }
-
-/// An upload older than this is not going on any more.
-const STALE_UPLOAD: Duration = Duration::from_secs(24 * 3600);
 
 fn prune(args: &PruneArgs) -> anyhow::Result<()> {
     let retention = Retention {
@@ -641,10 +638,7 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
     }
     let now = Timestamp::now();
     for object in &listing.incomplete {
-        let stale = baluchon_backup::started(object).is_some_and(|t| {
-            now.duration_since(t) > jiff::SignedDuration::try_from(STALE_UPLOAD).unwrap_or_default()
-        });
-        if stale {
+        if baluchon_backup::is_abandoned(object, now) {
             println!("{verb} unfinished upload {}", object.key);
             if !args.dry_run {
                 baluchon_backup::remove_incomplete(&dest, object)?;
