@@ -911,13 +911,7 @@ fn a_file_set_copied_to_another_filesystem_loses_nothing() {
         ("tagged.txt", "user.origin", "old-host"),
         ("album", "user.kind", "photos"),
     ] {
-        rustix::fs::setxattr(
-            data.join(path),
-            attr,
-            value.as_bytes(),
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        set_xattr(&data.join(path), attr, value);
     }
     {
         use fs_err::os::unix::fs::FileExt;
@@ -946,6 +940,70 @@ fn a_file_set_copied_to_another_filesystem_loses_nothing() {
     assert_eq!(differences(&before, &after, true), Vec::<String>::new());
 }
 
+fn set_xattr(path: &Path, name: &str, value: &str) {
+    rustix::fs::setxattr(
+        path,
+        name,
+        value.as_bytes(),
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+}
+
+/// A file set copied to another filesystem that cannot hold what it has (here a ramfs,
+/// without extended attributes) stops the import before its first change, not midway:
+/// the filesystem is tried where the set goes, and the trial leaves no trace there.
+#[test]
+fn a_destination_without_xattrs_is_refused_before_anything_changes() {
+    use std::os::unix::fs::MetadataExt as _;
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let name = unique("ramfs-dest");
+    let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
+    let data = srv.join("data");
+    fs_err::create_dir_all(&data).unwrap();
+    fs_err::write(data.join("tagged.txt"), "tagged\n").unwrap();
+    fs_err::hard_link(data.join("tagged.txt"), data.join("same.txt")).unwrap();
+    set_xattr(&data.join("tagged.txt"), "user.origin", "old-host");
+    let moved = export_custom_data_app(&name, &srv);
+    let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
+    fs_err::remove_dir_all(&srv).unwrap();
+    let _ = fs_err::remove_file(&spec);
+
+    fs_err::create_dir_all(&srv).unwrap();
+    baluchon_tests::fixture::mount(&["-t", "ramfs", "ramfs"], &srv);
+    let mtime = |dir: &Path| {
+        let meta = fs_err::metadata(dir).unwrap();
+        (meta.mtime(), meta.mtime_nsec())
+    };
+    let before = mtime(&srv);
+    let out = moved.import(&[], &[]);
+    let left: Vec<_> = fs_err::read_dir(&srv)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let after = mtime(&srv);
+    let _ = Command::new("umount").arg(&srv).status();
+    let _ = fs_err::remove_dir_all(&srv);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} cannot be placed: the filesystem of {} refused user.* extended attributes (1 entry in the tree has some)",
+            data.display(),
+            srv.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(
+        left,
+        Vec::<std::ffi::OsString>::new(),
+        "the trial left nothing"
+    );
+    assert_eq!(before, after, "and put the directory's times back");
+    assert!(!spec.exists(), "no other file set was placed");
+}
+
 /// The work directory's filesystem stages the app's tree: if it keeps no extended
 /// attributes that the tree has, the import says so before staging, and what to do about it
 /// (another --work-dir), not the tree import's flags.
@@ -956,13 +1014,7 @@ fn a_work_directory_without_xattrs_is_named_before_staging() {
     let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
     fs_err::create_dir_all(srv.join("data")).unwrap();
     fs_err::write(srv.join("data/tagged.txt"), "tagged\n").unwrap();
-    rustix::fs::setxattr(
-        srv.join("data/tagged.txt"),
-        "user.origin",
-        b"old-host",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    set_xattr(&srv.join("data/tagged.txt"), "user.origin", "old-host");
     let moved = export_custom_data_app(&name, &srv);
     fs_err::remove_dir_all(&srv).unwrap();
 
@@ -1001,13 +1053,7 @@ fn an_app_exports_json_report_lists_what_was_not_archived() {
     let data = srv.join("data");
     fs_err::create_dir_all(&data).unwrap();
     fs_err::write(data.join("notes.txt"), "kept\n").unwrap();
-    rustix::fs::setxattr(
-        data.join("notes.txt"),
-        "trusted.note",
-        b"root only",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    set_xattr(&data.join("notes.txt"), "trusted.note", "root only");
     baluchon_tests::fixture::fifo(&data.join("queue"));
     let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
     fs_err::create_dir_all("/etc/baluchon/custom").unwrap();

@@ -41,7 +41,7 @@ pub use index::{
 };
 pub use layout::{FILES_INDEX, FILES_PAYLOAD, SIGNATURE_NAMESPACE};
 pub use outer::OuterError;
-pub use probe::Lack;
+pub use probe::{probe_directory, Lack, OwnerId, TreeNeeds};
 pub use progress::{NoProgress, Phase, Progress};
 pub use sealed::{seal, Identities, Recipient, SealOptions, SEALED_MEDIA_TYPE, SEALED_PAYLOAD};
 pub use tarfmt::TarError;

@@ -9,13 +9,15 @@
 
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 
 use rustix::fs::{Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 
-/// What a tree's index asks of the filesystem, counted in the first pass over it.
+/// What a tree asks of the filesystem: counted in the first pass over a bundle's index, or
+/// over a staged tree before it is copied to another filesystem.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct TreeNeeds {
+pub struct TreeNeeds {
     pub symlinks: u64,
     pub hardlinks: u64,
     /// Entries with `user.*` extended attributes.
@@ -42,7 +44,7 @@ pub enum Lack {
 
 /// An owner or group that entries of the tree get, by name (or `#ID`) and id here.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct OwnerId {
+pub struct OwnerId {
     pub name: String,
     pub group: bool,
     pub id: u32,
@@ -150,6 +152,46 @@ pub(crate) fn lacking(
     Ok(lacking)
 }
 
+/// What the filesystem holding the existing directory `dir` refuses of `needs` and
+/// `owners`, tried in a scratch directory made there and removed again; `dir`'s times are
+/// put back, so that a probe that finds nothing missing leaves no trace but its ctime.
+pub fn probe_directory(
+    dir: &Path,
+    needs: &TreeNeeds,
+    owners: &[OwnerId],
+) -> std::io::Result<Vec<Lack>> {
+    let times = fs_err::metadata(dir)?;
+    let scratch = tempfile::Builder::new()
+        .prefix(".baluchon-probe.")
+        .tempdir_in(dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    let handle = fs_err::File::open(scratch.path())?;
+    let lacking = lacking(handle.as_fd(), needs, owners).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("probing {}: {e}", scratch.path().display()),
+        )
+    });
+    drop(handle);
+    scratch.close()?;
+    use std::os::unix::fs::MetadataExt as _;
+    let at = |sec, nsec| rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        dir,
+        &rustix::fs::Timestamps {
+            last_access: at(times.atime(), times.atime_nsec()),
+            last_modification: at(times.mtime(), times.mtime_nsec()),
+        },
+        rustix::fs::AtFlags::empty(),
+    )
+    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
+    lacking
+}
+
 /// Whether an operation failed because the filesystem does not do it (as opposed to
 /// failing for a reason that stops the import anyway, such as a full disk).
 fn refused(result: Result<(), Errno>) -> Result<bool, Errno> {
@@ -201,6 +243,46 @@ mod tests {
         let lacking = lacking(handle.as_fd(), &needs, &owners).unwrap();
         assert_eq!(lacking, Vec::new());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// The probe of a directory leaves it as it found it: no entry, the same times.
+    #[test]
+    fn probing_a_directory_leaves_no_entry_and_its_times() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        fs_err::write(dir.path().join("kept"), "kept").unwrap();
+        let past = rustix::fs::Timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 123,
+        };
+        rustix::fs::utimensat(
+            rustix::fs::CWD,
+            dir.path(),
+            &rustix::fs::Timestamps {
+                last_access: past,
+                last_modification: past,
+            },
+            rustix::fs::AtFlags::empty(),
+        )
+        .unwrap();
+        let needs = TreeNeeds {
+            symlinks: 1,
+            hardlinks: 1,
+            xattrs: 1,
+        };
+        assert_eq!(
+            probe_directory(dir.path(), &needs, &[]).unwrap(),
+            Vec::new()
+        );
+        // Before listing it, which moves its atime.
+        let meta = fs_err::metadata(dir.path()).unwrap();
+        assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_000_000_000, 123));
+        assert_eq!((meta.atime(), meta.atime_nsec()), (1_000_000_000, 123));
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["kept"]);
     }
 
     #[test]

@@ -66,7 +66,9 @@ pub fn run(
     let report = prepared.apply(&hook).map_err(|e| {
         let outcome = match e {
             // Refused before its first change: there was nothing to roll back.
-            ImportError::Blocked(_) => "nothing was changed",
+            ImportError::Blocked(_)
+            | ImportError::DestinationLacks { .. }
+            | ImportError::ProbeFailed { .. } => "nothing was changed",
             ImportError::RollbackFailed { .. } => "and the host could not be fully rolled back",
             _ => "the host was rolled back",
         };
@@ -176,10 +178,11 @@ fn print_plan(plan: &ImportPlan) {
     }
     for need in &plan.disk {
         println!(
-            "disk: {} bytes needed on the filesystem of {}, {} free",
+            "disk: {} bytes needed on the filesystem of {}, {}",
             need.needed,
             need.path.display(),
             need.free
+                .map_or_else(|| "free unknown".to_owned(), |free| format!("{free} free"))
         );
     }
     for warning in &plan.warnings {

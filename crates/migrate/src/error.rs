@@ -89,6 +89,21 @@ pub enum ImportError {
         dir: PathBuf,
         lacking: Vec<baluchon_bundle::Lack>,
     },
+    #[error("cannot try what the filesystem of {} holds: {reason}", dir.display())]
+    ProbeFailed { dir: PathBuf, reason: String },
+    #[error(
+        "{} cannot be placed: the filesystem of {} refused {}",
+        to.display(),
+        dir.display(),
+        lacking.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    DestinationLacks {
+        /// Where the file set goes.
+        to: PathBuf,
+        /// Its nearest existing directory, where the filesystem was tried.
+        dir: PathBuf,
+        lacking: Vec<baluchon_bundle::Lack>,
+    },
     #[error("{what} failed ({status}): {stderr}")]
     Tool {
         what: String,

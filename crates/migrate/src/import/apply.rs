@@ -72,6 +72,43 @@ impl PreparedImport {
         &self.plan
     }
 
+    /// Tries, on each filesystem other than staging's that a file set is copied to, what
+    /// its staged tree needs there: a filesystem without extended attributes or links, or
+    /// where root cannot give files away, then stops the import before anything changes
+    /// rather than midway. Not done by the plan, which writes nothing outside staging.
+    fn probe_destinations(&self) -> Result<(), ImportError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let staged_on = fs_err::metadata(&self.tree)?.dev();
+        for placement in &self.plan.files {
+            let Some((existing, dev)) = place::filesystem_of(&placement.to) else {
+                continue;
+            };
+            if dev == staged_on {
+                continue;
+            }
+            // A file set can be one file, which may already exist: its directory is tried.
+            let dir = match existing.parent() {
+                Some(parent) if !existing.is_dir() => parent,
+                _ => existing,
+            };
+            let failed = |e: ImportError| ImportError::ProbeFailed {
+                dir: dir.to_owned(),
+                reason: e.to_string(),
+            };
+            let (needs, owners) = place::needs_of(&self.tree, &placement.from).map_err(failed)?;
+            let lacking = baluchon_bundle::probe_directory(dir, &needs, &owners)
+                .map_err(|e| failed(e.into()))?;
+            if !lacking.is_empty() {
+                return Err(ImportError::DestinationLacks {
+                    to: placement.to.clone(),
+                    dir: dir.to_owned(),
+                    lacking,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn journal_path(&self) -> PathBuf {
         self.tenant_dir.join("journal.jsonl")
     }
@@ -87,6 +124,7 @@ impl PreparedImport {
         if !self.plan.blockers.is_empty() {
             return Err(ImportError::Blocked(self.plan.blockers.clone()));
         }
+        self.probe_destinations()?;
         let mut journal = Journal::create(&self.journal_path())?;
         let mut steps = Vec::new();
         let backup_dir = self

@@ -353,10 +353,12 @@ pub fn version_newer(a: &str, b: &str) -> Option<bool> {
 }
 
 /// Bytes free for unprivileged use on the filesystem holding `path`.
-pub fn free_bytes(path: &Path) -> Result<u64, ImportError> {
+/// Bytes free for an unprivileged writer on `path`'s filesystem; `None` for one that
+/// reports no size at all (ramfs, some FUSE filesystems), whose room cannot be known.
+pub fn free_bytes(path: &Path) -> Result<Option<u64>, ImportError> {
     let st = rustix::fs::statvfs(path)
         .map_err(|e| std::io::Error::new(e.kind(), format!("statvfs {}: {e}", path.display())))?;
-    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    Ok((st.f_blocks > 0).then(|| st.f_bavail.saturating_mul(st.f_frsize)))
 }
 
 /// The PHP versions whose PHP-FPM is installed here (`/etc/php/X.Y/fpm`), oldest first.

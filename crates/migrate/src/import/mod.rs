@@ -112,7 +112,8 @@ pub struct DiskNeed {
     /// Where on that filesystem: the first destination (or database directory) met.
     pub path: PathBuf,
     pub needed: u64,
-    pub free: u64,
+    /// `None` where the filesystem reports no size (ramfs): not a blocker, a warning.
+    pub free: Option<u64>,
 }
 
 /// What an import would do, computed without changing anything on the host.

@@ -1,9 +1,11 @@
 //! Putting staged file sets into place: entry by entry, each creation or displacement
 //! journaled first, so that undoing the journal restores the host exactly.
 
+use std::collections::BTreeSet;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use baluchon_bundle::{OwnerId, TreeNeeds};
 use serde::Serialize;
 
 use super::journal::{Change, Journal};
@@ -370,6 +372,52 @@ fn harden_system_config(
     Ok(())
 }
 
+/// What the staged file set `from` asks of a filesystem it is copied to: its symlinks,
+/// files with several names, entries with `user.*` extended attributes, and its owners and
+/// groups (but placeholders: their accounts are made later, by the apply).
+pub fn needs_of(tree: &Path, from: &Path) -> Result<(TreeNeeds, Vec<OwnerId>), ImportError> {
+    let mut needs = TreeNeeds::default();
+    let (mut uids, mut gids) = (BTreeSet::new(), BTreeSet::new());
+    // An inode with several names in the set: the names after the first are links to it.
+    let mut linked = std::collections::HashSet::new();
+    let mut stack = vec![staged_path(tree, from)];
+    while let Some(path) = stack.pop() {
+        let meta = fs_err::symlink_metadata(&path)?;
+        if meta.file_type().is_symlink() {
+            needs.symlinks += 1;
+        } else if meta.is_file() && meta.nlink() > 1 && !linked.insert((meta.dev(), meta.ino())) {
+            needs.hardlinks += 1;
+            continue;
+        }
+        if !user_xattrs(&path)?.is_empty() {
+            needs.xattrs += 1;
+        }
+        uids.insert(meta.uid());
+        gids.insert(meta.gid());
+        if meta.is_dir() {
+            for entry in fs_err::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    let owners = (uids.into_iter().map(|id| (id, false)))
+        .chain(gids.into_iter().map(|id| (id, true)))
+        .filter(|&(id, _)| id < baluchon_bundle::PLACEHOLDER_ID_BASE)
+        .map(|(id, group)| {
+            let name = if group {
+                uzers::get_group_by_gid(id).map(|g| g.name().to_owned())
+            } else {
+                uzers::get_user_by_uid(id).map(|u| u.name().to_owned())
+            };
+            OwnerId {
+                name: name.map_or_else(|| format!("#{id}"), |n| n.to_string_lossy().into_owned()),
+                group,
+                id,
+            }
+        });
+    Ok((needs, owners.collect()))
+}
+
 /// Whether `path` and the place `to` (which may not exist yet: its nearest existing
 /// ancestor then) are on one filesystem, so that a rename between them can work.
 fn same_filesystem(path: &Path, to: &Path) -> bool {
@@ -633,6 +681,37 @@ mod tests {
         let plan = survey_now();
         assert_eq!(plan.conflicts, Vec::<PathBuf>::new());
         assert_eq!((plan.entries, plan.identical), (2, 2));
+    }
+
+    /// A set's needs count each symlink, each name after an inode's first, and each inode
+    /// with `user.*` attributes once; its owners are the ids its entries have.
+    #[test]
+    fn a_sets_needs_count_links_once_and_name_its_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let staged = tree.join("srv/app");
+        fs_err::create_dir_all(staged.join("sub")).unwrap();
+        fs_err::write(staged.join("a.txt"), "a\n").unwrap();
+        set_xattr(&staged.join("a.txt"), "user.origin", b"old-host");
+        fs_err::hard_link(staged.join("a.txt"), staged.join("sub/b.txt")).unwrap();
+        fs_err::hard_link(staged.join("a.txt"), staged.join("sub/c.txt")).unwrap();
+        std::os::unix::fs::symlink("a.txt", staged.join("link")).unwrap();
+        set_xattr(&staged.join("sub"), "user.kind", b"folder");
+        // Outside the set: not counted.
+        std::os::unix::fs::symlink("app", tree.join("srv/elsewhere")).unwrap();
+
+        let (needs, owners) = needs_of(&tree, Path::new("/srv/app")).unwrap();
+        assert_eq!(
+            needs,
+            TreeNeeds {
+                symlinks: 1,
+                hardlinks: 2,
+                xattrs: 2,
+            }
+        );
+        let meta = fs_err::metadata(&staged).unwrap();
+        let ids: Vec<(bool, u32)> = owners.iter().map(|o| (o.group, o.id)).collect();
+        assert_eq!(ids, [(false, meta.uid()), (true, meta.gid())]);
     }
 
     /// The copy writes the data and leaves the holes: the same bytes, fewer blocks.

@@ -684,13 +684,20 @@ impl Planner<'_> {
             ));
         }
         let disk = self.disk_needs(&placements, &planned_dbs, header, packages)?;
-        for need in disk.iter().filter(|n| n.free < n.needed) {
-            self.blockers.push(format!(
-                "{} bytes are needed on the filesystem of {}, {} are free",
-                need.needed,
-                need.path.display(),
-                need.free
-            ));
+        for need in &disk {
+            match need.free {
+                Some(free) if free < need.needed => self.blockers.push(format!(
+                    "{} bytes are needed on the filesystem of {}, {free} are free",
+                    need.needed,
+                    need.path.display(),
+                )),
+                Some(_) => {}
+                None => self.warnings.push(format!(
+                    "the filesystem of {} reports no size: whether its {} bytes fit is not known",
+                    need.path.display(),
+                    need.needed
+                )),
+            }
         }
         if self.options.on_conflict == OnConflict::Refuse && !conflicts.is_empty() {
             self.blockers.push(format!(
