@@ -446,7 +446,7 @@ fn unfinished_upload(path: &Path, age: Duration) {
 }
 
 #[test]
-fn prune_removes_uploads_abandoned_for_a_day_and_no_upload_going_on_at_every_destination() {
+fn prune_removes_our_uploads_abandoned_for_a_day_and_nothing_else_at_every_destination() {
     let s3 = S3Server::start();
     let sshd = Sshd::start();
     let setup = Setup::new();
@@ -505,6 +505,8 @@ fn prune_removes_uploads_abandoned_for_a_day_and_no_upload_going_on_at_every_des
             Duration::from_secs(25 * 3600),
         );
         unfinished_upload(&stored.join("shop").join(going_on), Duration::from_secs(60));
+        // Someone else's, as old: not ours to remove.
+        unfinished_upload(&stored.join("shop/README"), Duration::from_secs(25 * 3600));
         let list = [
             strings(&["backups", "list", &to, "--json"]),
             options.clone(),
@@ -518,7 +520,7 @@ fn prune_removes_uploads_abandoned_for_a_day_and_no_upload_going_on_at_every_des
         );
         assert_eq!(
             listed["incomplete"].as_array().unwrap().len(),
-            2,
+            3,
             "{to}: {listed}"
         );
 
@@ -532,7 +534,10 @@ fn prune_removes_uploads_abandoned_for_a_day_and_no_upload_going_on_at_every_des
             out.contains(&format!("remove unfinished upload shop/{abandoned}")),
             "{to}: {out}"
         );
-        assert!(!out.contains(going_on), "{to}: {out}");
+        assert!(
+            !out.contains(going_on) && !out.contains("README"),
+            "{to}: {out}"
+        );
         assert!(!stored.join("shop").join(abandoned).exists(), "{to}");
         assert!(stored.join("shop").join(going_on).exists(), "{to}");
         let listed: serde_json::Value = serde_json::from_str(&setup.ok(&env, &list)).unwrap();
@@ -543,7 +548,7 @@ fn prune_removes_uploads_abandoned_for_a_day_and_no_upload_going_on_at_every_des
         );
         assert_eq!(
             listed["incomplete"],
-            serde_json::json!([format!("shop/{going_on}")]),
+            serde_json::json!([format!("shop/{going_on}"), "shop/README"]),
             "{to}"
         );
     }

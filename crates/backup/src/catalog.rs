@@ -214,12 +214,24 @@ pub fn remove_incomplete(destination: &Destination, object: &Object) -> Result<(
 /// How long an incomplete object goes unwritten before no upload is taken to be going on.
 const ABANDONED_AFTER: SignedDuration = SignedDuration::from_hours(24);
 
-/// Whether an incomplete object was left by an upload that stopped, so that removing it
-/// touches no upload still going on. Judged by its last write, not by its name: a directory
-/// destination's temporary file has no time in its name, and a slow upload can outlast the
-/// time a bundle's name carries.
+/// Whether an incomplete object was left by an upload of ours that stopped, so that
+/// removing it touches neither an upload still going on nor what others store there.
+/// Ours by its name: a bundle without its marker, a marker without its bundle, an SSH
+/// destination's `KEY.part`, a directory destination's `.baluchon-upload.*`. Stopped by its
+/// last write (by the destination's clock, against this machine's), not by the time in its
+/// name: a temporary file's has none, and a slow upload can outlast the one a bundle's has.
 pub fn is_abandoned(object: &Object, now: Timestamp) -> bool {
-    now.duration_since(object.modified) > ABANDONED_AFTER
+    let ours = [MARKER_SUFFIX, ".part", ""].iter().any(|suffix| {
+        object
+            .key
+            .strip_suffix(suffix)
+            .is_some_and(|key| parse_bundle_key(key).is_some())
+    }) || object.key.split_once('/').is_some_and(|(tenant, name)| {
+        check_tenant(tenant).is_ok() && name.starts_with(".baluchon-upload.")
+    });
+    ours && object
+        .modified
+        .is_some_and(|written| now.duration_since(written) > ABANDONED_AFTER)
 }
 
 fn sha256_file(path: &Path) -> Result<String, BackupError> {
@@ -252,6 +264,38 @@ mod tests {
         assert_eq!(parse_bundle_key("shop/notes.txt"), None);
     }
 
+    /// Only what our uploads leave is ever abandoned, and only once written a day ago.
+    #[test]
+    fn only_our_names_unwritten_for_a_day_are_abandoned() {
+        let now = at("2026-11-26T12:00:00Z");
+        let object = |key: &str, hours: i64| Object {
+            key: key.to_owned(),
+            size: 1,
+            modified: Some(now - SignedDuration::from_hours(hours)),
+        };
+        for key in [
+            "shop/20261101T000000.000Z-aa.baluchon",
+            "shop/20261101T000000.000Z-aa.baluchon.sha256",
+            "shop/20261101T000000.000Z-aa.baluchon.part",
+            "shop/.baluchon-upload.Xy12Zq",
+        ] {
+            assert!(is_abandoned(&object(key, 25), now), "{key}");
+            assert!(!is_abandoned(&object(key, 23), now), "{key}");
+        }
+        for key in [
+            "shop/README",
+            "shop/20261101T000000.000Z-aa.tar",
+            "lost+found/.baluchon-upload.x",
+        ] {
+            assert!(!is_abandoned(&object(key, 25), now), "{key}");
+        }
+        let unknown = Object {
+            modified: None,
+            ..object("shop/20261101T000000.000Z-aa.baluchon", 0)
+        };
+        assert!(!is_abandoned(&unknown, now));
+    }
+
     #[test]
     fn only_bundles_with_their_marker_are_backups() {
         let dir = tempfile::tempdir().unwrap();
@@ -274,7 +318,7 @@ mod tests {
         assert_eq!(listing.backups, std::slice::from_ref(&first));
         assert_eq!(listing.incomplete.len(), 1);
         // Judged by its last write, not by the time in its name.
-        let written = listing.incomplete[0].modified;
+        let written = listing.incomplete[0].modified.unwrap();
         assert!(!is_abandoned(
             &listing.incomplete[0],
             written + SignedDuration::from_hours(23)

@@ -77,8 +77,8 @@ pub struct Object {
     /// `tenant/name`, relative to the destination.
     pub key: String,
     pub size: u64,
-    /// When it was last written, by the destination's clock.
-    pub modified: Timestamp,
+    /// When it was last written, by the destination's clock, if it says.
+    pub modified: Option<Timestamp>,
 }
 
 /// An opened destination.
@@ -301,11 +301,11 @@ impl Destination {
                         let (size, rest) = line.split_once(' ')?;
                         let (modified, key) = rest.split_once(' ')?;
                         // `%T@` is seconds with a fraction; whole seconds are enough here.
-                        let seconds = modified.split('.').next()?.parse().ok()?;
+                        let modified = modified.split('.').next().and_then(|s| s.parse().ok());
                         Some(Object {
                             key: key.to_owned(),
                             size: size.parse().ok()?,
-                            modified: Timestamp::from_second(seconds).ok()?,
+                            modified: modified.and_then(|s| Timestamp::from_second(s).ok()),
                         })
                     })
                     .collect()
@@ -440,8 +440,10 @@ fn list_dir(root: &Path) -> std::io::Result<Vec<Object>> {
                 objects.push(Object {
                     key: format!("{tenant_name}/{name}"),
                     size: meta.len(),
-                    modified: Timestamp::try_from(meta.modified()?)
-                        .map_err(std::io::Error::other)?,
+                    modified: meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| Timestamp::try_from(t).ok()),
                 });
             }
         }

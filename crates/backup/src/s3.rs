@@ -193,7 +193,7 @@ impl S3Store {
                 Some(Object {
                     key,
                     size: meta.size,
-                    modified: jiff::Timestamp::from_second(meta.last_modified.timestamp()).ok()?,
+                    modified: jiff::Timestamp::from_second(meta.last_modified.timestamp()).ok(),
                 })
             })
             .collect())
