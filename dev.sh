@@ -46,20 +46,20 @@ check_disk() {
 
 case "${1:-}" in
     demo)
+        check_disk 2
         install_packages
         need_cargo
-        check_disk 2
         # The test build's profile: `./dev.sh test` then reuses every compiled dependency
         # (dependencies are optimised in it too; see the root Cargo.toml).
         cargo build --locked -p baluchon-cli
         ./target/debug/baluchon demo
         ;;
     test)
+        check_disk 4
         install_packages
         ((EUID == 0)) || { echo "the app tests configure services: run as root" >&2; exit 1; }
         bash tests/apps/install.sh >/dev/null
         need_cargo
-        check_disk 4
         cargo build --workspace --locked
         cargo test --workspace --locked
         ;;

@@ -612,6 +612,13 @@ fn an_app_migrates_from_one_host_to_another_through_this_machine() {
         stderr.contains("baluchon: 127.0.0.1: verifying payload"),
         "{stderr}"
     );
+    // The source still serves (checked below): what it takes from now on is not moved.
+    assert!(
+        stderr.contains(&format!(
+            "note: 127.0.0.1 still serves {old}; what is written there after the export began ("
+        )) && stderr.contains(") is not on 127.0.0.1"),
+        "{stderr}"
+    );
     assert!(
         text(&out.stdout).contains("health check passed"),
         "{}",

@@ -14,6 +14,8 @@ use std::path::Path;
 use rustix::fs::{Mode, OFlags, XattrFlags};
 use rustix::io::Errno;
 
+use crate::leftovers;
+
 /// What a tree asks of the filesystem: counted in the first pass over a bundle's index, or
 /// over a staged tree before it is copied to another filesystem.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -153,33 +155,40 @@ pub(crate) fn lacking(
 }
 
 /// What the filesystem holding the existing directory `dir` refuses of `needs` and
-/// `owners`, tried in a scratch directory made there and removed again; `dir`'s times are
-/// put back, so that a probe that finds nothing missing leaves no trace but its ctime.
+/// `owners`, tried in a scratch directory made there and removed again. Its lock file lets
+/// the next probe there remove it if this process is killed meanwhile. `dir`'s times are
+/// put back where the filesystem allows, so that a probe leaves no trace but its ctime.
 pub fn probe_directory(
     dir: &Path,
     needs: &TreeNeeds,
     owners: &[OwnerId],
 ) -> std::io::Result<Vec<Lack>> {
+    const PREFIX: &str = ".baluchon-probe.";
+    // Before anything reads the directory, which moves its atime.
     let times = fs_err::metadata(dir)?;
+    leftovers::remove_abandoned(dir, PREFIX, "");
+    let named = |e: std::io::Error, path: &Path| {
+        std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    };
     let scratch = tempfile::Builder::new()
-        .prefix(".baluchon-probe.")
+        .prefix(PREFIX)
         .tempdir_in(dir)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-    let handle = fs_err::File::open(scratch.path())?;
-    let lacking = lacking(handle.as_fd(), needs, owners).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("probing {}: {e}", scratch.path().display()),
-        )
-    });
-    drop(handle);
-    scratch.close()?;
+        .map_err(|e| named(e, dir))?;
+    let lacking = (|| {
+        let lock = fs_err::File::create_new(scratch.path().join(leftovers::DIR_LOCK))?;
+        leftovers::hold(&lock).map_err(|e| named(e, scratch.path()))?;
+        let handle = fs_err::File::open(scratch.path())?;
+        lacking(handle.as_fd(), needs, owners).map_err(|e| named(e.into(), scratch.path()))
+    })();
+    let removed = scratch.close().map_err(|e| named(e, dir));
     use std::os::unix::fs::MetadataExt as _;
     let at = |sec, nsec| rustix::fs::Timespec {
         tv_sec: sec,
         tv_nsec: nsec,
     };
-    rustix::fs::utimensat(
+    // Best effort: where only the owner may set times (NFS with root_squash), the apply
+    // would still work, so this is no reason to refuse it.
+    let _ = rustix::fs::utimensat(
         rustix::fs::CWD,
         dir,
         &rustix::fs::Timestamps {
@@ -187,9 +196,10 @@ pub fn probe_directory(
             last_modification: at(times.mtime(), times.mtime_nsec()),
         },
         rustix::fs::AtFlags::empty(),
-    )
-    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.display())))?;
-    lacking
+    );
+    let lacking = lacking?;
+    removed?;
+    Ok(lacking)
 }
 
 /// Whether an operation failed because the filesystem does not do it (as opposed to
@@ -283,6 +293,27 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["kept"]);
+    }
+
+    /// A probe killed midway leaves its scratch directory, unlocked: the next probe in the
+    /// same directory removes it once it is older than the grace period.
+    #[test]
+    fn a_killed_probes_scratch_directory_is_removed_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let left = dir.path().join(".baluchon-probe.Ab12Cd");
+        fs_err::create_dir(&left).unwrap();
+        fs_err::write(left.join(leftovers::DIR_LOCK), "").unwrap();
+        let old = std::time::SystemTime::now() - 2 * leftovers::GRACE;
+        fs_err::File::open(&left)
+            .unwrap()
+            .file()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(
+            probe_directory(dir.path(), &TreeNeeds::default(), &[]).unwrap(),
+            Vec::new()
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -528,6 +528,7 @@ fn migrate_through(
     for recipient in crate::sealed::recipients(&args.encrypt_to)? {
         export.extend(["--encrypt-to".to_owned(), format!("{recipient:?}")]);
     }
+    let export_began = jiff::Timestamp::now();
     // Standard output is the import's report (JSON with --json): the export's goes to stderr.
     run_remote(
         source,
@@ -613,7 +614,18 @@ fn migrate_through(
         ]);
     }
     import_there(target, &to_bin, &dir, &args.signer, &import, progress)
-        .context("the import on the target host failed")
+        .context("the import on the target host failed")?;
+    if !args.plan {
+        // The source is left as it was, serving: say plainly what the copy does not hold.
+        eprintln!(
+            "note: {} still serves {}; what is written there after the export began ({}) is not on {}",
+            source.target().host,
+            args.instance,
+            export_began.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            target.target().host
+        );
+    }
+    Ok(())
 }
 
 /// A transfer error that a new connection may get past; a corrupted copy is not one.

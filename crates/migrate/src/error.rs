@@ -79,6 +79,10 @@ pub enum ImportError {
     },
     #[error("the import cannot proceed:\n  - {}", .0.join("\n  - "))]
     Blocked(Vec<String>),
+    /// A conflict met while placing files, after the plan, so after earlier steps changed
+    /// the host (and were undone).
+    #[error("{0} (found while applying)")]
+    ConflictWhileApplying(String),
     #[error(
         "the filesystem of the work directory {} cannot stage this app: it refused {}; give \
          --work-dir a directory on another filesystem",

@@ -53,6 +53,10 @@ fn give_placeholders_away(
     Ok(())
 }
 
+/// How long the apply waits for nginx's old workers to exit after a reload, before the
+/// health check and the report.
+const OLD_WORKERS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A bundle id is opaque text: only its letters, digits and `-` go into file names.
 fn path_safe(id: &str) -> String {
     let safe: String = id
@@ -78,19 +82,30 @@ impl PreparedImport {
     /// rather than midway. Not done by the plan, which writes nothing outside staging.
     fn probe_destinations(&self) -> Result<(), ImportError> {
         use std::os::unix::fs::MetadataExt as _;
-        let staged_on = fs_err::metadata(&self.tree)?.dev();
+        let staged_on = fs_err::metadata(&self.tree)
+            .map_err(|e| ImportError::ProbeFailed {
+                dir: self.tree.clone(),
+                reason: e.to_string(),
+            })?
+            .dev();
         for placement in &self.plan.files {
-            let Some((existing, dev)) = place::filesystem_of(&placement.to) else {
+            if placement.creates == 0 && placement.conflicts.is_empty() {
+                continue; // all there already: nothing is written
+            }
+            // New entries go into `to` if it is a directory; otherwise `to` itself is made
+            // (or, a link or file in the way, replaced) in its parent. A mount further
+            // inside `to` is not tried.
+            let to = placement.to.as_path();
+            let into = match to.parent() {
+                Some(parent) if !fs_err::symlink_metadata(to).is_ok_and(|m| m.is_dir()) => parent,
+                _ => to,
+            };
+            let Some((dir, dev)) = place::filesystem_of(into) else {
                 continue;
             };
             if dev == staged_on {
                 continue;
             }
-            // A file set can be one file, which may already exist: its directory is tried.
-            let dir = match existing.parent() {
-                Some(parent) if !existing.is_dir() => parent,
-                _ => existing,
-            };
             let failed = |e: ImportError| ImportError::ProbeFailed {
                 dir: dir.to_owned(),
                 reason: e.to_string(),
@@ -273,9 +288,21 @@ impl PreparedImport {
         journal.record(&Change::ServicesReloaded {
             commands: self.reloads.clone(),
         })?;
+        let reloads_nginx = self.reloads.iter().any(|c| c.iter().any(|a| a == "nginx"));
+        let old_workers = reloads_nginx.then(host::nginx_workers).flatten();
         host::run_all(&self.reloads)?;
         if !self.reloads.is_empty() {
             steps.push(format!("reloaded: {}", self.plan.services.join("; ")));
+        }
+        if let Some(old) = old_workers {
+            let lingering = host::wait_for_exit(&old, OLD_WORKERS_WAIT);
+            if !lingering.is_empty() {
+                steps.push(format!(
+                    "{} nginx workers of the previous configuration were still finishing their connections after {} s; until they exit, they may answer with it",
+                    lingering.len(),
+                    OLD_WORKERS_WAIT.as_secs()
+                ));
+            }
         }
         hook("health")?;
         if let Some(Health {

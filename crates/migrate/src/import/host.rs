@@ -247,6 +247,65 @@ pub fn reload_commands(
     (checks, reloads)
 }
 
+/// Where Debian's nginx.conf has the master write its pid.
+const NGINX_PID_FILE: &str = "/run/nginx.pid";
+
+/// A process as /proc shows it: its pid and start time, so that a reused pid is another.
+type Process = (i32, u64);
+
+/// nginx's worker processes now: the children of the master named by its pid file, or
+/// `None` where that cannot be read (nginx not running, another pid file).
+pub fn nginx_workers() -> Option<Vec<Process>> {
+    let master: i32 = std::fs::read_to_string(NGINX_PID_FILE)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let mut workers = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        if let Some((parent, started)) = parent_and_start(pid) {
+            if parent == master {
+                workers.push((pid, started));
+            }
+        }
+    }
+    Some(workers)
+}
+
+/// From `/proc/PID/stat`: the parent's pid and the start time, of a process not yet a
+/// zombie. The name (second field) may hold spaces and parentheses: it ends at the last ')'.
+fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After the name: state (3rd field), ppid (4th), …, starttime (22nd).
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
+}
+
+/// Waits until every process of `old` has exited, or `within` has passed: after a reload,
+/// nginx's old workers serve the old configuration to whatever connects before they stop
+/// accepting, so a site is only served as imported once they are gone. Returns those still
+/// running at the end (finishing long requests, say).
+pub fn wait_for_exit(old: &[Process], within: Duration) -> Vec<Process> {
+    let deadline = Instant::now() + within;
+    loop {
+        let running: Vec<Process> = old
+            .iter()
+            .copied()
+            .filter(|&(pid, started)| parent_and_start(pid).is_some_and(|(_, s)| s == started))
+            .collect();
+        if running.is_empty() || Instant::now() >= deadline {
+            return running;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn run_all(commands: &[Vec<String>]) -> Result<(), ImportError> {
     for command in commands {
         if let Some((program, args)) = command.split_first() {
@@ -352,7 +411,6 @@ pub fn version_newer(a: &str, b: &str) -> Option<bool> {
     }
 }
 
-/// Bytes free for unprivileged use on the filesystem holding `path`.
 /// Bytes free for an unprivileged writer on `path`'s filesystem; `None` for one that
 /// reports no size at all (ramfs, some FUSE filesystems), whose room cannot be known.
 pub fn free_bytes(path: &Path) -> Result<Option<u64>, ImportError> {
@@ -431,6 +489,37 @@ fn package_sizes(text: &str) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process is waited for until it exits (a zombie counts as gone), and one that
+    /// outlasts the wait is returned.
+    #[test]
+    fn processes_are_waited_for_until_they_exit() {
+        let spawn = |seconds: &str| Command::new("sleep").arg(seconds).spawn().unwrap();
+        let ours = std::process::id() as i32;
+        let (mut short, mut long) = (spawn("0.2"), spawn("30"));
+        let process = |child: &std::process::Child| {
+            let pid = child.id() as i32;
+            let (parent, started) = parent_and_start(pid).unwrap();
+            assert_eq!(parent, ours);
+            (pid, started)
+        };
+        let (short_one, long_one) = (process(&short), process(&long));
+        assert_eq!(wait_for_exit(&[short_one], Duration::from_secs(10)), []);
+        let started = Instant::now();
+        assert_eq!(
+            wait_for_exit(&[short_one, long_one], Duration::from_millis(200)),
+            [long_one]
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        long.kill().unwrap();
+        long.wait().unwrap();
+        short.wait().unwrap();
+        // A pid now free, or reused by another process, is not the one waited for.
+        assert_eq!(
+            wait_for_exit(&[(long_one.0, long_one.1 + 1)], Duration::ZERO),
+            []
+        );
+    }
 
     #[test]
     fn apt_plans_are_read_for_names_and_sizes() {

@@ -243,10 +243,10 @@ pub fn place(
                 };
                 let kept = match displace.policy {
                     OnConflict::Refuse => {
-                        return Err(ImportError::Blocked(vec![format!(
+                        return Err(ImportError::ConflictWhileApplying(format!(
                             "{} exists and differs from the bundle's (--on-conflict refuse)",
                             target.display()
-                        )]))
+                        )))
                     }
                     OnConflict::Replace => {
                         let inside = displace
@@ -265,11 +265,11 @@ pub fn place(
                 // Something already at the keeping place (an earlier import's backup) would
                 // be overwritten, and undoing would then move the wrong thing back.
                 if fs_err::symlink_metadata(&kept).is_ok() {
-                    return Err(ImportError::Blocked(vec![format!(
+                    return Err(ImportError::ConflictWhileApplying(format!(
                         "{} cannot be kept aside: {} exists",
                         target.display(),
                         kept.display()
-                    )]));
+                    )));
                 }
                 if let Some(parent) = kept.parent() {
                     fs_err::create_dir_all(parent)?;
