@@ -321,3 +321,100 @@ impl TapMkdir for std::path::PathBuf {
         self
     }
 }
+
+/// Adds inode flags to a path, and takes them off again when dropped: an immutable file
+/// could not be removed with its temporary directory.
+struct Flagged {
+    path: std::path::PathBuf,
+    before: rustix::fs::IFlags,
+}
+
+impl Flagged {
+    fn add(path: &Path, flags: rustix::fs::IFlags) -> std::io::Result<Self> {
+        let file = fs_err::File::open(path)?;
+        let before = rustix::fs::ioctl_getflags(&file)?;
+        rustix::fs::ioctl_setflags(&file, before | flags)?;
+        Ok(Self {
+            path: path.to_owned(),
+            before,
+        })
+    }
+}
+
+impl Drop for Flagged {
+    fn drop(&mut self) {
+        if let Ok(file) = fs_err::File::open(&self.path) {
+            let _ = rustix::fs::ioctl_setflags(&file, self.before);
+        }
+    }
+}
+
+/// Inode flags (`chattr`) have no place in a bundle: the export names each entry that had
+/// some, with its flags, in its human report and in `--json`, instead of dropping them
+/// silently.
+#[test]
+fn an_export_reports_the_inode_flags_it_cannot_keep() {
+    use rustix::fs::IFlags;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("tree");
+    small_tree(&source);
+    fs_err::write(source.join("locked.conf"), "do not touch\n").unwrap();
+    fs_err::create_dir(source.join("cache")).unwrap();
+    // Immutable needs CAP_LINUX_IMMUTABLE, as root has.
+    let Ok(_locked) = Flagged::add(&source.join("locked.conf"), IFlags::IMMUTABLE) else {
+        eprintln!("skipped: cannot make a file immutable here (not root?)");
+        return;
+    };
+    let _cache = Flagged::add(&source.join("cache"), IFlags::NODUMP | IFlags::NOATIME).unwrap();
+    let keys = Keys::new(dir.path());
+    let state = dir.path().join("state");
+    let export = |output: &str, json: bool| {
+        let bundle = dir.path().join(output);
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+            &"export",
+            &"--path",
+            &source,
+            &"--tenant",
+            &"shop",
+            &"--sign-key",
+            &keys.private,
+            &"-o",
+            &bundle,
+        ];
+        if json {
+            args.push(&"--json");
+        }
+        let out = baluchon(&args, &state);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    let report: serde_json::Value = serde_json::from_str(&export("a.baluchon", true)).unwrap();
+    assert_eq!(report["inode_flags_not_kept"], 2, "{report}");
+    let mut flagged: Vec<(String, String)> = report["inode_flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap().into(),
+                e["flags"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    flagged.sort();
+    assert_eq!(
+        flagged,
+        [
+            ("cache".into(), "dA".into()),
+            ("locked.conf".into(), "i".into())
+        ]
+    );
+    let human = export("b.baluchon", false);
+    assert!(
+        human.contains("2 entries have inode flags (chattr), which bundles do not keep; set them again after import:")
+            && human.contains("\n  i locked.conf\n")
+            && human.contains("\n  dA cache\n"),
+        "{human}"
+    );
+}

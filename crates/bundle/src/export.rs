@@ -75,12 +75,67 @@ pub struct ExportReport {
     /// Extended attributes outside `user.` that were not archived (each is named in the
     /// index line of its entry).
     pub xattrs_not_archived: u64,
+    /// Entries with inode flags, which bundles do not keep.
+    pub inode_flags: InodeFlagsNotKept,
     /// Entries the [`Selection`] excluded, with its reason: every one of them, since the
     /// caller must be able to record them all.
     pub excluded: Vec<(EntryPath, String)>,
     /// Temporary files of earlier exports to the same name, killed midway, that this one
     /// removed (see [`crate::leftovers`]).
     pub removed_leftovers: Vec<PathBuf>,
+}
+
+/// Entries with inode flags (`chattr`: immutable, append-only, no-dump…), which the format
+/// has no field for: reported, so that losing them is never silent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InodeFlagsNotKept {
+    /// How many entries have some.
+    pub entries: u64,
+    /// The first of them (the tree's root as `.`), with their flags as `lsattr` letters
+    /// (`i`, `a`, `d`…).
+    pub first: Vec<(String, String)>,
+}
+
+impl InodeFlagsNotKept {
+    fn note(&mut self, path: &dyn std::fmt::Display, flags: String) {
+        self.entries += 1;
+        if self.first.len() < REPORT_LIST_CAP {
+            self.first.push((path.to_string(), flags));
+        }
+    }
+}
+
+/// The inode flags a user sets with `chattr`, as `lsattr` letters; none where the
+/// filesystem has no such flags. Flags a filesystem sets for itself (ext4's extents, say)
+/// are not among them.
+fn inode_flags(fd: BorrowedFd<'_>) -> io::Result<String> {
+    use rustix::fs::IFlags;
+    let flags = match rustix::fs::ioctl_getflags(fd) {
+        Ok(flags) => flags,
+        Err(Errno::NOTTY | Errno::NOTSUP | Errno::INVAL | Errno::NOSYS) => return Ok(String::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let letters = [
+        (IFlags::SECURE_REMOVAL, 's'),
+        (IFlags::UNRM, 'u'),
+        (IFlags::SYNC, 'S'),
+        (IFlags::DIRSYNC, 'D'),
+        (IFlags::IMMUTABLE, 'i'),
+        (IFlags::APPEND, 'a'),
+        (IFlags::NODUMP, 'd'),
+        (IFlags::NOATIME, 'A'),
+        (IFlags::COMPRESSED, 'c'),
+        (IFlags::JOURNALING, 'j'),
+        (IFlags::NOTAIL, 't'),
+        (IFlags::TOPDIR, 'T'),
+        (IFlags::NOCOW, 'C'),
+        (IFlags::PROJECT_INHERIT, 'P'),
+    ];
+    Ok(letters
+        .iter()
+        .filter(|(flag, _)| flags.contains(*flag))
+        .map(|&(_, letter)| letter)
+        .collect())
 }
 
 /// Which entries of the source tree go into the bundle.
@@ -164,6 +219,7 @@ struct Tree {
     changed: Vec<(EntryPath, Change)>,
     excluded: Vec<(EntryPath, String)>,
     xattrs_not_archived: u64,
+    inode_flags: InodeFlagsNotKept,
 }
 
 impl std::fmt::Debug for Tree {
@@ -337,6 +393,7 @@ impl<'k> BundleWriter<'k> {
             changed: Vec::new(),
             excluded: Vec::new(),
             xattrs_not_archived: 0,
+            inode_flags: InodeFlagsNotKept::default(),
             selection,
             progress,
         };
@@ -346,6 +403,11 @@ impl<'k> BundleWriter<'k> {
             walker.summary.root.xattrs_not_archived,
         ) = read_xattrs(self.root.as_fd()).map_err(|e| with_path(e, &self.options.source))?;
         walker.xattrs_not_archived = walker.summary.root.xattrs_not_archived.len() as u64;
+        let root_flags =
+            inode_flags(self.root.as_fd()).map_err(|e| with_path(e, &self.options.source))?;
+        if !root_flags.is_empty() {
+            walker.inode_flags.note(&".", root_flags);
+        }
         let walked = walker.walk(self.root.as_fd(), None, 0);
         let Walker {
             tar,
@@ -356,6 +418,7 @@ impl<'k> BundleWriter<'k> {
             changed,
             excluded,
             xattrs_not_archived,
+            inode_flags,
             ..
         } = walker;
         let finished = tar.finish();
@@ -397,6 +460,7 @@ impl<'k> BundleWriter<'k> {
                 changed,
                 excluded,
                 xattrs_not_archived,
+                inode_flags,
             }),
             ..self
         })
@@ -431,6 +495,7 @@ impl<'k> BundleWriter<'k> {
             changed,
             excluded,
             xattrs_not_archived,
+            inode_flags,
         }) = tree
         else {
             return Err(ExportError::NoTree.into());
@@ -521,6 +586,7 @@ impl<'k> BundleWriter<'k> {
             skipped,
             changed,
             xattrs_not_archived,
+            inode_flags,
             excluded,
             removed_leftovers: self.removed_leftovers,
         })
@@ -628,6 +694,7 @@ struct Walker<'p> {
     changed: Vec<(EntryPath, Change)>,
     excluded: Vec<(EntryPath, String)>,
     xattrs_not_archived: u64,
+    inode_flags: InodeFlagsNotKept,
     selection: &'p dyn Selection,
     progress: &'p dyn Progress,
 }
@@ -777,6 +844,13 @@ impl Walker<'_> {
                 path: path.to_string(),
                 source,
             })?;
+        let flags = inode_flags(fd.as_fd()).map_err(|source| ExportError::Unreadable {
+            path: path.to_string(),
+            source,
+        })?;
+        if !flags.is_empty() {
+            self.inode_flags.note(path, flags);
+        }
         self.record(Entry {
             path: path.clone(),
             kind: EntryKind::Dir { meta },
@@ -847,6 +921,10 @@ impl Walker<'_> {
         }
         let mut meta = self.meta(&stat);
         (meta.xattrs, meta.xattrs_not_archived) = read_xattrs(fd.as_fd()).map_err(unreadable)?;
+        let flags = inode_flags(fd.as_fd()).map_err(unreadable)?;
+        if !flags.is_empty() {
+            self.inode_flags.note(path, flags);
+        }
         let inode = (stat.st_dev, stat.st_ino);
         if let Some((first, digest)) = self.hardlinks.get(&inode).cloned() {
             self.sums

@@ -29,7 +29,8 @@ mod verify;
 pub use digest::Sha256Digest;
 pub use error::{Error, ExportError, ExtractError, Invalid, SealError};
 pub use export::{
-    export_tree, BundleWriter, ExportOptions, ExportReport, Select, Selection, WholeTree,
+    export_tree, BundleWriter, ExportOptions, ExportReport, InodeFlagsNotKept, Select, Selection,
+    WholeTree,
 };
 pub use extract::{
     Destination, ExtractOptions, ExtractReport, Placeholder, Plan, Staged, Switched,

@@ -1288,16 +1288,17 @@ fn fleet_backup(args: &FleetBackupArgs, bars: bool) -> anyhow::Result<()> {
     for (_, row) in &rows {
         let Ok(report) = &row.result else { continue };
         let count = |name: &str| report[name].as_u64().unwrap_or(0);
-        let (skipped, changed, xattrs) = (
+        let (skipped, changed, xattrs, flags) = (
             count("skipped_count"),
             count("changed_count"),
             count("xattrs_not_archived"),
+            count("inode_flags_not_kept"),
         );
-        if skipped + changed + xattrs > 0 {
+        if skipped + changed + xattrs + flags > 0 {
             println!(
                 "{}: {skipped} entries not archived (sockets, FIFOs, devices), {changed} files \
-                 changed while read, {xattrs} extended attributes outside user.* not archived; \
-                 the bundle's index lists each",
+                 changed while read, {xattrs} extended attributes outside user.* not archived, \
+                 {flags} entries' inode flags (chattr) not kept; `backup --json` lists them",
                 row.tenant
             );
         }

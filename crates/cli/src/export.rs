@@ -255,6 +255,16 @@ pub fn notices_json(report: &ExportReport) -> serde_json::Map<String, serde_json
         report.xattrs_not_archived.into(),
     );
     fields.insert(
+        "inode_flags_not_kept".into(),
+        report.inode_flags.entries.into(),
+    );
+    let flagged = report
+        .inode_flags
+        .first
+        .iter()
+        .map(|(p, f)| serde_json::json!({"path": p, "flags": f}));
+    fields.insert("inode_flags".into(), flagged.collect());
+    fields.insert(
         "removed_leftovers".into(),
         serde_json::json!(report.removed_leftovers),
     );
@@ -302,6 +312,15 @@ pub fn print_notices(report: &ExportReport) {
             "{} extended attributes outside user.* (SELinux labels, capabilities, ACLs) were not archived; each is named in the bundle's index",
             report.xattrs_not_archived
         );
+    }
+    if report.inode_flags.entries > 0 {
+        println!(
+            "{} entries have inode flags (chattr), which bundles do not keep; set them again after import:",
+            report.inode_flags.entries
+        );
+        for (path, flags) in &report.inode_flags.first {
+            println!("  {flags} {path}");
+        }
     }
     for leftover in &report.removed_leftovers {
         println!(
