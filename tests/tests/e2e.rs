@@ -751,7 +751,8 @@ fn an_import_sigkilled_on_b_mid_apply_is_recovered_by_the_next_run() {
             std::thread::sleep(Duration::from_millis(1));
         }
         let pids = baluchon_import_on(b);
-        b.sh(&format!("kill -KILL {}", pids.join(" ")));
+        // A child forked a moment ago may be gone already: that is no failure here.
+        b.sh(&format!("kill -KILL {} 2>/dev/null; true", pids.join(" ")));
         let out = child.wait_with_output().expect("baluchon ends");
         assert_eq!(out.status.code(), Some(1), "the import on B died");
         let left = fs_err::read_to_string(&journal).expect("the journal stays");

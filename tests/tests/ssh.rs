@@ -14,6 +14,10 @@ use baluchon_transport::{
     UploadReport,
 };
 
+/// The app tests one at a time: an import reloads nginx, which cuts responses in flight,
+/// and another app test may be setting up its site through them at that moment.
+static APPS_ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn options(sshd: &Sshd, known_hosts: &Path) -> ConnectOptions {
     let mut options = ConnectOptions::new(known_hosts.to_owned());
     options.identity = Some(sshd.client_key().to_owned());
@@ -429,6 +433,7 @@ fn an_upload_to_a_full_disk_says_so() {
 
 #[test]
 fn an_app_bundle_is_imported_on_the_other_side_of_an_ssh_connection() {
+    let _serial = APPS_ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     services();
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
@@ -508,6 +513,7 @@ fn an_app_bundle_is_imported_on_the_other_side_of_an_ssh_connection() {
 
 #[test]
 fn an_app_is_exported_on_the_other_side_and_the_bundle_comes_back() {
+    let _serial = APPS_ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     services();
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();
@@ -560,6 +566,7 @@ fn an_app_is_exported_on_the_other_side_and_the_bundle_comes_back() {
 
 #[test]
 fn an_app_migrates_from_one_host_to_another_through_this_machine() {
+    let _serial = APPS_ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     services();
     let sshd = Sshd::start();
     let dir = tempfile::tempdir().unwrap();

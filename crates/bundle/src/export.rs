@@ -97,7 +97,11 @@ pub struct InodeFlagsNotKept {
 }
 
 impl InodeFlagsNotKept {
+    /// Counts (and lists) `path` if `flags` is not empty.
     fn note(&mut self, path: &dyn std::fmt::Display, flags: String) {
+        if flags.is_empty() {
+            return;
+        }
         self.entries += 1;
         if self.first.len() < REPORT_LIST_CAP {
             self.first.push((path.to_string(), flags));
@@ -405,9 +409,7 @@ impl<'k> BundleWriter<'k> {
         walker.xattrs_not_archived = walker.summary.root.xattrs_not_archived.len() as u64;
         let root_flags =
             inode_flags(self.root.as_fd()).map_err(|e| with_path(e, &self.options.source))?;
-        if !root_flags.is_empty() {
-            walker.inode_flags.note(&".", root_flags);
-        }
+        walker.inode_flags.note(&".", root_flags);
         let walked = walker.walk(self.root.as_fd(), None, 0);
         let Walker {
             tar,
@@ -848,9 +850,7 @@ impl Walker<'_> {
             path: path.to_string(),
             source,
         })?;
-        if !flags.is_empty() {
-            self.inode_flags.note(path, flags);
-        }
+        self.inode_flags.note(path, flags);
         self.record(Entry {
             path: path.clone(),
             kind: EntryKind::Dir { meta },
@@ -922,9 +922,7 @@ impl Walker<'_> {
         let mut meta = self.meta(&stat);
         (meta.xattrs, meta.xattrs_not_archived) = read_xattrs(fd.as_fd()).map_err(unreadable)?;
         let flags = inode_flags(fd.as_fd()).map_err(unreadable)?;
-        if !flags.is_empty() {
-            self.inode_flags.note(path, flags);
-        }
+        self.inode_flags.note(path, flags);
         let inode = (stat.st_dev, stat.st_ino);
         if let Some((first, digest)) = self.hardlinks.get(&inode).cloned() {
             self.sums

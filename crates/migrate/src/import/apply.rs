@@ -53,10 +53,6 @@ fn give_placeholders_away(
     Ok(())
 }
 
-/// How long the apply waits for nginx's old workers to exit after a reload, before the
-/// health check and the report.
-const OLD_WORKERS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// A bundle id is opaque text: only its letters, digits and `-` go into file names.
 fn path_safe(id: &str) -> String {
     let safe: String = id
@@ -191,6 +187,7 @@ impl PreparedImport {
             host::run(
                 "apt-get install",
                 std::process::Command::new("apt-get")
+                    .args(host::WAIT_FOR_DPKG_LOCK)
                     // --no-remove: an install that would remove a package cannot be undone
                     // by purging what was installed; apt then stops instead.
                     .args([
@@ -288,21 +285,15 @@ impl PreparedImport {
         journal.record(&Change::ServicesReloaded {
             commands: self.reloads.clone(),
         })?;
-        let reloads_nginx = self.reloads.iter().any(|c| c.iter().any(|a| a == "nginx"));
-        let old_workers = reloads_nginx.then(host::nginx_workers).flatten();
-        host::run_all(&self.reloads)?;
+        let lingering = host::reload(&self.reloads)?;
         if !self.reloads.is_empty() {
             steps.push(format!("reloaded: {}", self.plan.services.join("; ")));
         }
-        if let Some(old) = old_workers {
-            let lingering = host::wait_for_exit(&old, OLD_WORKERS_WAIT);
-            if !lingering.is_empty() {
-                steps.push(format!(
-                    "{} nginx workers of the previous configuration were still finishing their connections after {} s; until they exit, they may answer with it",
-                    lingering.len(),
-                    OLD_WORKERS_WAIT.as_secs()
-                ));
-            }
+        if lingering > 0 {
+            steps.push(format!(
+                "{lingering} nginx workers of the previous configuration were still finishing their connections after {} s; until they exit, they may answer with it",
+                host::OLD_WORKERS_WAIT.as_secs()
+            ));
         }
         hook("health")?;
         if let Some(Health {

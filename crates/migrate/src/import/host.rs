@@ -247,15 +247,33 @@ pub fn reload_commands(
     (checks, reloads)
 }
 
+/// For apt-get: wait for dpkg's lock (held by unattended-upgrades, say) instead of failing
+/// at once, for five minutes at most.
+pub const WAIT_FOR_DPKG_LOCK: [&str; 2] = ["-o", "DPkg::Lock::Timeout=300"];
+
+/// How long an import waits for nginx's old workers to exit after a reload.
+pub const OLD_WORKERS_WAIT: Duration = Duration::from_secs(10);
+
 /// Where Debian's nginx.conf has the master write its pid.
 const NGINX_PID_FILE: &str = "/run/nginx.pid";
 
 /// A process as /proc shows it: its pid and start time, so that a reused pid is another.
 type Process = (i32, u64);
 
+/// Runs the reload commands. When one reloads nginx, then waits, up to [`OLD_WORKERS_WAIT`],
+/// for the workers of the previous configuration to exit: until then, a new connection may
+/// still reach one of them and be served the old configuration. Returns how many were still
+/// running at the end (finishing long requests, say).
+pub fn reload(commands: &[Vec<String>]) -> Result<usize, ImportError> {
+    let reloads_nginx = commands.iter().any(|c| c.iter().any(|a| a == "nginx"));
+    let old_workers = reloads_nginx.then(nginx_workers).flatten();
+    run_all(commands)?;
+    Ok(old_workers.map_or(0, |old| wait_for_exit(&old, OLD_WORKERS_WAIT).len()))
+}
+
 /// nginx's worker processes now: the children of the master named by its pid file, or
 /// `None` where that cannot be read (nginx not running, another pid file).
-pub fn nginx_workers() -> Option<Vec<Process>> {
+fn nginx_workers() -> Option<Vec<Process>> {
     let master: i32 = std::fs::read_to_string(NGINX_PID_FILE)
         .ok()?
         .trim()
@@ -287,11 +305,9 @@ fn parent_and_start(pid: i32) -> Option<(i32, u64)> {
     Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
-/// Waits until every process of `old` has exited, or `within` has passed: after a reload,
-/// nginx's old workers serve the old configuration to whatever connects before they stop
-/// accepting, so a site is only served as imported once they are gone. Returns those still
-/// running at the end (finishing long requests, say).
-pub fn wait_for_exit(old: &[Process], within: Duration) -> Vec<Process> {
+/// Waits until every process of `old` has exited, or `within` has passed, and returns those
+/// still running then.
+fn wait_for_exit(old: &[Process], within: Duration) -> Vec<Process> {
     let deadline = Instant::now() + within;
     loop {
         let running: Vec<Process> = old
@@ -496,7 +512,8 @@ mod tests {
     fn processes_are_waited_for_until_they_exit() {
         let spawn = |seconds: &str| Command::new("sleep").arg(seconds).spawn().unwrap();
         let ours = std::process::id() as i32;
-        let (mut short, mut long) = (spawn("0.2"), spawn("30"));
+        // Long enough to be read in /proc before it ends, on a busy machine too.
+        let (mut short, mut long) = (spawn("1"), spawn("30"));
         let process = |child: &std::process::Child| {
             let pid = child.id() as i32;
             let (parent, started) = parent_and_start(pid).unwrap();

@@ -69,6 +69,7 @@ pub(super) fn roll_back(journal_path: &Path) -> Result<usize, ImportError> {
                 "apt-get purge",
                 std::process::Command::new("apt-get")
                     .args(["purge", "-y", "-q"])
+                    .args(host::WAIT_FOR_DPKG_LOCK)
                     .args(packages)
                     .env("DEBIAN_FRONTEND", "noninteractive"),
             )
@@ -84,7 +85,8 @@ pub(super) fn roll_back(journal_path: &Path) -> Result<usize, ImportError> {
         }
     }
     if let Some(commands) = reloads {
-        if let Err(e) = host::run_all(&commands) {
+        // Like the apply's, it waits for nginx's workers of the import's configuration.
+        if let Err(e) = host::reload(&commands) {
             first_error.get_or_insert(e);
         }
     }
