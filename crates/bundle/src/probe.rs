@@ -176,7 +176,9 @@ pub fn probe_directory(
         .map_err(|e| named(e, dir))?;
     let lacking = (|| {
         let lock = fs_err::File::create_new(scratch.path().join(leftovers::DIR_LOCK))?;
-        leftovers::hold(&lock).map_err(|e| named(e, scratch.path()))?;
+        // Best effort too (NFS may lack flock): a probe lasts far less than the grace
+        // period in which another run leaves an unlocked directory alone.
+        let _ = leftovers::hold(&lock);
         let handle = fs_err::File::open(scratch.path())?;
         lacking(handle.as_fd(), needs, owners).map_err(|e| named(e.into(), scratch.path()))
     })();
