@@ -14,6 +14,30 @@ fn baluchon(args: &[&dyn AsRef<std::ffi::OsStr>], state: &Path) -> Output {
         .unwrap()
 }
 
+/// `baluchon export --path SOURCE --tenant TENANT --sign-key KEY -o OUTPUT EXTRA…`.
+fn export(
+    source: &Path,
+    tenant: &str,
+    key: &Path,
+    output: &Path,
+    extra: &[&str],
+    state: &Path,
+) -> Output {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
+        &"export",
+        &"--path",
+        &source,
+        &"--tenant",
+        &tenant,
+        &"--sign-key",
+        &key,
+        &"-o",
+        &output,
+    ];
+    args.extend(extra.iter().map(|a| a as &dyn AsRef<std::ffi::OsStr>));
+    baluchon(&args, state)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -40,21 +64,7 @@ fn exit_codes_tell_a_bad_bundle_from_other_failures() {
     let bundle = dir.path().join("t.baluchon");
     let state = dir.path().join("state");
 
-    let out = baluchon(
-        &[
-            &"export",
-            &"--path",
-            &source,
-            &"--tenant",
-            &"shop",
-            &"--sign-key",
-            &keys.private,
-            &"-o",
-            &bundle,
-            &"--json",
-        ],
-        &state,
-    );
+    let out = export(&source, "shop", &keys.private, &bundle, &["--json"], &state);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["tenant"], "shop");
@@ -169,21 +179,7 @@ fn exit_codes_tell_a_bad_bundle_from_other_failures() {
 
     // The second export of the tenant gets the next sequence number.
     let second = dir.path().join("t2.baluchon");
-    let out = baluchon(
-        &[
-            &"export",
-            &"--path",
-            &source,
-            &"--tenant",
-            &"shop",
-            &"--sign-key",
-            &keys.private,
-            &"-o",
-            &second,
-            &"--json",
-        ],
-        &state,
-    );
+    let out = export(&source, "shop", &keys.private, &second, &["--json"], &state);
     assert!(out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["sequence"], 2);
@@ -210,20 +206,7 @@ fn failed_export_leaves_nothing_behind_and_never_overwrites() {
     let link = dir.path().join("link");
     fs_err::os::unix::fs::symlink(&real, &link).unwrap();
     let target = out_dir.join("x.baluchon");
-    let out = baluchon(
-        &[
-            &"export",
-            &"--path",
-            &link,
-            &"--tenant",
-            &"t",
-            &"--sign-key",
-            &keys.private,
-            &"-o",
-            &target,
-        ],
-        &state,
-    );
+    let out = export(&link, "t", &keys.private, &target, &[], &state);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("not a directory"),
@@ -238,20 +221,7 @@ fn failed_export_leaves_nothing_behind_and_never_overwrites() {
 
     // An existing output is never overwritten.
     fs_err::write(&target, b"precious").unwrap();
-    let out = baluchon(
-        &[
-            &"export",
-            &"--path",
-            &real,
-            &"--tenant",
-            &"t",
-            &"--sign-key",
-            &keys.private,
-            &"-o",
-            &target,
-        ],
-        &state,
-    );
+    let out = export(&real, "t", &keys.private, &target, &[], &state);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(fs_err::read(&target).unwrap(), b"precious");
     assert_eq!(fs_err::read_dir(&out_dir).unwrap().count(), 1);
@@ -283,18 +253,12 @@ fn export_onto_a_full_disk_fails_cleanly() {
         .unwrap();
     assert!(mounted.success());
     let target = small.join("x.baluchon");
-    let out = baluchon(
-        &[
-            &"export",
-            &"--path",
-            &source,
-            &"--tenant",
-            &"t",
-            &"--sign-key",
-            &keys.private,
-            &"-o",
-            &target,
-        ],
+    let out = export(
+        &source,
+        "t",
+        &keys.private,
+        &target,
+        &[],
         &dir.path().join("state"),
     );
     let left: Vec<_> = fs_err::read_dir(&small)
@@ -368,28 +332,15 @@ fn an_export_reports_the_inode_flags_it_cannot_keep() {
     let _cache = Flagged::add(&source.join("cache"), IFlags::NODUMP | IFlags::NOATIME).unwrap();
     let keys = Keys::new(dir.path());
     let state = dir.path().join("state");
-    let export = |output: &str, json: bool| {
+    let exported = |output: &str, extra: &[&str]| {
         let bundle = dir.path().join(output);
-        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![
-            &"export",
-            &"--path",
-            &source,
-            &"--tenant",
-            &"shop",
-            &"--sign-key",
-            &keys.private,
-            &"-o",
-            &bundle,
-        ];
-        if json {
-            args.push(&"--json");
-        }
-        let out = baluchon(&args, &state);
+        let out = export(&source, "shop", &keys.private, &bundle, extra, &state);
         assert!(out.status.success(), "{}", text(&out.stderr));
         text(&out.stdout)
     };
 
-    let report: serde_json::Value = serde_json::from_str(&export("a.baluchon", true)).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&exported("a.baluchon", &["--json"])).unwrap();
     assert_eq!(report["inode_flags_not_kept"], 2, "{report}");
     let mut flagged: Vec<(String, String)> = report["inode_flags"]
         .as_array()
@@ -410,7 +361,7 @@ fn an_export_reports_the_inode_flags_it_cannot_keep() {
             ("locked.conf".into(), "i".into())
         ]
     );
-    let human = export("b.baluchon", false);
+    let human = exported("b.baluchon", &[]);
     assert!(
         human.contains("2 entries have inode flags (chattr), which bundles do not keep; set them again after import:")
             && human.contains("\n  i locked.conf\n")
