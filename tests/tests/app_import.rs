@@ -731,6 +731,76 @@ fn a_bundle_cannot_choose_where_its_files_go() {
 }
 
 #[test]
+fn a_bundle_cannot_send_its_nginx_site_elsewhere() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (site, moved) = site_and_bundle();
+    // The description says the site was a file of /etc/cron.d: once placed, a root job.
+    let vhost = site.fact("vhost_path");
+    let cron = format!(
+        "/etc/cron.d/{}",
+        Path::new(&vhost).file_name().unwrap().to_string_lossy()
+    );
+    let mut forged = baluchon_tests::forge::Forge::read(&moved.bundle);
+    let description = forged.text("data/app/app.json");
+    assert!(description.contains(vhost), "{description}");
+    forged.set("data/app/app.json", description.replace(vhost, &cron));
+    forged.reseal(&moved.keys);
+    forged.write(&moved.bundle);
+    let before = host_state();
+    let target = format!("{}.test", unique("wp-cron"));
+    let out = moved.import(&["--domain", &target, "--on-conflict", "replace"], &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&cron) && stderr.contains("is not within /etc/nginx/sites-available"),
+        "{stderr}"
+    );
+    assert_same_state(&before, &host_state(), "after a refused hostile import");
+    assert!(!Path::new(&cron).exists());
+}
+
+#[test]
+fn a_bundle_cannot_enable_an_nginx_site_that_is_not_checked() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    services();
+    let domain = format!("{}.test", unique("wp-enabled"));
+    let _site = Site::create("wordpress", &domain);
+    // On the source, the enabled site is a file of its own instead of the usual link to
+    // the checked site: nginx's master (root) would write its log into /etc/cron.d.
+    let enabled = Path::new("/etc/nginx/sites-enabled").join(&domain);
+    let link = fs_err::read_link(&enabled).unwrap();
+    fs_err::remove_file(&enabled).unwrap();
+    fs_err::write(
+        &enabled,
+        format!(
+            "server {{ listen 127.0.0.1:80; server_name {domain}; access_log /etc/cron.d/x; }}\n"
+        ),
+    )
+    .unwrap();
+    let moved = Move::export("wordpress", &domain);
+    fs_err::remove_file(&enabled).unwrap();
+    fs_err::os::unix::fs::symlink(&link, &enabled).unwrap();
+
+    let target = format!("{}.test", unique("wp-enabled"));
+    let out = moved.import(&["--plan", "--json", "--domain", &target], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let blockers = plan["blockers"].to_string();
+    assert!(
+        blockers.contains(&format!(
+            "{} is not a link to one of the bundle's nginx sites or PHP-FPM pools",
+            enabled.display()
+        )),
+        "{blockers}"
+    );
+    let before = host_state();
+    let out = moved.import(&["--domain", &target], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_same_state(&before, &host_state(), "after refusing an unchecked site");
+    assert!(!Path::new("/etc/cron.d/x").exists());
+}
+
+#[test]
 fn accounts_the_files_belong_to_are_created_and_removed_on_failure() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let account = format!("bt{}", std::process::id());

@@ -2,8 +2,47 @@
 
 use std::path::{Path, PathBuf};
 
+use baluchon_recipe::ServiceKind;
+
 use super::plan::Planner;
 use crate::error::ImportError;
+
+/// Where nginx and PHP-FPM read their configuration: each file placed there is loaded by a
+/// service running as root, so it must be one of the bundle's checked sites or pools, or a
+/// link to one.
+const SERVICE_CONFIG_DIRS: [&str; 2] = ["/etc/nginx", "/etc/php"];
+
+/// Whether nginx or PHP-FPM may load a file placed at `path`.
+pub(super) fn read_by_a_service(path: &Path) -> bool {
+    SERVICE_CONFIG_DIRS.iter().any(|dir| path.starts_with(dir))
+}
+
+/// Where a service's own file may go, whatever the recipe allows (the bundle's values name
+/// the path, and a "site" put in /etc/cron.d would be a root job): a site in
+/// sites-available or conf.d, a pool in a PHP version's pool.d.
+pub(super) fn service_file_place(kind: ServiceKind, path: &str) -> Result<(), String> {
+    let path = Path::new(path);
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let (fits, place) = match kind {
+        ServiceKind::NginxSite => (
+            ["/etc/nginx/sites-available", "/etc/nginx/conf.d"]
+                .iter()
+                .any(|dir| parent == Path::new(dir)),
+            "/etc/nginx/sites-available or /etc/nginx/conf.d",
+        ),
+        ServiceKind::PhpFpmPool => (
+            path.starts_with("/etc/php") && parent.file_name().is_some_and(|n| n == "pool.d"),
+            "/etc/php/VERSION/fpm/pool.d",
+        ),
+        // Never installed (see the plan).
+        ServiceKind::Cron | ServiceKind::SystemdUnit => (true, ""),
+    };
+    if fits {
+        Ok(())
+    } else {
+        Err(format!("is not in {place}, where a {kind} goes"))
+    }
+}
 
 impl Planner<'_> {
     /// The bundle's PHP-FPM pools and nginx sites, each `(staged copy, destination)`: what
@@ -98,6 +137,43 @@ impl Planner<'_> {
             for note in verdict.notes {
                 self.warnings
                     .push(format!("the nginx site {}: {note}", staged.display()));
+            }
+        }
+    }
+
+    /// File sets placed where nginx or PHP-FPM read their configuration that are not the
+    /// recipe's sites or pools (`/etc/nginx/sites-enabled/DOMAIN`): each must be a link to
+    /// one of `services` (the bundle's site and pool sets, which are checked); a file of its
+    /// own there would be loaded unchecked. `enabling` holds `(set path, staged copy)`.
+    pub(super) fn check_enabling_links(
+        &mut self,
+        enabling: &[(String, PathBuf)],
+        services: &[&str],
+    ) {
+        for (set, staged) in enabling {
+            let problem = match fs_err::symlink_metadata(staged) {
+                Ok(meta) if meta.file_type().is_symlink() => match fs_err::read_link(staged) {
+                    Ok(target) => {
+                        let from = Path::new(set).parent().unwrap_or(Path::new("/"));
+                        let absolute = normalize(&from.join(&target));
+                        (!services.iter().any(|s| absolute == Path::new(s))).then(|| {
+                            format!(
+                                "links to {}, which is not one of the bundle's nginx sites or PHP-FPM pools",
+                                target.display()
+                            )
+                        })
+                    }
+                    Err(e) => Some(e.to_string()),
+                },
+                Ok(_) => Some(
+                    "is not a link to one of the bundle's nginx sites or PHP-FPM pools, which \
+                     are checked: nginx or PHP-FPM would load it unchecked"
+                        .to_owned(),
+                ),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(problem) = problem {
+                self.blockers.push(format!("{set} {problem}"));
             }
         }
     }
@@ -204,7 +280,24 @@ fn pool_problems(text: &str, accounts: &str, groups: &str, allowed: &[String]) -
             .and_then(|id| id.parse().ok())
     };
     let mut problems = Vec::new();
+    let mut section = String::new();
     for line in text.lines() {
+        if let Some(name) = line
+            .trim()
+            .strip_prefix('[')
+            .and_then(|l| l.strip_suffix(']'))
+        {
+            section = name.trim().to_owned();
+            // The master's own settings (its pid file, its log), which it applies as root
+            // wherever they appear.
+            if section.eq_ignore_ascii_case("global") {
+                problems.push(format!(
+                    "{} (a bundle's pool file may not change the PHP-FPM master's settings)",
+                    line.trim()
+                ));
+            }
+            continue;
+        }
         let Some((key, value)) = line.split_once('=') else {
             continue;
         };
@@ -224,6 +317,13 @@ fn pool_problems(text: &str, accounts: &str, groups: &str, allowed: &[String]) -
                 || key.contains("auto_append_file") =>
             {
                 Some("a directive a bundle may not set".to_owned())
+            }
+            // The master (root) removes whatever is at a socket's path before binding it.
+            "listen" => {
+                let listen = value.replace("$pool", &section);
+                (!pool_may_listen_on(&listen)).then(|| {
+                    format!("listen {listen}: only a socket in /run/php or a port on the loopback")
+                })
             }
             "user" | "group" => {
                 let table = if key == "user" { accounts } else { groups };
@@ -248,6 +348,23 @@ fn pool_problems(text: &str, accounts: &str, groups: &str, allowed: &[String]) -
         }
     }
     problems
+}
+
+/// Whether a bundle's pool may listen there: a socket directly in /run/php, or a port on
+/// the loopback.
+fn pool_may_listen_on(listen: &str) -> bool {
+    let port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(name) = listen.strip_prefix("/run/php/") {
+        return !name.is_empty()
+            && name != ".."
+            && name != "."
+            && !name.contains('/')
+            && !name.contains('$');
+    }
+    port(listen)
+        || ["127.0.0.1:", "[::1]:", "localhost:"]
+            .iter()
+            .any(|host| listen.strip_prefix(host).is_some_and(port))
 }
 
 /// The account nginx workers and Debian's default PHP-FPM pool run as.
@@ -345,7 +462,8 @@ impl HostWeb {
             .collect();
         for file in &sites {
             let text = fs_err::read_to_string(file).unwrap_or_default();
-            for (directive, args) in nginx_directives(&text) {
+            // This host's own sites: nginx loads them, so they parse.
+            for (directive, args) in nginx_directives(&text).unwrap_or_default() {
                 if directive == "server_name" {
                     names.extend(args.iter().map(|n| (n.to_ascii_lowercase(), file.clone())));
                 }
@@ -359,23 +477,112 @@ impl HostWeb {
     }
 }
 
-/// The statements of an nginx config, each as its directive and its arguments (quotes
-/// removed, comments left out); blocks are flattened.
-fn nginx_directives(text: &str) -> Vec<(String, Vec<String>)> {
-    let code = text
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n");
-    code.split([';', '{', '}'])
-        .filter_map(|statement| {
-            let mut words = statement
-                .split_whitespace()
-                .map(|w| w.trim_matches(|c| c == '"' || c == '\'').to_owned());
-            let directive = words.next()?;
-            Some((directive, words.collect()))
-        })
-        .collect()
+/// The statements of an nginx config, each as its directive and its arguments; blocks are
+/// flattened. Words are read as nginx's `ngx_conf_read_token` reads them, so that what is
+/// judged is what nginx loads: `#` starts a comment only where a word could start (`a#b` is
+/// one word), quotes and backslashes escape, `;` and `{` end a statement. Text nginx would
+/// refuse is refused here, with the reason.
+fn nginx_directives(text: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut statements = Vec::new();
+    let mut words: Vec<String> = Vec::new();
+    let mut line = 1;
+    let mut i = 0;
+    let ends_word = |c: char| matches!(c, ' ' | '\t' | '\r' | '\n' | ';' | '{');
+    while let Some(&c) = chars.get(i) {
+        i += 1;
+        match c {
+            '\n' => line += 1,
+            ' ' | '\t' | '\r' => {}
+            '#' => {
+                while chars.get(i).is_some_and(|&n| n != '\n') {
+                    i += 1;
+                }
+            }
+            ';' | '{' => {
+                if words.is_empty() {
+                    return Err(format!("unexpected \"{c}\" on line {line}"));
+                }
+                let directive = words.remove(0);
+                statements.push((directive, std::mem::take(&mut words)));
+            }
+            '}' if words.is_empty() => {}
+            '}' => return Err(format!("unexpected \"}}\" on line {line}")),
+            '"' | '\'' => {
+                let mut word = String::new();
+                loop {
+                    let Some(&next) = chars.get(i) else {
+                        return Err(format!("a quote opened on line {line} is never closed"));
+                    };
+                    i += 1;
+                    match next {
+                        '\\' => {
+                            unescape(&mut word, chars.get(i).copied());
+                            i += 1;
+                        }
+                        q if q == c => break,
+                        other => {
+                            line += usize::from(other == '\n');
+                            word.push(other);
+                        }
+                    }
+                }
+                if let Some(&after) = chars.get(i) {
+                    if !ends_word(after) && after != ')' {
+                        return Err(format!(
+                            "unexpected \"{after}\" after a quoted word on line {line}"
+                        ));
+                    }
+                }
+                words.push(word);
+            }
+            first => {
+                let mut word = String::new();
+                let mut next = Some(first);
+                while let Some(ch) = next {
+                    match ch {
+                        '\\' => {
+                            unescape(&mut word, chars.get(i).copied());
+                            i += 1;
+                        }
+                        _ => word.push(ch),
+                    }
+                    // `${name}`: a brace right after `$` belongs to the word.
+                    let after_dollar = ch == '$';
+                    next = chars
+                        .get(i)
+                        .copied()
+                        .filter(|&n| !ends_word(n) || (n == '{' && after_dollar));
+                    if next.is_some() {
+                        i += 1;
+                    }
+                }
+                words.push(word);
+            }
+        }
+    }
+    if !words.is_empty() {
+        return Err(format!(
+            "the last statement, `{}`, has no \";\"",
+            words.join(" ")
+        ));
+    }
+    Ok(statements)
+}
+
+/// A backslash and the character after it, as nginx copies them into a word.
+fn unescape(word: &mut String, escaped: Option<char>) {
+    match escaped {
+        Some(c @ ('"' | '\'' | '\\')) => word.push(c),
+        Some('t') => word.push('\t'),
+        Some('r') => word.push('\r'),
+        Some('n') => word.push('\n'),
+        Some(other) => {
+            word.push('\\');
+            word.push(other);
+        }
+        None => word.push('\\'),
+    }
 }
 
 /// What an nginx site from a bundle may do on this host.
@@ -404,7 +611,16 @@ struct SiteVerdict {
 impl SiteRules<'_> {
     fn judge(&self, text: &str) -> SiteVerdict {
         let mut verdict = SiteVerdict::default();
-        for (directive, args) in nginx_directives(text) {
+        let statements = match nginx_directives(text) {
+            Ok(statements) => statements,
+            Err(reason) => {
+                verdict
+                    .problems
+                    .push(format!("it does not read as nginx would read it: {reason}"));
+                return verdict;
+            }
+        };
+        for (directive, args) in statements {
             let first = args.first().map_or("", String::as_str);
             let statement = || format!("`{directive} {}`", args.join(" "));
             let refused = match directive.as_str() {
@@ -689,6 +905,78 @@ mod tests {
     }
 
     #[test]
+    fn service_files_go_only_where_their_service_reads_them() {
+        for (kind, path) in [
+            (ServiceKind::NginxSite, "/etc/nginx/sites-available/blog.test"),
+            (ServiceKind::NginxSite, "/etc/nginx/conf.d/blog.conf"),
+            (ServiceKind::PhpFpmPool, "/etc/php/8.2/fpm/pool.d/blog.conf"),
+        ] {
+            assert_eq!(service_file_place(kind, path), Ok(()), "{path}");
+        }
+        for (kind, path) in [
+            (ServiceKind::NginxSite, "/etc/cron.d/blog"),
+            (ServiceKind::NginxSite, "/etc/nginx/sites-available"),
+            (ServiceKind::NginxSite, "/etc/nginx/sites-available/sub/blog"),
+            (ServiceKind::NginxSite, "/etc/nginx/nginx.conf"),
+            (ServiceKind::PhpFpmPool, "/etc/php/8.2/fpm/php-fpm.conf"),
+            (ServiceKind::PhpFpmPool, "/etc/cron.d/pool.d/x"),
+        ] {
+            assert!(service_file_place(kind, path).is_err(), "{path}");
+        }
+        assert!(read_by_a_service(Path::new("/etc/nginx/sites-enabled/blog.test")));
+        assert!(!read_by_a_service(Path::new("/etc/nginxes/x")));
+    }
+
+    /// A `#` inside a word or quotes is not a comment to nginx, so it hides nothing from the
+    /// checks; quotes and escapes are read as nginx reads them.
+    #[test]
+    fn nginx_words_are_read_as_nginx_reads_them() {
+        for (hidden, refused) in [
+            ("add_header X \"#\"; root /;", "`root /`"),
+            (
+                "add_header X a#b; access_log /etc/cron.d/x;",
+                "`access_log /etc/cron.d/x`",
+            ),
+            ("add_header X 'a;b' ; root /etc;", "`root /etc`"),
+            ("add_header X a\\;b; root /etc;", "`root /etc`"),
+            ("return 200 \"${host}\"; root /etc;", "`root /etc`"),
+        ] {
+            let problems = rules().judge(hidden).problems;
+            assert!(
+                problems.len() == 1 && problems[0].starts_with(refused),
+                "{hidden}: {problems:?}"
+            );
+        }
+        let statements = nginx_directives(
+            "add_header X \"a;b # c\";\nset $a ${b}c;\nlocation /a#b { return 200 'it\\'s'; } # end\n",
+        )
+        .unwrap();
+        let words = |d: &str, a: &[&str]| (d.to_owned(), a.iter().map(|s| s.to_string()).collect());
+        assert_eq!(
+            statements,
+            vec![
+                words("add_header", &["X", "a;b # c"]),
+                words("set", &["$a", "${b}c"]),
+                words("location", &["/a#b"]),
+                words("return", &["200", "it's"]),
+            ]
+        );
+        for unreadable in [
+            "root \"/a\"b;",
+            "root /a",
+            "root '/a;",
+            "; root /a;",
+            "root /a }",
+        ] {
+            let problems = rules().judge(unreadable).problems;
+            assert!(
+                problems.len() == 1 && problems[0].contains("does not read as nginx would"),
+                "{unreadable}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
     fn tls_files_must_be_on_this_host_under_the_new_domain() {
         let dir = tempfile::tempdir().unwrap();
         fs_err::create_dir_all(dir.path().join("b.test")).unwrap();
@@ -782,8 +1070,23 @@ mod tests {
             "access.log = /etc/cron.d/x",
             "php_admin_value[error_log] = /etc/cron.d/x",
             "php_value[auto_prepend_file] = /tmp/x.php",
+            "[global]\npid = /etc/passwd",
+            "[Global]\ndaemonize = no",
+            "listen = /etc/passwd",
+            "listen = /run/php/../../etc/x.sock",
+            "listen = /run/php/sub/x.sock",
+            "listen = 0.0.0.0:9000",
+            "listen = 192.0.2.1:9000",
         ] {
-            assert_eq!(pool(bad).len(), 1, "{bad}");
+            assert_eq!(pool(bad).len(), 1, "{bad}: {:?}", pool(bad));
+        }
+        for fine in [
+            "listen = 9000",
+            "listen = 127.0.0.1:9001",
+            "listen = [::1]:9001",
+            "listen = /run/php/$pool.sock",
+        ] {
+            assert!(pool(fine).is_empty(), "{fine}: {:?}", pool(fine));
         }
         assert!(pool("; user = root").is_empty(), "comments are ignored");
     }

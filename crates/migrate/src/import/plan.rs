@@ -13,8 +13,8 @@ use baluchon_recipe::{
 };
 
 use super::{
-    host, place, ConfigRewrite, DatabaseTarget, DiskNeed, ImportOptions, ImportPlan, OnConflict,
-    PlannedDatabase, Rename, RewriteKind, SetPlacement,
+    checks, host, place, ConfigRewrite, DatabaseTarget, DiskNeed, ImportOptions, ImportPlan,
+    OnConflict, PlannedDatabase, Rename, RewriteKind, SetPlacement,
 };
 use crate::description::{AppDescription, APP_DESCRIPTION};
 use crate::error::ImportError;
@@ -296,6 +296,15 @@ impl Planner<'_> {
             if rule.with == RehostSource::Keep || (!secret && from == to) {
                 continue;
             }
+            if rule.with == RehostSource::Domain && from != &d.domain {
+                // The sites are checked against the description's domain; the text replaced
+                // in them must be that one, not other text the bundle would choose.
+                self.blockers.push(format!(
+                    "the bundle's value {} ({from:?}) is not its domain ({:?})",
+                    rule.value, d.domain
+                ));
+                continue;
+            }
             if rule.with == RehostSource::Domain {
                 // Where the domain is read from a setting (the custom recipe's spec), it is
                 // written back there; a domain made from the instance name has no place.
@@ -520,13 +529,13 @@ impl Planner<'_> {
                     .definition()
                     .services
                     .iter()
-                    .map(|s| (s.path.as_str(), &[][..], Some(s.kind))),
+                    .map(|s| (s.path.as_str(), &s.within[..], Some(s.kind))),
             )
             .collect();
         let mut placements = Vec::new();
         let mut conflicts = Vec::new();
         let mut renamed = Vec::new();
-        let (mut pools, mut sites) = (Vec::new(), Vec::new());
+        let (mut pools, mut sites, mut enabling) = (Vec::new(), Vec::new(), Vec::new());
         let set_paths: Vec<&str> = d.files.iter().map(|f| f.path.as_str()).collect();
         for set in &d.files {
             let nested = set_paths
@@ -549,6 +558,9 @@ impl Planner<'_> {
             let outside = |p: &str| {
                 baluchon_recipe::check_allowed(p)
                     .and_then(|()| baluchon_recipe::check_within(Path::new(p), within))
+                    .and_then(|()| {
+                        service.map_or(Ok(()), |kind| checks::service_file_place(kind, p))
+                    })
                     .err()
             };
             if let Some(reason) = outside(&set.path).or_else(|| outside(&to)) {
@@ -569,6 +581,9 @@ impl Planner<'_> {
                 continue;
             }
             let staged = || self.tree.join(set.path.trim_start_matches('/'));
+            if service.is_none() && checks::read_by_a_service(Path::new(&to)) {
+                enabling.push((set.path.clone(), staged()));
+            }
             match service {
                 Some(ServiceKind::PhpFpmPool) => pools.push((staged(), PathBuf::from(&to))),
                 Some(ServiceKind::NginxSite) => sites.push((staged(), PathBuf::from(&to))),
@@ -582,6 +597,18 @@ impl Planner<'_> {
             placements.push(placement);
         }
         self.check_services(&pools, &sites, &domain_to, php.as_ref());
+        let service_sets: Vec<&str> = d
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .filter(|path| {
+                templates.iter().any(|(t, _, kind)| {
+                    matches!(kind, Some(ServiceKind::NginxSite | ServiceKind::PhpFpmPool))
+                        && expand_template(t, &old).is_ok_and(|p| p == *path)
+                })
+            })
+            .collect();
+        self.check_enabling_links(&enabling, &service_sets);
         let symlink_retargets = self.check_symlinks(&d.files, &renamed)?;
 
         // Packages: what is missing, and whether this host's versions can run the app.
