@@ -86,6 +86,26 @@ fn installed_version(package: &str) -> String {
     text(&out.stdout)
 }
 
+/// The config that holds WordPress's secrets is a link to a file beside it: the bundle
+/// would keep the link, and the file it leads to with the secrets, so the export refuses to
+/// go on without encryption.
+#[test]
+fn a_secret_behind_a_symlink_is_not_exported_in_clear() {
+    let domain = format!("{}.test", unique("wp-linked"));
+    let site = Site::create("wordpress", &domain);
+    let config = PathBuf::from(site.fact("config_path"));
+    let real = config.with_extension("real.php");
+    fs_err::rename(&config, &real).unwrap();
+    fs_err::os::unix::fs::symlink(real.file_name().unwrap(), &config).unwrap();
+
+    let work = Work::new();
+    let bundle = work.out("blog.baluchon");
+    let out = work.export("wordpress", &domain, &bundle, &[]);
+    fs_err::remove_file(&config).unwrap();
+    fs_err::rename(&real, &config).unwrap();
+    work.assert_failed_cleanly(&out, &bundle, "would be stored in clear");
+}
+
 #[test]
 fn wordpress_bundle_holds_content_uploads_dump_config_and_packages() {
     let domain = format!("{}.test", unique("wp-export"));

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use baluchon_bundle::{
-    export_tree, Change, EntryKind, Error, ExportError, ExportOptions, ExportReport, Progress,
+    export_tree, BundleWriter, Change, EntryKind, EntryPath, Error, ExportError, ExportOptions,
+    ExportReport, NoProgress, Progress, Select, Selection,
 };
 use baluchon_tests::fixture::Keys;
 
@@ -249,4 +250,44 @@ fn a_file_replaced_by_a_link_while_exporting_fails_the_export() {
 fn a_directory_or_file_removed_while_exporting_fails_the_export() {
     changed_after_listing("b", false);
     changed_after_listing("c", false);
+}
+
+/// Archives every entry, with `conf/db.env`'s content replaced (a config file with its
+/// secrets left out, as an app export does).
+struct SecretsLeftOut;
+
+impl Selection for SecretsLeftOut {
+    fn select(&self, _: &EntryPath, _: bool) -> Select {
+        Select::Archive
+    }
+
+    fn replacement(&self, path: &EntryPath) -> Option<Vec<u8>> {
+        (path.as_bytes() == b"conf/db.env").then(|| b"PASSWORD=\n".to_vec())
+    }
+
+    fn replaced_paths(&self) -> Vec<EntryPath> {
+        vec![EntryPath::new(b"conf/db.env".to_vec()).unwrap()]
+    }
+}
+
+/// The directory of a file whose content is replaced is a link (swapped in after the
+/// secrets were read, say): the walk would archive the link, and the file it leads to as it
+/// is, secret included. The export fails instead, and leaves no bundle.
+#[test]
+fn a_file_to_archive_with_its_secrets_left_out_behind_a_link_fails_the_export() {
+    let setup = Setup::new();
+    fs_err::create_dir(setup.tree.join("real")).unwrap();
+    fs_err::write(setup.tree.join("real/db.env"), b"PASSWORD=hunter2\n").unwrap();
+    symlink("real", setup.tree.join("conf")).unwrap();
+    let options = ExportOptions::new(setup.tree.clone(), "secrets".to_owned(), setup.output());
+    let result = BundleWriter::create(&options, &setup.keys.key)
+        .and_then(|writer| writer.add_tree(&SecretsLeftOut, &NoProgress))
+        .and_then(BundleWriter::finish);
+    match result {
+        Err(Error::Export(ExportError::ReplacedThroughLink { path, link })) => {
+            assert_eq!((path.as_str(), link.as_str()), ("conf/db.env", "conf"));
+        }
+        other => panic!("got {other:?}"),
+    }
+    assert!(!setup.output().exists(), "no bundle");
 }

@@ -223,6 +223,11 @@ pub enum ExportError {
     Replaced { path: String },
     #[error("{path} was removed while being archived")]
     Vanished { path: String },
+    #[error(
+        "{path} must be archived with its secrets left out, but {link} is a link: the file \
+         would be archived as it is where the link leads"
+    )]
+    ReplacedThroughLink { path: String, link: String },
     #[error("{path} is nested deeper than {limit} directories")]
     TooDeep { path: String, limit: usize },
 }

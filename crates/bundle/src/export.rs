@@ -376,6 +376,7 @@ impl<'k> BundleWriter<'k> {
             groups: HashMap::new(),
             hardlinks: HashMap::new(),
             replaced_inodes: replaced_inodes(&self.root, selection)?,
+            replaced_paths: selection.replaced_paths(),
             summary: FilesSummary {
                 root: Meta {
                     mode: 0,
@@ -691,6 +692,7 @@ struct Walker<'p> {
     hardlinks: HashMap<(u64, u64), (EntryPath, Sha256Digest)>,
     /// (device, inode) of multiply-linked files whose content is replaced, with the content.
     replaced_inodes: HashMap<(u64, u64), Vec<u8>>,
+    replaced_paths: Vec<EntryPath>,
     summary: FilesSummary,
     skipped: Vec<(EntryPath, SkipReason)>,
     changed: Vec<(EntryPath, Change)>,
@@ -871,6 +873,19 @@ impl Walker<'_> {
                 source: e.into(),
             })?
             .into_bytes();
+        // The file whose content was to be replaced would be archived as it is, at the
+        // link's target, if the walk reaches it there.
+        if let Some(replaced) = self.replaced_paths.iter().find(|replaced| {
+            let (replaced, link) = (replaced.as_bytes(), path.as_bytes());
+            replaced == link
+                || (replaced.starts_with(link) && replaced.get(link.len()) == Some(&b'/'))
+        }) {
+            return Err(ExportError::ReplacedThroughLink {
+                path: replaced.to_string(),
+                link: path.to_string(),
+            }
+            .into());
+        }
         let meta = self.meta(stat);
         self.record(Entry {
             path: path.clone(),

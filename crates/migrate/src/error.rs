@@ -39,7 +39,7 @@ pub enum CaptureError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("the secret values {} would be stored in clear: the import cannot regenerate them (or the recipe does not say in which settings the app reads them). Encrypt the bundle (--encrypt-to), or accept clear secrets (--allow-clear-secrets)", .names.join(", "))]
+    #[error("the secret values {} would be stored in clear: the import cannot regenerate them (or the recipe does not say in which settings the app reads them, or a file that sets them is reached through a symlink, which the bundle keeps as a link). Encrypt the bundle (--encrypt-to), or accept clear secrets (--allow-clear-secrets)", .names.join(", "))]
     ClearSecrets { names: Vec<String> },
     #[error(transparent)]
     Bundle(#[from] baluchon_bundle::Error),

@@ -19,6 +19,8 @@ pub trait HostView {
     fn list_dir(&self, path: &Path) -> io::Result<Option<Vec<String>>>;
     /// Installed packages by name (dpkg's view).
     fn packages(&self) -> io::Result<BTreeMap<String, InstalledPackage>>;
+    /// The first symlink met on the way to `path` (`path` itself included), if any.
+    fn link_on_the_way(&self, path: &Path) -> io::Result<Option<PathBuf>>;
 }
 
 /// Largest file a recipe reads to extract a value: config files, not data.
@@ -71,6 +73,18 @@ impl HostView for LocalHost {
         };
         let parsed = dpkg::installed(&status);
         Ok(self.packages.get_or_init(|| parsed).clone())
+    }
+
+    fn link_on_the_way(&self, path: &Path) -> io::Result<Option<PathBuf>> {
+        for step in path.ancestors().collect::<Vec<_>>().into_iter().rev() {
+            match fs_err::symlink_metadata(step) {
+                Ok(meta) if meta.file_type().is_symlink() => return Ok(Some(step.to_owned())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 }
 

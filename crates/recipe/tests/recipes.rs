@@ -65,6 +65,10 @@ impl HostView for FakeHost {
     fn packages(&self) -> io::Result<BTreeMap<String, InstalledPackage>> {
         Ok(self.packages.clone())
     }
+
+    fn link_on_the_way(&self, _: &Path) -> io::Result<Option<std::path::PathBuf>> {
+        Ok(None)
+    }
 }
 
 fn builtin(name: &str) -> Recipe {

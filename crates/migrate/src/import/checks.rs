@@ -907,7 +907,10 @@ mod tests {
     #[test]
     fn service_files_go_only_where_their_service_reads_them() {
         for (kind, path) in [
-            (ServiceKind::NginxSite, "/etc/nginx/sites-available/blog.test"),
+            (
+                ServiceKind::NginxSite,
+                "/etc/nginx/sites-available/blog.test",
+            ),
             (ServiceKind::NginxSite, "/etc/nginx/conf.d/blog.conf"),
             (ServiceKind::PhpFpmPool, "/etc/php/8.2/fpm/pool.d/blog.conf"),
         ] {
@@ -916,14 +919,19 @@ mod tests {
         for (kind, path) in [
             (ServiceKind::NginxSite, "/etc/cron.d/blog"),
             (ServiceKind::NginxSite, "/etc/nginx/sites-available"),
-            (ServiceKind::NginxSite, "/etc/nginx/sites-available/sub/blog"),
+            (
+                ServiceKind::NginxSite,
+                "/etc/nginx/sites-available/sub/blog",
+            ),
             (ServiceKind::NginxSite, "/etc/nginx/nginx.conf"),
             (ServiceKind::PhpFpmPool, "/etc/php/8.2/fpm/php-fpm.conf"),
             (ServiceKind::PhpFpmPool, "/etc/cron.d/pool.d/x"),
         ] {
             assert!(service_file_place(kind, path).is_err(), "{path}");
         }
-        assert!(read_by_a_service(Path::new("/etc/nginx/sites-enabled/blog.test")));
+        assert!(read_by_a_service(Path::new(
+            "/etc/nginx/sites-enabled/blog.test"
+        )));
         assert!(!read_by_a_service(Path::new("/etc/nginxes/x")));
     }
 
