@@ -226,7 +226,15 @@ pub fn regex_capture(text: &str, re: &Regex) -> Option<String> {
 
 /// A scalar under a dotted key of a TOML document.
 pub fn toml_key(text: &str, key: &str) -> Result<Option<String>, String> {
-    let doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    // Not the error's own text: it quotes the faulty line, which may hold a password.
+    let doc: toml::Table = toml::from_str(text).map_err(|e| match e.span() {
+        Some(span) => format!(
+            "invalid TOML at line {}: {}",
+            text.get(..span.start).unwrap_or(text).matches('\n').count() + 1,
+            e.message()
+        ),
+        None => format!("invalid TOML: {}", e.message()),
+    })?;
     let mut parts = key.split('.');
     let Some(first) = parts.next() else {
         return Ok(None);
@@ -300,5 +308,9 @@ mod tests {
         );
         assert_eq!(toml_key(text, "database.user").unwrap(), None);
         assert!(toml_key(text, "database").is_err());
+        let typo = "domain = \"a.test\"\n[mariadb]\npassword = \"s3cr\"et\"\n";
+        let error = toml_key(typo, "mariadb.password").unwrap_err();
+        assert!(error.starts_with("invalid TOML at line 3:"), "{error}");
+        assert!(!error.contains("s3cr"), "{error}");
     }
 }

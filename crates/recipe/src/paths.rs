@@ -19,7 +19,7 @@ pub const ALLOWED_ROOTS: [&str; 9] = [
 
 /// Paths no recipe may name, whatever root they are under: host credentials, the
 /// database servers' own files, and what tells baluchon how to treat a host.
-const FORBIDDEN: [&str; 13] = [
+const FORBIDDEN: [&str; 12] = [
     "/etc/shadow",
     "/etc/gshadow",
     "/etc/ssh",
@@ -28,12 +28,14 @@ const FORBIDDEN: [&str; 13] = [
     "/etc/ssl/private",
     "/etc/letsencrypt",
     "/etc/mysql",
-    "/etc/baluchon/recipes",
     "/var/lib/baluchon",
     "/var/lib/mysql",
     "/var/lib/postgresql",
     "/etc/postgresql",
 ];
+
+const BALUCHON_DIR: &str = "/etc/baluchon";
+const CUSTOM_INSTANCES_DIR: &str = "/etc/baluchon/custom";
 
 /// `Ok` if `path` is absolute, has no `.`/`..` component, lies strictly below an allowed
 /// root and is not a host credential; otherwise the reason.
@@ -48,7 +50,10 @@ pub fn check_allowed(path: &str) -> Result<(), String> {
     {
         return Err("has a '.', '..' or empty component".to_owned());
     }
-    if FORBIDDEN.iter().any(|f| p.starts_with(f)) {
+    // baluchon's own settings hold the host's signing key and storage credentials; only
+    // the custom apps' instance files there belong to an app.
+    let baluchons_own = p.starts_with(BALUCHON_DIR) && !p.starts_with(CUSTOM_INSTANCES_DIR);
+    if baluchons_own || FORBIDDEN.iter().any(|f| p.starts_with(f)) {
         return Err("is a host credential or system file, which no recipe may capture".to_owned());
     }
     let below_root = ALLOWED_ROOTS
@@ -81,7 +86,12 @@ mod tests {
     fn only_paths_strictly_below_a_root_are_allowed() {
         assert!(check_allowed("/etc/wordpress/config-a.php").is_ok());
         assert!(check_allowed("/var/lib/dokuwiki/data").is_ok());
+        assert!(check_allowed("/etc/baluchon/custom/crm.toml").is_ok());
         for bad in [
+            "/etc/baluchon/sign_ed25519",
+            "/etc/baluchon/backup.env",
+            "/etc/baluchon/recipes/x.toml",
+            "/etc/baluchon/customer",
             "/etc",
             "/",
             "relative/path",
