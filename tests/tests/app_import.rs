@@ -1010,6 +1010,51 @@ fn a_file_set_copied_to_another_filesystem_loses_nothing() {
     assert_eq!(differences(&before, &after, true), Vec::<String>::new());
 }
 
+/// Another account than root made the directory where a set goes a link (to /etc/cron.d,
+/// say): root would follow it and place the bundle's files there. The import refuses before
+/// any change, and nothing appears where the link leads.
+#[test]
+fn a_set_is_never_placed_through_a_link_another_account_may_change() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let name = unique("linked-dest");
+    let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
+    fs_err::create_dir_all(srv.join("data")).unwrap();
+    fs_err::write(srv.join("data/notes.txt"), "notes\n").unwrap();
+    let moved = export_custom_data_app(&name, &srv);
+    fs_err::remove_dir_all(&srv).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    fs_err::os::unix::fs::symlink(elsewhere.path(), &srv).unwrap();
+    let nobody = Some(rustix::fs::Uid::from_raw(65534));
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        &srv,
+        nobody,
+        None,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+
+    let before = host_state();
+    let out = moved.import(&[], &[]);
+    let after = host_state();
+    fs_err::remove_file(&srv).unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "is reached through {}, a link that another account than root may change",
+            srv.display()
+        )),
+        "{stderr}"
+    );
+    assert_same_state(&before, &after, "after refusing to place through a link");
+    assert_eq!(
+        fs_err::read_dir(elsewhere.path()).unwrap().count(),
+        0,
+        "nothing placed where the link leads"
+    );
+}
+
 fn set_xattr(path: &Path, name: &str, value: &str) {
     rustix::fs::setxattr(
         path,
@@ -1125,16 +1170,7 @@ fn an_app_exports_json_report_lists_what_was_not_archived() {
     fs_err::write(data.join("notes.txt"), "kept\n").unwrap();
     set_xattr(&data.join("notes.txt"), "trusted.note", "root only");
     baluchon_tests::fixture::fifo(&data.join("queue"));
-    let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
-    fs_err::create_dir_all("/etc/baluchon/custom").unwrap();
-    fs_err::write(
-        &spec,
-        format!(
-            "domain = \"{name}.test\"\ndata_dir = \"{}\"\n",
-            data.display()
-        ),
-    )
-    .unwrap();
+    let spec = write_custom_spec(name.as_str(), &data);
     let dir = tempfile::tempdir().unwrap();
     let keys = Keys::new(dir.path());
     let bundle = dir.path().join("app.baluchon");
@@ -1173,20 +1209,72 @@ fn an_app_exports_json_report_lists_what_was_not_archived() {
 
 /// Exports the custom app `name` whose data directory is `srv/data`, described by a spec
 /// with only its domain and that directory; the spec is removed again.
-fn export_custom_data_app(name: &str, srv: &Path) -> Move {
+/// The custom app `name`'s instance file, its data directory being `data`.
+fn write_custom_spec(name: &str, data: &Path) -> PathBuf {
     let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
     fs_err::create_dir_all("/etc/baluchon/custom").unwrap();
     fs_err::write(
         &spec,
         format!(
-            "domain = \"{name}.test\"\ndata_dir = \"{}/data\"\n",
-            srv.display()
+            "domain = \"{name}.test\"\ndata_dir = \"{}\"\n",
+            data.display()
         ),
     )
     .unwrap();
+    spec
+}
+
+fn export_custom_data_app(name: &str, srv: &Path) -> Move {
+    let spec = write_custom_spec(name, &srv.join("data"));
     let moved = Move::export("custom", name);
     fs_err::remove_file(&spec).unwrap();
     moved
+}
+
+/// A file set removed once the export has checked it, as the archiving begins: the walk
+/// finds nothing of it, and the export fails instead of recording an empty set.
+#[test]
+fn a_file_set_removed_while_exporting_fails_the_export() {
+    use baluchon_bundle::{Phase, Progress};
+    use baluchon_migrate::{capture_instance, CaptureError, CaptureOptions};
+    use baluchon_recipe::{Catalogue, LocalHost};
+
+    struct RemoveWhenArchiving(PathBuf);
+    impl Progress for RemoveWhenArchiving {
+        fn phase(&self, phase: Phase, _: Option<u64>) {
+            if phase == Phase::Archiving {
+                fs_err::remove_dir_all(&self.0).unwrap();
+            }
+        }
+    }
+
+    let name = unique("vanishing-set");
+    let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
+    let data = srv.join("data");
+    fs_err::create_dir_all(&data).unwrap();
+    fs_err::write(data.join("notes.txt"), "notes\n").unwrap();
+    let spec = write_custom_spec(name.as_str(), &data);
+    let recipe = Catalogue::load(&[]).unwrap().get("custom").unwrap().clone();
+    let instance = recipe.resolve(&LocalHost::new(), &name).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = Keys::new(dir.path());
+    let output = dir.path().join("app.baluchon");
+    let result = capture_instance(
+        &recipe,
+        &instance,
+        &LocalHost::new(),
+        &CaptureOptions::new(output.clone()),
+        &keys.key,
+        &RemoveWhenArchiving(data.clone()),
+    );
+    fs_err::remove_file(&spec).unwrap();
+    fs_err::remove_dir_all(&srv).unwrap();
+    match result {
+        Err(CaptureError::SetVanished { path }) => assert_eq!(path, data),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("the export succeeded"),
+    }
+    assert!(!output.exists(), "no bundle");
 }
 
 #[test]

@@ -873,6 +873,50 @@ fn sqlite_backup_is_consistent_in_wal_mode_while_a_writer_holds_transactions_ope
     sqlite_backup_is_consistent("WAL");
 }
 
+/// A FIFO where SQLite looks for a hot journal, put there by the app's account: SQLite
+/// would open it by name and wait forever for a writer. The export says so instead. Should
+/// it open the FIFO anyway, a writer comes after a minute, and the test fails.
+#[test]
+fn a_fifo_beside_an_sqlite_database_fails_the_export_instead_of_hanging_it() {
+    let s = Scratch::new();
+    let dir = s.srv.join("db");
+    fs_err::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join("app.sqlite3");
+    sqlite(&path, "CREATE TABLE a (id INTEGER PRIMARY KEY);");
+    let journal = dir.join("app.sqlite3-journal");
+    baluchon_tests::fixture::fifo(&journal);
+    s.write_instance(&format!("[sqlite]\npath = \"{}\"\n", path.display()));
+
+    let done = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (journal, done) = (journal.clone(), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !done.load(Ordering::Relaxed) {
+                use fs_err::os::unix::fs::OpenOptionsExt as _;
+                let _ = fs_err::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                    .open(&journal);
+            }
+        })
+    };
+    let (out, took) = s.export();
+    done.store(true, Ordering::Relaxed);
+    watchdog.join().expect("the watchdog thread");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} is not a regular file", journal.display())),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(60), "the export waited {took:?}");
+    assert_eq!(s.outputs(), Vec::<String>::new(), "nothing left");
+}
+
 // --- MariaDB -----------------------------------------------------------------------------
 
 /// `mariadb_root` without the panic: for cleanup, which may run while unwinding.

@@ -383,6 +383,18 @@ pub fn capture_instance(
     }
     let writer = writer.add_tree(&selection, progress)?;
     let counts = selection.counts();
+    // A set gone since the preflight (or now behind a link, which the walk does not
+    // follow) would otherwise be recorded with no entry, and no word.
+    for (set, count) in sets.iter().zip(&counts) {
+        let rel = set.path.as_os_str().as_bytes();
+        let rel = rel.strip_prefix(b"/").unwrap_or(rel);
+        let excluded = writer.excluded().iter().any(|(p, _)| p.as_bytes() == rel);
+        if *count == 0 && !excluded {
+            return Err(CaptureError::SetVanished {
+                path: set.path.clone(),
+            });
+        }
+    }
     let excluded: Vec<ExcludedEntry> = writer
         .excluded()
         .iter()

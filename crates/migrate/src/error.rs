@@ -9,6 +9,8 @@ pub enum CaptureError {
     Recipe(#[from] baluchon_recipe::RecipeError),
     #[error("{path} does not exist, and the recipe does not mark it optional ({what})")]
     MissingPath { path: PathBuf, what: String },
+    #[error("the file set {path} was not archived: it was removed, or replaced by a link, while the export ran")]
+    SetVanished { path: PathBuf },
     #[error("{path} goes through the symlink {symlink}: the recipe or the app's config must name the real path")]
     ThroughSymlink { path: PathBuf, symlink: PathBuf },
     #[error("cannot read {path}")]

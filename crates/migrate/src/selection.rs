@@ -170,14 +170,15 @@ impl Selection for AppSelection {
 fn file_md5(rel: &[u8]) -> Option<String> {
     let mut abs = b"/".to_vec();
     abs.extend_from_slice(rel);
-    // Never through a link, never blocking on a FIFO: only a regular file is hashed.
-    let fd = rustix::fs::open(
+    // Never through a link (on the way either: the walk does not follow one, so a
+    // directory swapped for a link would have another file hashed than the one archived),
+    // never blocking on a FIFO: only a regular file is hashed.
+    let fd = rustix::fs::openat2(
+        rustix::fs::CWD,
         std::ffi::OsStr::from_bytes(&abs),
-        rustix::fs::OFlags::RDONLY
-            | rustix::fs::OFlags::NOFOLLOW
-            | rustix::fs::OFlags::NONBLOCK
-            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
+        rustix::fs::ResolveFlags::NO_SYMLINKS,
     )
     .ok()?;
     if !rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd).ok()?.st_mode).is_file() {

@@ -28,6 +28,32 @@ fn open(db: &Database) -> Result<Connection, CaptureError> {
             what: format!("SQLite database {}", db.id),
         });
     }
+    // SQLite opens these beside the database by name, without O_NONBLOCK: a FIFO put
+    // there by the app's account would hang the export, a link would send root elsewhere.
+    for suffix in ["-journal", "-wal", "-shm"] {
+        let mut sidecar = path.as_os_str().to_owned();
+        sidecar.push(suffix);
+        let sidecar = std::path::PathBuf::from(sidecar);
+        match fs_err::symlink_metadata(&sidecar) {
+            Ok(meta) if !meta.is_file() => {
+                return Err(CaptureError::Database {
+                    id: db.id.clone(),
+                    reason: format!(
+                        "{} is not a regular file: SQLite would open it as its own",
+                        sidecar.display()
+                    ),
+                })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(CaptureError::Unreadable {
+                    path: sidecar,
+                    source,
+                })
+            }
+        }
+    }
     let sqlite = |source| CaptureError::Sqlite {
         path: path.to_owned(),
         source,

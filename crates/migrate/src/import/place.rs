@@ -2,6 +2,7 @@
 //! journaled first, so that undoing the journal restores the host exactly.
 
 use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -193,6 +194,32 @@ pub struct Displace<'a> {
     pub suffix: &'a str,
 }
 
+/// The first symlink above `to` (not `to` itself, which is displaced, never followed) that
+/// someone other than root could have made or could change: a link not owned by root, or in
+/// a directory that is not root's or that others may write. Following one, root would
+/// place the bundle's files wherever an app's account points it (/etc/cron.d, say).
+/// Links root made in its own directories (/var/www → /srv/www) are followed.
+pub fn untrusted_link_above(to: &Path) -> Result<Option<PathBuf>, ImportError> {
+    let mut ancestors: Vec<&Path> = to.ancestors().skip(1).collect();
+    ancestors.reverse();
+    for dir in ancestors {
+        let meta = match fs_err::symlink_metadata(dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        if !meta.file_type().is_symlink() {
+            continue;
+        }
+        let parent = fs_err::metadata(dir.parent().unwrap_or(Path::new("/")))?;
+        let roots_own = meta.uid() == 0 && parent.uid() == 0 && parent.mode() & 0o022 == 0;
+        if !roots_own {
+            return Ok(Some(dir.to_owned()));
+        }
+    }
+    Ok(None)
+}
+
 /// Places one set, journaling each change before making it. A conflict under `Refuse`
 /// is an error (the plan should have caught it; the host may have changed since).
 pub fn place(
@@ -201,6 +228,14 @@ pub fn place(
     displace: &Displace<'_>,
     journal: &mut Journal,
 ) -> Result<(), ImportError> {
+    // The plan checked it too; the host may have changed since.
+    if let Some(link) = untrusted_link_above(&set.to)? {
+        return Err(ImportError::ConflictWhileApplying(format!(
+            "{} is reached through {}, a link that another account than root may change",
+            set.to.display(),
+            link.display()
+        )));
+    }
     // Missing directories above the set (an app under /srv/<name> on a new host) are
     // created, root's, 0755, and journaled like the rest.
     let mut missing: Vec<&Path> = set
@@ -631,31 +666,220 @@ fn set_mtime(path: &Path, meta: &std::fs::Metadata) -> Result<(), ImportError> {
     Ok(())
 }
 
-/// Undoes one journaled change. Each undo checks the state first, so running it twice,
-/// or for a change that was recorded but never made, is harmless.
+/// Undoes one journaled change of the file sets. Each undo checks the state first, so
+/// running it twice, or for a change that was recorded but never made, is harmless. It works
+/// through directory descriptors: since the apply, the app's own code (reloaded, serving the
+/// health check) may have swapped one of its directories for a link, and undoing through
+/// that link would remove or move root's files elsewhere. A link that only root can have
+/// made is followed; any other stops this undo with an error.
 pub fn undo_file_change(change: &Change) -> Result<(), ImportError> {
     match change {
-        Change::Created { path } => match fs_err::symlink_metadata(path) {
-            Ok(m) if m.is_dir() => fs_err::remove_dir_all(path)?,
-            Ok(_) => fs_err::remove_file(path)?,
-            Err(_) => {}
-        },
-        Change::MovedAside { path, kept } if fs_err::symlink_metadata(kept).is_ok() => {
-            match fs_err::symlink_metadata(path) {
-                Ok(m) if m.is_dir() => fs_err::remove_dir_all(path)?,
-                Ok(_) => fs_err::remove_file(path)?,
-                Err(_) => {}
+        Change::Created { path } => remove_at(path),
+        Change::MovedAside { path, kept } => {
+            let (kept_dir, kept_name) = parent_and_name(kept)?;
+            let kept_dir = match open_dir_trusted(kept_dir) {
+                Ok(dir) => dir,
+                Err(ImportError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Ok(())
+                }
+                Err(e) => return Err(e),
+            };
+            if !exists_at(&kept_dir, kept_name, kept)? {
+                return Ok(());
             }
-            fs_err::rename(kept, path)?;
+            remove_at(path)?;
+            let (dir, name) = parent_and_name(path)?;
+            let dir = open_dir_trusted(dir)?;
+            rustix::fs::renameat(&kept_dir, kept_name, &dir, name).map_err(|e| {
+                io_error(
+                    e,
+                    &format!("moving {} back to {}", kept.display(), path.display()),
+                )
+            })?;
+            Ok(())
         }
-        _ => {}
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+fn io_error(e: rustix::io::Errno, what: &str) -> ImportError {
+    std::io::Error::new(std::io::Error::from(e).kind(), format!("{what}: {e}")).into()
+}
+
+fn parent_and_name(path: &Path) -> Result<(&Path, &std::ffi::OsStr), ImportError> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => Ok((parent, name)),
+        _ => Err(io_error(
+            rustix::io::Errno::INVAL,
+            &format!("undoing {}", path.display()),
+        )),
+    }
+}
+
+fn exists_at(
+    dir: &rustix::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    shown: &Path,
+) -> Result<bool, ImportError> {
+    match rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(true),
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(io_error(e, &shown.display().to_string())),
+    }
+}
+
+/// Removes `path` (a whole tree if it is a directory), without following a link on the
+/// way to it or inside it.
+fn remove_at(path: &Path) -> Result<(), ImportError> {
+    let (dir, name) = parent_and_name(path)?;
+    let dir = match open_dir_trusted(dir) {
+        Ok(dir) => dir,
+        // Nothing left to remove below a directory that is gone.
+        Err(ImportError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    remove_tree_at(&dir, name, path)
+}
+
+fn remove_tree_at(
+    dir: &rustix::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+    shown: &Path,
+) -> Result<(), ImportError> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(stat) => stat,
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(io_error(e, &shown.display().to_string())),
+    };
+    if FileType::from_raw_mode(stat.st_mode) != FileType::Directory {
+        return rustix::fs::unlinkat(dir, name, AtFlags::empty())
+            .map_err(|e| io_error(e, &format!("removing {}", shown.display())));
+    }
+    let inner = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_error(e, &shown.display().to_string()))?;
+    let mut names = Vec::new();
+    for entry in
+        rustix::fs::Dir::read_from(&inner).map_err(|e| io_error(e, &shown.display().to_string()))?
+    {
+        let entry = entry.map_err(|e| io_error(e, &shown.display().to_string()))?;
+        let child = entry.file_name().to_bytes();
+        if child != b"." && child != b".." {
+            names.push(std::ffi::OsStr::from_bytes(child).to_owned());
+        }
+    }
+    for child in names {
+        remove_tree_at(&inner, &child, &shown.join(&child))?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+        .map_err(|e| io_error(e, &format!("removing {}", shown.display())))
+}
+
+/// Opens the directory `path` from `/`, one component at a time. A link met on the way is
+/// followed only if root alone can have made it (see [`untrusted_link_above`]).
+fn open_dir_trusted(path: &Path) -> Result<rustix::fd::OwnedFd, ImportError> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+    let mut dir = rustix::fs::open("/", flags, Mode::empty()).map_err(|e| io_error(e, "/"))?;
+    let mut walked = PathBuf::from("/");
+    for part in path.components() {
+        let name = match part {
+            std::path::Component::Normal(name) => name,
+            std::path::Component::RootDir | std::path::Component::CurDir => continue,
+            std::path::Component::ParentDir | std::path::Component::Prefix(_) => {
+                return Err(io_error(
+                    rustix::io::Errno::INVAL,
+                    &path.display().to_string(),
+                ))
+            }
+        };
+        walked.push(name);
+        let shown = walked.display().to_string();
+        let stat = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| io_error(e, &shown))?;
+        let follow = if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink {
+            let parent = rustix::fs::fstat(&dir).map_err(|e| io_error(e, &shown))?;
+            let roots_own = stat.st_uid == 0 && parent.st_uid == 0 && parent.st_mode & 0o022 == 0;
+            if !roots_own {
+                return Err(ImportError::ConflictWhileApplying(format!(
+                    "{shown} is now a link that another account than root may change: not undoing through it"
+                )));
+            }
+            OFlags::empty()
+        } else {
+            OFlags::NOFOLLOW
+        };
+        dir = rustix::fs::openat(&dir, name, flags | follow, Mode::empty())
+            .map_err(|e| io_error(e, &shown))?;
+    }
+    Ok(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After the apply, the app's account (owning a directory the import made) swapped a
+    /// directory for a link to root's files: undoing does not go through it. Without such a
+    /// link, a created tree is removed and a displaced file comes back.
+    #[test]
+    fn undoing_never_goes_through_a_link_the_app_may_have_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (app, victim) = (dir.path().join("app"), dir.path().join("victim"));
+        fs_err::create_dir_all(app.join("uploads")).unwrap();
+        fs_err::create_dir_all(&victim).unwrap();
+        fs_err::write(app.join("uploads/passwd"), "placed\n").unwrap();
+        fs_err::write(victim.join("passwd"), "root's\n").unwrap();
+        // Writable by others, as a directory the app's account owns.
+        fs_err::set_permissions(&app, std::fs::Permissions::from_mode(0o777)).unwrap();
+        fs_err::rename(app.join("uploads"), app.join("moved")).unwrap();
+        fs_err::os::unix::fs::symlink(&victim, app.join("uploads")).unwrap();
+
+        let placed = Change::Created {
+            path: app.join("uploads/passwd"),
+        };
+        let error = undo_file_change(&placed).unwrap_err().to_string();
+        assert!(error.contains("is now a link"), "{error}");
+        assert_eq!(
+            fs_err::read_to_string(victim.join("passwd")).unwrap(),
+            "root's\n"
+        );
+
+        fs_err::remove_file(app.join("uploads")).unwrap();
+        fs_err::rename(app.join("moved"), app.join("uploads")).unwrap();
+        fs_err::create_dir_all(app.join("uploads/deep/er")).unwrap();
+        fs_err::os::unix::fs::symlink(&victim, app.join("uploads/deep/link")).unwrap();
+        undo_file_change(&Change::Created {
+            path: app.join("uploads"),
+        })
+        .unwrap();
+        assert!(!app.join("uploads").exists());
+        assert!(
+            victim.join("passwd").exists(),
+            "a link inside is removed, not followed"
+        );
+
+        fs_err::write(app.join("config"), "the bundle's\n").unwrap();
+        fs_err::write(dir.path().join("kept"), "the host's\n").unwrap();
+        undo_file_change(&Change::MovedAside {
+            path: app.join("config"),
+            kept: dir.path().join("kept"),
+        })
+        .unwrap();
+        assert_eq!(
+            fs_err::read_to_string(app.join("config")).unwrap(),
+            "the host's\n"
+        );
+        undo_file_change(&Change::Created {
+            path: dir.path().join("gone/below"),
+        })
+        .unwrap();
+    }
 
     fn set_xattr(path: &Path, name: &str, value: &[u8]) {
         rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty()).unwrap();

@@ -568,6 +568,14 @@ impl Planner<'_> {
                     .push(format!("file set {} → {to} {reason}", set.path));
                 continue;
             }
+            if let Some(link) = place::untrusted_link_above(Path::new(&to))? {
+                self.blockers.push(format!(
+                    "file set {} → {to} is reached through {}, a link that another account than root may change: the import does not place files through it",
+                    set.path,
+                    link.display()
+                ));
+                continue;
+            }
             // Scripts run by root (cron jobs, systemd units) are code: a bundle's are never
             // installed. An identical one already here is fine.
             if matches!(service, Some(ServiceKind::Cron | ServiceKind::SystemdUnit)) {
