@@ -623,6 +623,14 @@ impl SiteRules<'_> {
         for (directive, args) in statements {
             let first = args.first().map_or("", String::as_str);
             let statement = || format!("`{directive} {}`", args.join(" "));
+            // Whatever the directive (try_files, a log, a file read at load): `..` in a
+            // path leaves the places the checks below allow.
+            if args.iter().any(|a| a.split('/').any(|part| part == "..")) {
+                verdict
+                    .problems
+                    .push(format!("{} (a path through `..`)", statement()));
+                continue;
+            }
             let refused = match directive.as_str() {
                 // Code nginx would run, or directories its master (root) creates.
                 "load_module" => Some("a bundle's site may not load code"),
@@ -890,6 +898,8 @@ mod tests {
             "root /etc;",
             "root /var/lib/wordpress;",
             "root /var/lib/wordpress/wp-content/../../mysql;",
+            "try_files $uri /../../../srv/other/config.php =404;",
+            "location / { try_files ../x =404; }",
             "root /var/lib/wordpress/wp-content/$http_x;",
             "root relative/path;",
             "location / { alias '/root/'; }",
