@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::ffi::OsStrExt as _;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use baluchon_bundle::{OwnerId, TreeNeeds};
@@ -357,10 +357,7 @@ pub fn place(
             return Err(e);
         }
         if meta.is_dir() {
-            fs_err::set_permissions(
-                &target,
-                std::fs::Permissions::from_mode(meta.mode() & 0o7777),
-            )?;
+            chmod_no_follow(&target, meta.mode() & 0o7777)?;
             chown(&target, &meta)?;
             // The directory is made anew here, not moved: its attributes come along by hand.
             copy_user_xattrs(&staged, &target)?;
@@ -399,11 +396,24 @@ fn harden_system_config(
     )
     .map_err(|e| std::io::Error::new(e.kind(), format!("chown {}: {e}", apply_to.display())))?;
     if !meta.file_type().is_symlink() {
-        fs_err::set_permissions(
-            apply_to,
-            std::fs::Permissions::from_mode(meta.mode() & 0o0755),
-        )?;
+        chmod_no_follow(apply_to, meta.mode() & 0o0755)?;
     }
+    Ok(())
+}
+
+/// Sets the mode of `path` through a descriptor opened without following a final link:
+/// chown, xattrs and times are set on the link itself, but chmod would follow it, and the
+/// app's account may have swapped a directory it owns for a link to a file of root's.
+fn chmod_no_follow(path: &Path, mode: u32) -> Result<(), ImportError> {
+    use rustix::fs::{Mode, OFlags};
+    let failed = |e| io_error(e, &format!("chmod {}", path.display()));
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(failed)?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(failed)?;
     Ok(())
 }
 
@@ -538,10 +548,7 @@ fn move_entry(
     copy_extents(staged, &out, meta.len())?;
     out.sync_all()?;
     drop(out);
-    fs_err::set_permissions(
-        target,
-        std::fs::Permissions::from_mode(meta.mode() & 0o7777),
-    )?;
+    chmod_no_follow(target, meta.mode() & 0o7777)?;
     chown(target, meta)?;
     copy_user_xattrs(staged, target)?;
     set_mtime(target, meta)?;
@@ -822,7 +829,26 @@ fn open_dir_trusted(path: &Path) -> Result<rustix::fd::OwnedFd, ImportError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
+
+    /// A directory the apply has just made, swapped for a link to root's file before its
+    /// mode is set: the mode is not set through the link.
+    #[test]
+    fn a_mode_is_never_set_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let (made, roots) = (dir.path().join("made"), dir.path().join("shadow"));
+        fs_err::write(&roots, "root's\n").unwrap();
+        fs_err::set_permissions(&roots, std::fs::Permissions::from_mode(0o600)).unwrap();
+        fs_err::os::unix::fs::symlink(&roots, &made).unwrap();
+        assert!(chmod_no_follow(&made, 0o755).is_err());
+        assert_eq!(fs_err::metadata(&roots).unwrap().mode() & 0o7777, 0o600);
+        fs_err::remove_file(&made).unwrap();
+        fs_err::create_dir(&made).unwrap();
+        chmod_no_follow(&made, 0o750).unwrap();
+        assert_eq!(fs_err::metadata(&made).unwrap().mode() & 0o7777, 0o750);
+    }
 
     /// After the apply, the app's account (owning a directory the import made) swapped a
     /// directory for a link to root's files: undoing does not go through it. Without such a
