@@ -38,6 +38,9 @@ pub struct SetPlacement {
     pub identical: u64,
     /// Entries that exist here and differ (or are of another type).
     pub conflicts: Vec<PathBuf>,
+    /// Directories that exist here and are kept with their own mode or owner, which
+    /// differ from the bundle's (their content is merged).
+    pub dirs_kept: Vec<PathBuf>,
 }
 
 fn staged_path(tree: &Path, from: &Path) -> PathBuf {
@@ -127,6 +130,7 @@ pub fn survey(tree: &Path, from: &Path, to: &Path) -> Result<SetPlacement, Impor
         creates: 0,
         identical: 0,
         conflicts: Vec::new(),
+        dirs_kept: Vec::new(),
     };
     let mut stack = vec![(staged_path(tree, from), to.to_owned())];
     while let Some((staged, target)) = stack.pop() {
@@ -147,6 +151,12 @@ pub fn survey(tree: &Path, from: &Path, to: &Path) -> Result<SetPlacement, Impor
             Existing::Merge => {
                 plan.entries += 1;
                 plan.identical += 1;
+                let attributes = |m: std::fs::Metadata| (m.mode() & 0o7777, m.uid(), m.gid());
+                if attributes(fs_err::symlink_metadata(&staged)?)
+                    != attributes(fs_err::symlink_metadata(&target)?)
+                {
+                    plan.dirs_kept.push(target.clone());
+                }
                 for name in children(&staged)?.into_iter().rev() {
                     stack.push((staged.join(&name), target.join(&name)));
                 }
@@ -832,6 +842,28 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    /// An existing directory whose mode differs from the bundle's is merged into, and the
+    /// survey names it: its mode stays as it is.
+    #[test]
+    fn an_existing_directory_kept_with_another_mode_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        fs_err::create_dir_all(tree.join("srv/app/sub")).unwrap();
+        let target = dir.path().join("app");
+        fs_err::create_dir_all(target.join("sub")).unwrap();
+        for (path, mode) in [
+            (tree.join("srv/app"), 0o755),
+            (target.clone(), 0o755),
+            (tree.join("srv/app/sub"), 0o750),
+            (target.join("sub"), 0o700),
+        ] {
+            fs_err::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let plan = survey(&tree, Path::new("/srv/app"), &target).unwrap();
+        assert_eq!(plan.dirs_kept, vec![target.join("sub")]);
+        assert!(plan.conflicts.is_empty());
+    }
 
     /// A directory the apply has just made, swapped for a link to root's file before its
     /// mode is set: the mode is not set through the link.

@@ -602,6 +602,16 @@ impl Planner<'_> {
             }
             let placement = place::survey(self.tree, Path::new(&set.path), Path::new(&to))?;
             conflicts.extend(placement.conflicts.iter().cloned());
+            if let Some(first) = placement.dirs_kept.first() {
+                let kept = match placement.dirs_kept.len() {
+                    1 => "1 existing directory keeps its".to_owned(),
+                    n => format!("{n} existing directories keep their"),
+                };
+                self.warnings.push(format!(
+                    "{to}: {kept} own mode or owner, which differ from the bundle's (first: {})",
+                    first.display()
+                ));
+            }
             placements.push(placement);
         }
         self.check_services(&pools, &sites, &domain_to, php.as_ref());
