@@ -87,8 +87,9 @@ fn parse_bundle_key(key: &str) -> Option<(String, Timestamp, String)> {
         .to_zoned(TimeZone::UTC)
         .ok()?
         .timestamp();
-    (check_tenant(tenant).is_ok() && !id.is_empty() && !id.starts_with('.'))
-        .then(|| (tenant.to_owned(), created, id.to_owned()))
+    // A bundle id is a UUID: anything else (a `/` of a nested foreign object) is not ours.
+    let uuid_like = !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    (check_tenant(tenant).is_ok() && uuid_like).then(|| (tenant.to_owned(), created, id.to_owned()))
 }
 
 /// The backups of `tenant` (or of every tenant) at `destination`.
@@ -262,6 +263,11 @@ mod tests {
         assert!(bundle_key(".hidden", at("2026-11-25T03:17:09Z"), "x").is_err());
         assert_eq!(parse_bundle_key("shop/.baluchon-upload.x"), None);
         assert_eq!(parse_bundle_key("shop/notes.txt"), None);
+        // Someone else's object nested below a tenant (S3 lists recursively).
+        assert_eq!(
+            parse_bundle_key("shop/20261101T000000.000Z-x/y.baluchon"),
+            None
+        );
     }
 
     /// Only what our uploads leave is ever abandoned, and only once written a day ago.

@@ -293,22 +293,10 @@ impl Destination {
                 let q = shell_quote(root);
                 let out = conn
                     .output(&format!(
-                        "if [ -d {q} ]; then cd {q} && find . -mindepth 2 -maxdepth 2 -type f -printf '%s %T@ %P\\n'; fi"
+                        "if [ -d {q} ]; then cd {q} && find . -mindepth 2 -maxdepth 2 -type f -printf '%s %T@ %P\\0'; fi"
                     ))
                     .map_err(|e| self.ssh_error("listing", root, e))?;
-                out.lines()
-                    .filter_map(|line| {
-                        let (size, rest) = line.split_once(' ')?;
-                        let (modified, key) = rest.split_once(' ')?;
-                        // `%T@` is seconds with a fraction; whole seconds are enough here.
-                        let modified = modified.split('.').next().and_then(|s| s.parse().ok());
-                        Some(Object {
-                            key: key.to_owned(),
-                            size: size.parse().ok()?,
-                            modified: modified.and_then(|s| Timestamp::from_second(s).ok()),
-                        })
-                    })
-                    .collect()
+                parse_listing(&out)
             }
             Backend::S3(store) => store.list(&self.name, prefix.trim_end_matches('/'))?,
         };
@@ -451,9 +439,47 @@ fn list_dir(root: &Path) -> std::io::Result<Vec<Object>> {
     Ok(objects)
 }
 
+/// The objects of `find -printf '%s %T@ %P\0'` output. NUL-separated: a name may hold a
+/// newline, and one line would then pass for two objects, one of them named like another
+/// tenant's backup.
+fn parse_listing(out: &str) -> Vec<Object> {
+    out.split('\0')
+        .filter_map(|record| {
+            let (size, rest) = record.split_once(' ')?;
+            let (modified, key) = rest.split_once(' ')?;
+            // `%T@` is seconds with a fraction; whole seconds are enough here.
+            let modified = modified.split('.').next().and_then(|s| s.parse().ok());
+            Some(Object {
+                key: key.to_owned(),
+                size: size.parse().ok()?,
+                modified: modified.and_then(|s| Timestamp::from_second(s).ok()),
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory named with a newline and what looks like a listing line cannot make one
+    /// object pass for two.
+    #[test]
+    fn a_name_with_a_newline_is_one_object() {
+        let name = "x\n1 1 shop/20261125T031709.500Z-0193.baluchon";
+        let out = format!(
+            "12 1764000000.5 shop/20261125T031709.500Z-0193.baluchon\0\
+             3 1764000001.25 {name}/y\0"
+        );
+        let keys: Vec<String> = parse_listing(&out).into_iter().map(|o| o.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "shop/20261125T031709.500Z-0193.baluchon".to_owned(),
+                format!("{name}/y")
+            ]
+        );
+    }
 
     #[test]
     fn locations() {
