@@ -86,6 +86,39 @@ fn a_port_entry_in_known_hosts_is_honoured_and_a_changed_key_refused() {
     ));
 }
 
+/// libssh2 compares host names exactly; a known_hosts line naming the host by a pattern is
+/// honoured all the same: its key is accepted, and another key is a changed key, which
+/// trust on first use does not record.
+#[test]
+fn a_host_known_under_a_pattern_is_checked_against_that_key() {
+    let sshd = Sshd::start();
+    let other = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    let pattern = format!("[127.0.0.?]:{}", sshd.port());
+    fs_err::write(&known_hosts, format!("{pattern} {}\n", sshd.host_key_pub())).unwrap();
+    Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap();
+
+    let wrong = format!("{pattern} {}\n", other.host_key_pub());
+    fs_err::write(&known_hosts, &wrong).unwrap();
+    let mut accept = options(&sshd, &known_hosts);
+    accept.accept_new_host_key = true;
+    let err = Connection::open(&target(&sshd), &accept).unwrap_err();
+    assert!(
+        matches!(err, TransportError::ChangedHostKey { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&other.host_key_fingerprint()),
+        "{err}"
+    );
+    assert_eq!(
+        fs_err::read_to_string(&known_hosts).unwrap(),
+        wrong,
+        "nothing recorded"
+    );
+}
+
 #[test]
 fn a_pinned_fingerprint_replaces_known_hosts() {
     let sshd = Sshd::start();

@@ -57,9 +57,10 @@ fn parse_line(text: &str) -> Option<Line<'_>> {
     })
 }
 
-/// Whether a known_hosts host field names `entry` (`host` or `[host]:port`): a plain
-/// comma-separated list, or one hashed name `|1|salt|hash` (HMAC-SHA1 of the name).
-/// Wildcard patterns are left to libssh2's own check.
+/// Whether a known_hosts host field names `entry` (`host` or `[host]:port`): a
+/// comma-separated list of patterns (`*` and `?` as wildcards, `!` to exclude, compared
+/// without regard to case, as OpenSSH does), or one hashed name `|1|salt|hash` (HMAC-SHA1
+/// of the name). libssh2 compares names exactly: the patterns are judged here.
 fn names(hosts: &str, entry: &str) -> bool {
     if let Some(hashed) = hosts.strip_prefix("|1|") {
         let Some((salt, hash)) = hashed.split_once('|') else {
@@ -75,7 +76,46 @@ fn names(hosts: &str, entry: &str) -> bool {
         mac.update(entry.as_bytes());
         return mac.verify_slice(&hash).is_ok();
     }
-    hosts.split(',').any(|name| name == entry)
+    let entry = entry.to_ascii_lowercase();
+    let mut named = false;
+    for pattern in hosts.split(',').map(str::to_ascii_lowercase) {
+        match pattern.strip_prefix('!') {
+            Some(excluded) if glob(excluded, &entry) => return false,
+            Some(_) => {}
+            None => named |= glob(&pattern, &entry),
+        }
+    }
+    named
+}
+
+/// `*` matches any run of characters, `?` any one character.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (pattern, text): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), text.chars().collect());
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was, and how much of the text it has taken.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((star_at, taken)) => {
+                    p = star_at + 1;
+                    t = taken + 1;
+                    star = Some((star_at, taken + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
 }
 
 /// The key's type name, the first string of its SSH wire encoding.
@@ -141,9 +181,29 @@ pub(crate) fn check_host_key(
     } else {
         format!("[{}]:{}", target.host, target.port)
     };
+    // Lines whose patterns name the host (libssh2 only matches exact names).
+    let naming: Vec<&Line> = lines
+        .iter()
+        .filter(|l| l.marker.is_none() && names(l.hosts, &entry))
+        .collect();
     // check_port, not check: the latter ignores `[host]:port` entries.
     match known.check_port(&target.host, target.port, key) {
         CheckResult::Match => Ok(()),
+        CheckResult::NotFound if naming.iter().any(|l| l.key == key) => Ok(()),
+        // Known under a pattern, with another key: changed, even with trust on first use.
+        CheckResult::NotFound if !naming.is_empty() => Err(TransportError::ChangedHostKey {
+            target: name,
+            old: naming
+                .iter()
+                .map(|l| format!("{} {}", l.key_type, fingerprint(&l.key)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            new: format!(
+                "{} {presented}",
+                key_type_name(key).unwrap_or("unknown-type")
+            ),
+            known_hosts: options.known_hosts.clone(),
+        }),
         CheckResult::NotFound
             if lines
                 .iter()
@@ -253,6 +313,20 @@ mod tests {
         assert!(names("a.example,[127.0.0.1]:2222", "[127.0.0.1]:2222"));
         assert!(!names("a.example", "b.example"));
         assert!(!names("|1|garbage", "a.example"));
+    }
+
+    #[test]
+    fn patterns_name_hosts_as_openssh_does() {
+        assert!(names("*.example.org", "db.example.org"));
+        assert!(names("*.EXAMPLE.org", "Db.example.org"));
+        assert!(!names("*.example.org", "example.org"));
+        assert!(names("[127.0.0.?]:2222", "[127.0.0.1]:2222"));
+        assert!(!names("[127.0.0.?]:2222", "[127.0.0.10]:2222"));
+        assert!(names("a*b*c", "aXbYbZc"));
+        assert!(names("*", "anything"));
+        assert!(!names("*.example.org,!db.example.org", "db.example.org"));
+        assert!(names("*.example.org,!db.example.org", "www.example.org"));
+        assert!(!names("!db.example.org", "www.example.org"));
     }
 
     #[test]
