@@ -369,6 +369,56 @@ fn check_fails_when_the_newest_backup_is_too_old_or_missing() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no backup"));
 }
 
+/// A backup named by a clock years ahead would rank newest for ever: `keep-last 1` would
+/// then remove every real one. prune refuses that tenant, and check says so.
+#[test]
+fn a_backup_dated_in_the_future_stops_prune_and_fails_check() {
+    let setup = Setup::new();
+    let store = setup.dir.path().join("backups");
+    let to = store.display().to_string();
+    let signer = setup.keys.allowed_signers.display().to_string();
+    setup.ok(&[], &setup.backup_args("shop", &to));
+    let real: Vec<PathBuf> = fs_err::read_dir(store.join("shop"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(real.len(), 2, "the bundle and its marker: {real:?}");
+    for file in &real {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let (_, rest) = name.split_once('-').unwrap();
+        fs_err::copy(
+            file,
+            file.with_file_name(format!("20991231T000000.000Z-{rest}")),
+        )
+        .unwrap();
+    }
+
+    let out = setup.run(
+        &[],
+        &strings(&["backups", "prune", &to, "--keep-last", "1"]),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not pruning shop") && stderr(&out).contains("in the future"),
+        "{}",
+        stderr(&out)
+    );
+    for file in &real {
+        assert!(file.exists(), "{} was removed", file.display());
+    }
+
+    let out = setup.run(
+        &[],
+        &strings(&["backups", "check", &to, "--signer", &signer]),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAIL shop:") && text.contains("in the future"),
+        "{text}"
+    );
+}
+
 /// Random bytes: incompressible, so the bundle is as large as the tree.
 fn random_file(path: &Path, bytes: usize) {
     let mut out = fs_err::File::create(path).unwrap();

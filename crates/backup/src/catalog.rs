@@ -215,6 +215,16 @@ pub fn remove_incomplete(destination: &Destination, object: &Object) -> Result<(
 /// How long an incomplete object goes unwritten before no upload is taken to be going on.
 const ABANDONED_AFTER: SignedDuration = SignedDuration::from_hours(24);
 
+/// How far ahead of this machine's clock a backup's time may be (the bundles' own clock
+/// skew allowance): beyond, the clock that named it was wrong.
+const FUTURE_TOLERANCE: SignedDuration = SignedDuration::from_hours(24);
+
+/// Whether `backup` is named with a time well after `now`. Such a backup would rank newest
+/// for ever: retention would then remove every real new one, and its age would never grow.
+pub fn is_from_the_future(backup: &Backup, now: Timestamp) -> bool {
+    backup.created.duration_since(now) > FUTURE_TOLERANCE
+}
+
 /// Whether an incomplete object was left by an upload of ours that stopped, so that
 /// removing it touches neither an upload still going on nor what others store there.
 /// Ours by its name: a bundle without its marker, a marker without its bundle, an SSH

@@ -19,8 +19,8 @@ mod retention;
 mod s3;
 
 pub use catalog::{
-    bundle_key, check_tenant, fetch, is_abandoned, list, remove, remove_incomplete, store, Backup,
-    Listing,
+    bundle_key, check_tenant, fetch, is_abandoned, is_from_the_future, list, remove,
+    remove_incomplete, store, Backup, Listing,
 };
 pub use destination::{Destination, Location, Object};
 pub use error::BackupError;

@@ -620,7 +620,21 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
         "remove"
     };
     let (mut kept, mut removed) = (0, 0);
-    for backups in by_tenant.values() {
+    let now = Timestamp::now();
+    let mut refused = Vec::new();
+    for (tenant, backups) in &by_tenant {
+        if let Some(future) = backups
+            .iter()
+            .find(|b| baluchon_backup::is_from_the_future(b, now))
+        {
+            // It would rank newest for ever, and every real new backup would go.
+            eprintln!(
+                "error: not pruning {tenant}: {} is dated {}, in the future (the clock that named it was wrong); remove it by hand",
+                future.key, future.created
+            );
+            refused.push(*tenant);
+            continue;
+        }
         let times: Vec<Timestamp> = backups.iter().map(|b| b.created).collect();
         for (backup, reasons) in backups.iter().zip(retention.decide(&times)?) {
             if reasons.is_empty() {
@@ -636,7 +650,6 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let now = Timestamp::now();
     for object in &listing.incomplete {
         if baluchon_backup::is_abandoned(object, now) {
             println!("{verb} unfinished upload {}", object.key);
@@ -648,6 +661,11 @@ fn prune(args: &PruneArgs) -> anyhow::Result<()> {
     println!(
         "{kept} backups kept, {removed} {} at {dest}",
         if args.dry_run { "to remove" } else { "removed" }
+    );
+    anyhow::ensure!(
+        refused.is_empty(),
+        "not pruned, for a backup dated in the future: {}",
+        refused.join(", ")
     );
     Ok(())
 }
@@ -709,6 +727,12 @@ fn check(args: &CheckArgs, progress: &dyn Progress) -> anyhow::Result<()> {
         let age = now.duration_since(backup.created);
         let age_seconds = age.as_secs();
         let mut problems = Vec::new();
+        if baluchon_backup::is_from_the_future(backup, now) {
+            problems.push(format!(
+                "dated {}, in the future: the clock that named it was wrong, and newer backups rank below it",
+                backup.created
+            ));
+        }
         if age > jiff::SignedDuration::try_from(args.max_age).unwrap_or(jiff::SignedDuration::MAX) {
             problems.push(format!(
                 "{} h old, more than {} h",
