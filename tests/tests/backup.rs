@@ -791,13 +791,27 @@ fn schedule_install_writes_a_timer_and_offers_cron_without_systemd() {
     assert!(service.contains("--work-dir /var/tmp"), "{service}");
     assert!(units.join("baluchon-backup-shop.timer").exists());
 
-    let cron = setup.ok(&[], &[args, strings(&["--cron"])].concat());
+    let cron = setup.ok(&[], &[args.clone(), strings(&["--cron"])].concat());
     let line = cron.lines().find(|l| !l.starts_with('#')).unwrap();
     assert!(line.contains(" * * * root "), "{line}");
     assert!(
         line.contains("'--sign-key' '/etc/baluchon/sign key'"),
         "{line}"
     );
+
+    // A newline would start a unit directive or a root cron job of its own.
+    for extra in [
+        &["--", "--work-dir", "/var/tmp\nExecStartPre=/bin/sh -c id"][..],
+        &["--cron", "--", "--work-dir", "/x\n* * * * * root id"][..],
+    ] {
+        let out = setup.run(&[], &[args.clone(), strings(extra)].concat());
+        assert_eq!(out.status.code(), Some(1), "{extra:?}");
+        assert!(
+            stderr(&out).contains("control character"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 /// A new age identity in `path`, with its recipient (`age1…`).

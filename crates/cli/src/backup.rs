@@ -916,6 +916,15 @@ fn install(args: &InstallArgs) -> anyhow::Result<()> {
         args.sign_key.display().to_string(),
     ]);
     command.extend(args.backup_args.iter().cloned());
+    // A unit file and a cron line are read line by line: a newline in an argument would
+    // start a directive or a job of its own.
+    if let Some(arg) = command
+        .iter()
+        .chain([&tenant, &args.on_calendar])
+        .find(|a| a.chars().any(char::is_control))
+    {
+        anyhow::bail!("{arg:?} holds a control character, which a schedule cannot carry");
+    }
 
     let cron = || -> anyhow::Result<String> {
         let line: Vec<String> = command
