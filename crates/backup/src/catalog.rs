@@ -186,7 +186,15 @@ pub fn fetch(
             destination: destination.to_string(),
             key: marker_key.clone(),
         })?;
-    destination.get(&backup.key, local, progress)?;
+    // Each backend creates `local` anew (an existing file is an error, and stays): a copy
+    // cut short is removed, so that nothing is left that looks like the backup.
+    let existed = fs_err::symlink_metadata(local).is_ok();
+    if let Err(e) = destination.get(&backup.key, local, progress) {
+        if !existed {
+            let _ = fs_err::remove_file(local);
+        }
+        return Err(e);
+    }
     let actual = sha256_file(local)?;
     if actual != expected {
         fs_err::remove_file(local)?;
