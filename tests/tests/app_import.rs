@@ -788,7 +788,7 @@ fn a_bundle_cannot_enable_an_nginx_site_that_is_not_checked() {
     let blockers = plan["blockers"].to_string();
     assert!(
         blockers.contains(&format!(
-            "{} is not a link to one of the bundle's nginx sites or PHP-FPM pools",
+            "{} is not a link to one of the bundle's nginx sites, which are checked",
             enabled.display()
         )),
         "{blockers}"

@@ -920,7 +920,7 @@ fn install(args: &InstallArgs) -> anyhow::Result<()> {
     // start a directive or a job of its own.
     if let Some(arg) = command
         .iter()
-        .chain([&tenant, &args.on_calendar])
+        .chain([&tenant, &args.on_calendar, &args.randomized_delay])
         .find(|a| a.chars().any(char::is_control))
     {
         anyhow::bail!("{arg:?} holds a control character, which a schedule cannot carry");

@@ -81,6 +81,9 @@ pub enum ImportError {
     },
     #[error("the import cannot proceed:\n  - {}", .0.join("\n  - "))]
     Blocked(Vec<String>),
+    /// A rollback met a link on its way that the app's code may have made since the apply.
+    #[error("{} is now a link that another account than root may change: not undoing through it (look at it, then run `baluchon recover --tenant T`)", .link.display())]
+    UndoThroughLink { link: PathBuf },
     /// A conflict met while placing files, after the plan, so after earlier steps changed
     /// the host (and were undone).
     #[error("{0} (found while applying)")]

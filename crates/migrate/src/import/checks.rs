@@ -31,7 +31,9 @@ pub(super) fn service_file_place(kind: ServiceKind, path: &str) -> Result<(), St
             "/etc/nginx/sites-available or /etc/nginx/conf.d",
         ),
         ServiceKind::PhpFpmPool => (
-            path.starts_with("/etc/php") && parent.file_name().is_some_and(|n| n == "pool.d"),
+            parent.starts_with("/etc/php")
+                && parent.components().count() == 6
+                && parent.ends_with("fpm/pool.d"),
             "/etc/php/VERSION/fpm/pool.d",
         ),
         // Never installed (see the plan).
@@ -63,6 +65,12 @@ impl Planner<'_> {
             .map(|(_, to)| to.as_path())
             .collect();
         let host = HostWeb::read(&ours);
+        for (site, reason) in &host.unreadable {
+            self.warnings.push(format!(
+                "this host's nginx site {} could not be read ({reason}): the names it answers for are not compared with the bundle's",
+                site.display()
+            ));
+        }
         let accounts = fs_err::read_to_string("/etc/passwd").unwrap_or_default();
         let groups = fs_err::read_to_string("/etc/group").unwrap_or_default();
         let allowed: Vec<String> = self
@@ -148,9 +156,17 @@ impl Planner<'_> {
     pub(super) fn check_enabling_links(
         &mut self,
         enabling: &[(String, PathBuf)],
-        services: &[&str],
+        sites: &[&str],
+        pools: &[&str],
     ) {
         for (set, staged) in enabling {
+            // nginx loads what is under /etc/nginx, PHP-FPM what is under /etc/php: a link
+            // must lead to a file checked for the service that will load it.
+            let (services, kind) = if Path::new(set).starts_with("/etc/nginx") {
+                (sites, "nginx sites")
+            } else {
+                (pools, "PHP-FPM pools")
+            };
             let problem = match fs_err::symlink_metadata(staged) {
                 Ok(meta) if meta.file_type().is_symlink() => match fs_err::read_link(staged) {
                     Ok(target) => {
@@ -158,18 +174,17 @@ impl Planner<'_> {
                         let absolute = normalize(&from.join(&target));
                         (!services.iter().any(|s| absolute == Path::new(s))).then(|| {
                             format!(
-                                "links to {}, which is not one of the bundle's nginx sites or PHP-FPM pools",
+                                "links to {}, which is not one of the bundle's {kind}",
                                 target.display()
                             )
                         })
                     }
                     Err(e) => Some(e.to_string()),
                 },
-                Ok(_) => Some(
-                    "is not a link to one of the bundle's nginx sites or PHP-FPM pools, which \
-                     are checked: nginx or PHP-FPM would load it unchecked"
-                        .to_owned(),
-                ),
+                Ok(_) => Some(format!(
+                    "is not a link to one of the bundle's {kind}, which are checked: it would \
+                     be loaded unchecked"
+                )),
                 Err(e) => Some(e.to_string()),
             };
             if let Some(problem) = problem {
@@ -280,33 +295,37 @@ fn pool_problems(text: &str, accounts: &str, groups: &str, allowed: &[String]) -
             .and_then(|id| id.parse().ok())
     };
     let mut problems = Vec::new();
-    let mut section = String::new();
-    for line in text.lines() {
-        if let Some(name) = line
-            .trim()
-            .strip_prefix('[')
-            .and_then(|l| l.strip_suffix(']'))
-        {
-            section = name.trim().to_owned();
-            // The master's own settings (its pid file, its log), which it applies as root
-            // wherever they appear.
-            if section.eq_ignore_ascii_case("global") {
+    let mut section: Option<&str> = None;
+    for (line, read) in pool_lines(text) {
+        let (key, value) = match read {
+            PoolLine::Blank => continue,
+            PoolLine::Unreadable => {
                 problems.push(format!(
-                    "{} (a bundle's pool file may not change the PHP-FPM master's settings)",
-                    line.trim()
+                    "{line} (not a line PHP-FPM reads as a section, a setting or a comment)"
                 ));
+                continue;
             }
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
+            PoolLine::Section(name) => {
+                section = Some(name);
+                // The master's own settings (its pid file, its log), which it applies as
+                // root wherever they appear.
+                if name.eq_ignore_ascii_case("global") {
+                    problems.push(format!(
+                        "{line} (a bundle's pool file may not change the PHP-FPM master's settings)"
+                    ));
+                }
+                continue;
+            }
+            PoolLine::Setting(key, value) => (key, value),
+        };
+        let Some(section) = section else {
+            // Read into the section open before this file: the master's [global] for the
+            // first pool file, another file's pool for the next ones.
+            problems.push(format!(
+                "{line} (a setting before the file's first [pool] section)"
+            ));
             continue;
         };
-        // PHP-FPM reads keys without regard to case.
-        let key = key.trim().to_ascii_lowercase();
-        let value = value.trim().trim_matches('"');
-        if key.starts_with(';') || key.starts_with('#') {
-            continue;
-        }
         let refused = match key.as_str() {
             // Files the master (root) would open or write where the bundle says.
             "include" | "access.log" | "access.format" | "slowlog" | "chroot" | "prefix" => {
@@ -318,11 +337,12 @@ fn pool_problems(text: &str, accounts: &str, groups: &str, allowed: &[String]) -
             {
                 Some("a directive a bundle may not set".to_owned())
             }
-            // The master (root) removes whatever is at a socket's path before binding it.
-            "listen" => {
-                let listen = value.replace("$pool", &section);
+            // The master (root) removes whatever is at a socket's path before binding it,
+            // and a bare port listens on every address.
+            "listen" | "pm.status_listen" => {
+                let listen = value.replace("$pool", section);
                 (!pool_may_listen_on(&listen)).then(|| {
-                    format!("listen {listen}: only a socket in /run/php or a port on the loopback")
+                    format!("{key} {listen}: only a socket in /run/php or a port on the loopback")
                 })
             }
             "user" | "group" => {
@@ -344,27 +364,67 @@ fn pool_problems(text: &str, accounts: &str, groups: &str, allowed: &[String]) -
             _ => None,
         };
         if let Some(why) = refused {
-            problems.push(format!("{} ({why})", line.trim()));
+            problems.push(format!("{line} ({why})"));
         }
     }
     problems
 }
 
-/// Whether a bundle's pool may listen there: a socket directly in /run/php, or a port on
-/// the loopback.
+/// A line of a PHP-FPM pool file, as PHP's INI parser reads it.
+#[derive(Debug, PartialEq)]
+enum PoolLine<'a> {
+    Blank,
+    Section(&'a str),
+    /// The key in lower case (PHP-FPM reads keys without regard to case), the value
+    /// without its quotes.
+    Setting(String, &'a str),
+    Unreadable,
+}
+
+/// The lines of a pool file, trimmed, each with how PHP reads it. PHP ends a line at
+/// `\n`, `\r\n` or `\r`; a section header may be followed by a comment, nothing else.
+fn pool_lines(text: &str) -> impl Iterator<Item = (&str, PoolLine<'_>)> {
+    text.split(['\n', '\r']).map(|line| {
+        let line = line.trim();
+        let read = if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+            PoolLine::Blank
+        } else if let Some(rest) = line.strip_prefix('[') {
+            match rest.split_once(']') {
+                Some((name, after)) if after.trim().is_empty() || after.trim().starts_with(';') => {
+                    PoolLine::Section(name.trim())
+                }
+                _ => PoolLine::Unreadable,
+            }
+        } else if let Some((key, value)) = line.split_once('=') {
+            PoolLine::Setting(
+                key.trim().to_ascii_lowercase(),
+                value.trim().trim_matches('"'),
+            )
+        } else {
+            PoolLine::Unreadable
+        };
+        (line, read)
+    })
+}
+
+/// Whether a bundle's pool may listen there: a socket directly in /run/php (or
+/// /var/run/php, Debian's link to it), or a port on the loopback (a bare port listens on
+/// every address).
 fn pool_may_listen_on(listen: &str) -> bool {
     let port = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
-    if let Some(name) = listen.strip_prefix("/run/php/") {
+    if let Some(name) = ["/run/php/", "/var/run/php/"]
+        .iter()
+        .find_map(|dir| listen.strip_prefix(dir))
+    {
         return !name.is_empty()
             && name != ".."
             && name != "."
             && !name.contains('/')
             && !name.contains('$');
     }
-    port(listen)
-        || ["127.0.0.1:", "[::1]:", "localhost:"]
-            .iter()
-            .any(|host| listen.strip_prefix(host).is_some_and(port))
+    ["127.0.0.1:", "[::1]:", "localhost:"]
+        .iter()
+        .any(|host| listen.strip_prefix(host).is_some_and(port))
 }
 
 /// The account nginx workers and Debian's default PHP-FPM pool run as.
@@ -396,23 +456,23 @@ impl PoolSection {
 /// The pools of a PHP-FPM pool file, with `$pool` in `listen` expanded as PHP-FPM does.
 fn pool_sections(text: &str) -> Vec<PoolSection> {
     let mut sections: Vec<PoolSection> = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            sections.push(PoolSection {
-                name: name.trim().to_owned(),
+    for (_, read) in pool_lines(text) {
+        match read {
+            PoolLine::Section(name) => sections.push(PoolSection {
+                name: name.to_owned(),
                 ..PoolSection::default()
-            });
-            continue;
-        }
-        let (Some(section), Some((key, value))) = (sections.last_mut(), line.split_once('='))
-        else {
-            continue;
-        };
-        let value = value.trim().trim_matches('"').to_owned();
-        match key.trim().to_ascii_lowercase().as_str() {
-            "user" => section.user = Some(value),
-            "listen" => section.listen = Some(value.replace("$pool", &section.name)),
-            _ => {}
+            }),
+            PoolLine::Setting(key, value) => {
+                let Some(section) = sections.last_mut() else {
+                    continue;
+                };
+                match key.as_str() {
+                    "user" => section.user = Some(value.to_owned()),
+                    "listen" => section.listen = Some(value.replace("$pool", &section.name)),
+                    _ => {}
+                }
+            }
+            PoolLine::Blank | PoolLine::Unreadable => {}
         }
     }
     sections
@@ -425,6 +485,9 @@ struct HostWeb {
     names: Vec<(String, PathBuf)>,
     /// The other enabled nginx sites (sites-enabled and conf.d).
     sites: Vec<PathBuf>,
+    /// Those of them this reading of nginx's syntax cannot read, and why: the names they
+    /// answer for are not known.
+    unreadable: Vec<(PathBuf, String)>,
 }
 
 impl HostWeb {
@@ -454,7 +517,7 @@ impl HostWeb {
                 }
             }
         }
-        let mut names = Vec::new();
+        let (mut names, mut unreadable) = (Vec::new(), Vec::new());
         let sites: Vec<PathBuf> = files_in(Path::new("/etc/nginx/sites-enabled"))
             .into_iter()
             .chain(files_in(Path::new("/etc/nginx/conf.d")))
@@ -462,8 +525,14 @@ impl HostWeb {
             .collect();
         for file in &sites {
             let text = fs_err::read_to_string(file).unwrap_or_default();
-            // This host's own sites: nginx loads them, so they parse.
-            for (directive, args) in nginx_directives(&text).unwrap_or_default() {
+            let statements = match nginx_directives(&text) {
+                Ok(statements) => statements,
+                Err(reason) => {
+                    unreadable.push((file.clone(), reason));
+                    continue;
+                }
+            };
+            for (directive, args) in statements {
                 if directive == "server_name" {
                     names.extend(args.iter().map(|n| (n.to_ascii_lowercase(), file.clone())));
                 }
@@ -473,6 +542,7 @@ impl HostWeb {
             pools,
             names,
             sites,
+            unreadable,
         }
     }
 }
@@ -539,6 +609,7 @@ fn nginx_directives(text: &str) -> Result<Vec<(String, Vec<String>)>, String> {
             first => {
                 let mut word = String::new();
                 let mut next = Some(first);
+                let mut after_dollar = false;
                 while let Some(ch) = next {
                     match ch {
                         '\\' => {
@@ -547,8 +618,9 @@ fn nginx_directives(text: &str) -> Result<Vec<(String, Vec<String>)>, String> {
                         }
                         _ => word.push(ch),
                     }
-                    // `${name}`: a brace right after `$` belongs to the word.
-                    let after_dollar = ch == '$';
+                    // `${name}`: braces right after `$` belong to the word (nginx keeps
+                    // that state over every `{` that follows).
+                    after_dollar = ch == '$' || (ch == '{' && after_dollar);
                     next = chars
                         .get(i)
                         .copied()
@@ -568,6 +640,28 @@ fn nginx_directives(text: &str) -> Result<Vec<(String, Vec<String>)>, String> {
         ));
     }
     Ok(statements)
+}
+
+/// Variables a bundle's `try_files` may use: the normalised URI and its parts.
+const TRY_FILES_VARIABLES: [&str; 7] = [
+    "uri",
+    "args",
+    "is_args",
+    "query_string",
+    "document_root",
+    "fastcgi_script_name",
+    "request_filename",
+];
+
+/// The names of the variables in an nginx word (`$name` or `${name}`).
+fn variables(word: &str) -> impl Iterator<Item = &str> {
+    word.split('$').skip(1).map(|rest| {
+        let rest = rest.strip_prefix('{').unwrap_or(rest);
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        &rest[..end]
+    })
 }
 
 /// A backslash and the character after it, as nginx copies them into a word.
@@ -648,6 +742,12 @@ impl SiteRules<'_> {
                 "include" => ((first.starts_with('/') && !first.starts_with("/etc/nginx/"))
                     || first.contains(".."))
                 .then_some("only nginx's own snippets may be included"),
+                // Files it looks for under the root; a variable the request sets
+                // (`$arg_f`, `$http_x`) could name any path, `..` included.
+                "try_files" => args
+                    .iter()
+                    .any(|a| variables(a).any(|v| !TRY_FILES_VARIABLES.contains(&v)))
+                    .then_some("only $uri, $args and their kin, which nginx normalises, may name the files"),
                 "root" | "alias" => (!self.is_served(first))
                     .then_some("it would serve files that are not the app's"),
                 // On a host that serves nothing else (one VM per client) it takes nothing
@@ -899,6 +999,8 @@ mod tests {
             "root /var/lib/wordpress;",
             "root /var/lib/wordpress/wp-content/../../mysql;",
             "try_files $uri /../../../srv/other/config.php =404;",
+            "try_files /$arg_f =404;",
+            "try_files $uri ${http_x}.php =404;",
             "location / { try_files ../x =404; }",
             "root /var/lib/wordpress/wp-content/$http_x;",
             "root relative/path;",
@@ -936,6 +1038,8 @@ mod tests {
             (ServiceKind::NginxSite, "/etc/nginx/nginx.conf"),
             (ServiceKind::PhpFpmPool, "/etc/php/8.2/fpm/php-fpm.conf"),
             (ServiceKind::PhpFpmPool, "/etc/cron.d/pool.d/x"),
+            (ServiceKind::PhpFpmPool, "/etc/php/8.2/cli/pool.d/x.conf"),
+            (ServiceKind::PhpFpmPool, "/etc/php/fpm/pool.d/x.conf"),
         ] {
             assert!(service_file_place(kind, path).is_err(), "{path}");
         }
@@ -966,7 +1070,7 @@ mod tests {
             );
         }
         let statements = nginx_directives(
-            "add_header X \"a;b # c\";\nset $a ${b}c;\nlocation /a#b { return 200 'it\\'s'; } # end\n",
+            "add_header X \"a;b # c\";\nset $a ${b}c;\nlocation /a#b { return 200 'it\\'s'; } # end\nset $x ${{{;\n",
         )
         .unwrap();
         let words = |d: &str, a: &[&str]| (d.to_owned(), a.iter().map(|s| s.to_string()).collect());
@@ -977,8 +1081,13 @@ mod tests {
                 words("set", &["$a", "${b}c"]),
                 words("location", &["/a#b"]),
                 words("return", &["200", "it's"]),
+                words("set", &["$x", "${{{"]),
             ]
         );
+        assert!(rules()
+            .judge("location / { try_files $uri $uri/ /index.php?$args; }")
+            .problems
+            .is_empty());
         for unreadable in [
             "root \"/a\"b;",
             "root /a",
@@ -1095,11 +1204,26 @@ mod tests {
             "listen = /run/php/sub/x.sock",
             "listen = 0.0.0.0:9000",
             "listen = 192.0.2.1:9000",
+            "listen = 9000",
+            "pm.status_listen = /etc/passwd",
+            "[global] ; the master's\npid = /etc/shadow",
+            "[global]pid=/etc/shadow",
+            "[site2]\rlisten = /etc/passwd",
+            "not a setting",
         ] {
             assert_eq!(pool(bad).len(), 1, "{bad}: {:?}", pool(bad));
         }
+        // Read into the section open before the file: the master's, or another pool's.
+        let before = pool_problems(
+            "; comment\nlisten.mode = 0666\n[site]\nuser = www-data\n",
+            accounts,
+            groups,
+            &[],
+        );
+        assert_eq!(before.len(), 1, "{before:?}");
         for fine in [
-            "listen = 9000",
+            "listen = /var/run/php/x.sock",
+            "pm.status_listen = 127.0.0.1:9002",
             "listen = 127.0.0.1:9001",
             "listen = [::1]:9001",
             "listen = /run/php/$pool.sock",

@@ -615,18 +615,22 @@ impl Planner<'_> {
             placements.push(placement);
         }
         self.check_services(&pools, &sites, &domain_to, php.as_ref());
-        let service_sets: Vec<&str> = d
-            .files
-            .iter()
-            .map(|f| f.path.as_str())
-            .filter(|path| {
-                templates.iter().any(|(t, _, kind)| {
-                    matches!(kind, Some(ServiceKind::NginxSite | ServiceKind::PhpFpmPool))
-                        && expand_template(t, &old).is_ok_and(|p| p == *path)
+        let sets_of = |wanted: ServiceKind| -> Vec<&str> {
+            d.files
+                .iter()
+                .map(|f| f.path.as_str())
+                .filter(|path| {
+                    templates.iter().any(|(t, _, kind)| {
+                        *kind == Some(wanted) && expand_template(t, &old).is_ok_and(|p| p == *path)
+                    })
                 })
-            })
-            .collect();
-        self.check_enabling_links(&enabling, &service_sets);
+                .collect()
+        };
+        self.check_enabling_links(
+            &enabling,
+            &sets_of(ServiceKind::NginxSite),
+            &sets_of(ServiceKind::PhpFpmPool),
+        );
         let symlink_retargets = self.check_symlinks(&d.files, &renamed)?;
 
         // Packages: what is missing, and whether this host's versions can run the app.
