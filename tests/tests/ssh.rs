@@ -119,6 +119,21 @@ fn a_host_known_under_a_pattern_is_checked_against_that_key() {
     );
 }
 
+/// The key known for the host's port 22 is not taken for another port's (libssh2 would,
+/// OpenSSH does not).
+#[test]
+fn a_key_known_for_port_22_is_not_taken_for_another_port() {
+    let sshd = Sshd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let known_hosts = dir.path().join("known_hosts");
+    fs_err::write(&known_hosts, format!("127.0.0.1 {}\n", sshd.host_key_pub())).unwrap();
+    let err = Connection::open(&target(&sshd), &options(&sshd, &known_hosts)).unwrap_err();
+    assert!(
+        matches!(err, TransportError::UnknownHostKey { .. }),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_pinned_fingerprint_replaces_known_hosts() {
     let sshd = Sshd::start();

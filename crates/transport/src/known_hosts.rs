@@ -187,7 +187,15 @@ pub(crate) fn check_host_key(
         .filter(|l| l.marker.is_none() && names(l.hosts, &entry))
         .collect();
     // check_port, not check: the latter ignores `[host]:port` entries.
-    match known.check_port(&target.host, target.port, key) {
+    let checked = match known.check_port(&target.host, target.port, key) {
+        // libssh2 falls back to the plain `host` line for another port; OpenSSH, whose
+        // file this is, does not: the key of port 22 says nothing of another port's.
+        CheckResult::Match if target.port != 22 && !naming.iter().any(|l| l.key == key) => {
+            CheckResult::NotFound
+        }
+        other => other,
+    };
+    match checked {
         CheckResult::Match => Ok(()),
         CheckResult::NotFound if naming.iter().any(|l| l.key == key) => Ok(()),
         // Known under a pattern, with another key: changed, even with trust on first use.
