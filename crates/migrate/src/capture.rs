@@ -306,7 +306,13 @@ fn measure(
             path: abs.clone(),
             source,
         };
-        let meta = fs_err::symlink_metadata(&abs).map_err(unreadable)?;
+        // The plan is an estimate of a live tree: an entry gone since its directory was
+        // listed is simply not counted (the export itself records what it finds).
+        let meta = match fs_err::symlink_metadata(&abs) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(unreadable(e)),
+        };
         let entry = EntryPath::new(rel.clone())
             .map_err(|e| unreadable(std::io::Error::other(e.to_string())))?;
         match selection.select(&entry, meta.is_dir()) {
@@ -324,12 +330,30 @@ fn measure(
             bytes[set] += meta.len();
         }
         if meta.is_dir() {
-            for child in fs_err::read_dir(&abs)? {
-                let child = child?;
+            // Not through a link: the directory may have been swapped for one since.
+            let dir = match rustix::fs::open(
+                &abs,
+                rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) {
+                Ok(dir) => dir,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(unreadable(e.into())),
+            };
+            let entries = rustix::fs::Dir::read_from(&dir).map_err(|e| unreadable(e.into()))?;
+            for child in entries {
+                let name = child.map_err(|e| unreadable(e.into()))?;
+                let name = name.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
+                }
                 let mut child_rel = rel.clone();
                 child_rel.push(b'/');
-                child_rel.extend_from_slice(child.file_name().as_bytes());
-                stack.push((child.path(), child_rel));
+                child_rel.extend_from_slice(name);
+                stack.push((abs.join(std::ffi::OsStr::from_bytes(name)), child_rel));
             }
         }
     }
