@@ -222,12 +222,18 @@ pub fn untrusted_link_above(to: &Path) -> Result<Option<PathBuf>, ImportError> {
             continue;
         }
         let parent = fs_err::metadata(dir.parent().unwrap_or(Path::new("/")))?;
-        let roots_own = meta.uid() == 0 && parent.uid() == 0 && parent.mode() & 0o022 == 0;
-        if !roots_own {
+        if !only_root_can_change(meta.uid(), parent.uid(), parent.mode()) {
             return Ok(Some(dir.to_owned()));
         }
     }
     Ok(None)
+}
+
+/// Whether only root can have made, or can change, a symlink owned by `link_uid` in a
+/// directory owned by `dir_uid` with mode `dir_mode`: the link is root's, and so is its
+/// directory, which nobody else may write.
+fn only_root_can_change(link_uid: u32, dir_uid: u32, dir_mode: u32) -> bool {
+    link_uid == 0 && dir_uid == 0 && dir_mode & 0o022 == 0
 }
 
 /// Places one set, journaling each change before making it. A conflict under `Refuse`
@@ -821,8 +827,7 @@ fn open_dir_trusted(path: &Path) -> Result<rustix::fd::OwnedFd, ImportError> {
             .map_err(|e| io_error(e, &shown))?;
         let follow = if FileType::from_raw_mode(stat.st_mode) == FileType::Symlink {
             let parent = rustix::fs::fstat(&dir).map_err(|e| io_error(e, &shown))?;
-            let roots_own = stat.st_uid == 0 && parent.st_uid == 0 && parent.st_mode & 0o022 == 0;
-            if !roots_own {
+            if !only_root_can_change(stat.st_uid, parent.st_uid, parent.st_mode) {
                 return Err(ImportError::UndoThroughLink { link: walked });
             }
             OFlags::empty()
