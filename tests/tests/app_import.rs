@@ -195,6 +195,15 @@ impl Move {
         assert_same_state(before, &host_state(), "after a refused import");
     }
 
+    /// The plan (`--plan --json` and `extra`) of an import it blocks: exit status 1.
+    fn blocked_plan(&self, extra: &[&str]) -> Value {
+        let mut args = vec!["--plan", "--json"];
+        args.extend_from_slice(extra);
+        let out = self.import(&args, &[]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     fn plan(&self, extra: &[&str]) -> Value {
         let mut args = vec!["--plan", "--json"];
         args.extend_from_slice(extra);
@@ -782,10 +791,7 @@ fn a_bundle_cannot_enable_an_nginx_site_that_is_not_checked() {
     fs_err::os::unix::fs::symlink(&link, &enabled).unwrap();
 
     let target = format!("{}.test", unique("wp-enabled"));
-    let out = moved.import(&["--plan", "--json", "--domain", &target], &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let blockers = plan["blockers"].to_string();
+    let blockers = moved.blocked_plan(&["--domain", &target])["blockers"].to_string();
     assert!(
         blockers.contains(&format!(
             "{} is not a link to one of the bundle's nginx sites, which are checked",
@@ -912,10 +918,7 @@ fn a_custom_app_database_without_its_env_file_is_refused_by_the_plan() {
     fs_err::remove_file(&spec).unwrap();
 
     let before = host_state();
-    let out = moved.import(&["--plan", "--json"], &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let blockers = plan["blockers"].to_string();
+    let blockers = moved.blocked_plan(&[])["blockers"].to_string();
     assert!(
         blockers.contains(
             "value mariadb_password must change, but none of the app's settings that receive it is configured for this instance ({mariadb_env_file})"
@@ -1384,12 +1387,8 @@ fn a_bundle_site_or_pool_cannot_reach_beyond_its_app() {
 
     let target = format!("{}.test", unique("wp-reached"));
     let blockers = |extra: &[&str]| {
-        let mut args = vec!["--plan", "--json", "--domain", target.as_str()];
-        args.extend_from_slice(extra);
-        let out = moved.import(&args, &[]);
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-        let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
-        plan["blockers"].to_string()
+        let args = [&["--domain", target.as_str()][..], extra].concat();
+        moved.blocked_plan(&args)["blockers"].to_string()
     };
     let refused = blockers(&[]);
     for said in [
@@ -1492,10 +1491,7 @@ fn a_site_from_an_older_php_runs_on_this_hosts_php_with_php_version() {
     drop(site);
 
     let target = format!("{}.test", unique("wp-php82"));
-    let out = moved.import(&["--plan", "--json", "--domain", &target], &[]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let blockers = plan["blockers"].to_string();
+    let blockers = moved.blocked_plan(&["--domain", &target])["blockers"].to_string();
     assert!(
         blockers.contains("package php7.4-fpm is needed and not available here (this host has PHP 8.2: --php-version 8.2 runs the app on it)"),
         "{blockers}"
