@@ -943,7 +943,9 @@ fn a_destination_on_a_full_filesystem_is_refused_by_the_plan() {
     // The destination's parent is a 1 MiB filesystem of its own.
     fs_err::create_dir_all(&srv).unwrap();
     baluchon_tests::fixture::mount(&["-t", "tmpfs", "-o", "size=1m", "small"], &srv);
-    let out = moved.import(&["--plan", "--json"], &[]);
+    // A directory prepared for the tenant: the import adds to it only when told so.
+    let prepared = srv.display().to_string();
+    let out = moved.import(&["--plan", "--json", "--merge-into", &prepared], &[]);
     let _ = Command::new("umount").arg(&srv).status();
     let _ = fs_err::remove_dir_all(&srv);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
@@ -1004,7 +1006,7 @@ fn a_file_set_copied_to_another_filesystem_loses_nothing() {
 
     fs_err::create_dir_all(&srv).unwrap();
     baluchon_tests::fixture::mount(&["-t", "tmpfs", "-o", "size=64m", "elsewhere"], &srv);
-    let out = moved.import(&[], &[]);
+    let out = moved.import(&["--merge-into", &srv.display().to_string()], &[]);
     let after = tree::walk(&data);
     let _ = Command::new("umount").arg(&srv).status();
     let _ = fs_err::remove_dir_all(&srv);
@@ -1094,7 +1096,7 @@ fn a_destination_without_xattrs_is_refused_before_anything_changes() {
         (meta.mtime(), meta.mtime_nsec())
     };
     let before = mtime(&srv);
-    let out = moved.import(&[], &[]);
+    let out = moved.import(&["--merge-into", &srv.display().to_string()], &[]);
     let left: Vec<_> = fs_err::read_dir(&srv)
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -1520,4 +1522,102 @@ fn a_site_from_an_older_php_runs_on_this_hosts_php_with_php_version() {
     assert!(!Path::new("/etc/php/7.4").exists());
     remove_imported(&plan);
     let _ = fs_err::remove_file(&pool);
+}
+
+/// A bundle names where its files go, within the places apps live: pointed at a directory
+/// that is already there (another site's web root, say), it would add its files to it. The
+/// import adds to an existing directory only if the operator names it, or if an earlier
+/// import of the same tenant, signed by the same key, put files there; a bundle from another
+/// key that claims the tenant's name gets no such right.
+#[test]
+fn a_bundle_adds_to_an_existing_directory_only_if_it_is_the_tenants() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let name = unique("merge");
+    let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
+    let data = srv.join("data");
+    fs_err::create_dir_all(&data).unwrap();
+    fs_err::write(data.join("notes.txt"), "the tenant's notes\n").unwrap();
+    let first = export_custom_data_app(&name, &srv);
+    let spec = PathBuf::from(format!("/etc/baluchon/custom/{name}.toml"));
+    fs_err::remove_dir_all(&srv).unwrap();
+    // Here, the same path is somebody else's directory.
+    fs_err::create_dir_all(&data).unwrap();
+    fs_err::write(data.join("theirs.txt"), "another tenant's file\n").unwrap();
+    let names = |dir: &Path| {
+        let mut names: Vec<String> = fs_err::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let cleanup = || {
+        let _ = fs_err::remove_dir_all(&srv);
+        let _ = fs_err::remove_file(&spec);
+    };
+
+    let plan = first.blocked_plan(&[]);
+    let blockers = plan["blockers"].to_string();
+    assert!(
+        blockers.contains(&format!(
+            "{} is a directory of this host that neither the app's packages nor an earlier import of this tenant made",
+            data.display()
+        )) && blockers.contains(&format!("--merge-into {}", data.display())),
+        "{blockers}"
+    );
+    let out = first.import(&[], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(names(&data), ["theirs.txt"], "nothing added");
+    assert!(!spec.exists(), "no other file set placed");
+
+    // The operator says the directory is this tenant's.
+    let out = first.import(&["--merge-into", &data.display().to_string()], &[]);
+    if !out.status.success() {
+        cleanup();
+        panic!("{}", text(&out.stderr));
+    }
+    assert_eq!(names(&data), ["notes.txt", "theirs.txt"]);
+    let tenant_dirs: Vec<PathBuf> = fs_err::read_dir(first.work.join("imports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let [tenant_dir] = &tenant_dirs[..] else {
+        panic!("{tenant_dirs:?}")
+    };
+    let record = fs_err::read(tenant_dir.join("imported.json")).unwrap();
+    let parsed: Value = serde_json::from_slice(&record).unwrap();
+    assert!(
+        parsed["claimed"]
+            .to_string()
+            .contains(&*data.to_string_lossy()),
+        "{parsed}"
+    );
+
+    // A bundle of the same tenant from another key, imported with the same record.
+    let second = Move::export("custom", &name);
+    let their_dir = second
+        .work
+        .join("imports")
+        .join(tenant_dir.file_name().unwrap());
+    fs_err::create_dir_all(&their_dir).unwrap();
+    fs_err::write(their_dir.join("imported.json"), &record).unwrap();
+    let plan = second.blocked_plan(&[]);
+    let blockers = plan["blockers"].to_string();
+    let plan_with_new_signer = second.import(&["--plan", "--json", "--allow-new-signer"], &[]);
+    cleanup();
+    assert!(
+        blockers.contains("was last imported from a bundle signed by SHA256:")
+            && blockers.contains("--allow-new-signer"),
+        "{blockers}"
+    );
+    assert!(
+        blockers.contains(&format!("{} is a directory of this host", data.display())),
+        "another key's bundle does not inherit the tenant's directories: {blockers}"
+    );
+    // Told the key changed, the operator's import may add to the tenant's own directories.
+    assert!(
+        plan_with_new_signer.status.success(),
+        "{}",
+        text(&plan_with_new_signer.stdout)
+    );
 }

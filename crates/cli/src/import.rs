@@ -59,6 +59,14 @@ pub struct ImportArgs {
     /// as (by default only www-data and accounts the import creates) (can be repeated)
     #[arg(long, value_name = "NAME", conflicts_with = "path")]
     allow_account: Vec<String>,
+    /// App bundles: an existing directory of this host that the app's files may be added
+    /// to, besides the app's packages' and the tenant's own from earlier imports (can be
+    /// repeated)
+    #[arg(long, value_name = "DIR", conflicts_with = "path")]
+    merge_into: Vec<PathBuf>,
+    /// App bundles: import a tenant's bundle signed by another key than its last import's
+    #[arg(long, conflicts_with = "path")]
+    allow_new_signer: bool,
     /// App bundles: import a bundle older than the last one imported for its tenant (going
     /// back to an earlier backup); refused otherwise
     #[arg(long, conflicts_with = "path")]
@@ -131,6 +139,12 @@ enum OnConflictArg {
 }
 
 pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow::Result<()> {
+    if let Some(dir) = args.merge_into.iter().find(|dir| !dir.is_absolute()) {
+        bail!(
+            "--merge-into {}: give the directory's absolute path",
+            dir.display()
+        );
+    }
     let trust = crate::verify::load_trust(&args.signer, args.revoked.as_deref())?;
     let mut policy = Policy::default();
     policy.expected_tenant.clone_from(&args.tenant);
@@ -153,6 +167,15 @@ pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow
         }
         for account in &args.allow_account {
             extra.extend(["--allow-account".to_owned(), account.clone()]);
+        }
+        for dir in &args.merge_into {
+            extra.extend([
+                "--merge-into".to_owned(),
+                dir.to_string_lossy().into_owned(),
+            ]);
+        }
+        if args.allow_new_signer {
+            extra.push("--allow-new-signer".to_owned());
         }
         if args.allow_older {
             extra.push("--allow-older".to_owned());
@@ -221,6 +244,8 @@ fn import_here(
         options.policy = policy;
         options.allowed_accounts.clone_from(&args.allow_account);
         options.allow_older = args.allow_older;
+        options.merge_into.clone_from(&args.merge_into);
+        options.allow_new_signer = args.allow_new_signer;
         options.php_version.clone_from(&args.php_version);
         return crate::app_import::run(
             bundle_path,

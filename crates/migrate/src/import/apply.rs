@@ -173,10 +173,13 @@ impl PreparedImport {
         backup_dir: &Path,
         hook: &dyn Fn(&str) -> Result<(), ImportError>,
     ) -> Result<(), ImportError> {
+        let record = self.record();
         journal.record(&Change::Begin {
-            bundle_id: self.plan.bundle_id.clone(),
-            sequence: self.plan.sequence,
-            instance: self.new_instance.clone(),
+            bundle_id: record.bundle_id,
+            sequence: record.sequence,
+            instance: record.instance,
+            signer: record.signer,
+            claimed: record.claimed,
         })?;
         hook("begin")?;
         if !self.plan.packages_to_install.is_empty() {
@@ -457,16 +460,20 @@ impl PreparedImport {
         give_placeholders_away(&self.tree, &ids)
     }
 
+    /// What `imported.json` says once this import is complete.
+    fn record(&self) -> Imported {
+        Imported {
+            bundle_id: self.plan.bundle_id.clone(),
+            sequence: self.plan.sequence,
+            instance: self.new_instance.clone(),
+            signer: Some(self.bundle.signer().fingerprint.clone()),
+            claimed: self.claims.clone(),
+        }
+    }
+
     /// Past the commit: remember what was imported, drop the journal and the staging area.
     fn finish(&self) -> Result<(), ImportError> {
-        write_imported(
-            &self.tenant_dir,
-            &Imported {
-                bundle_id: self.plan.bundle_id.clone(),
-                sequence: self.plan.sequence,
-                instance: self.new_instance.clone(),
-            },
-        )?;
+        write_imported(&self.tenant_dir, &self.record())?;
         fs_err::remove_file(self.journal_path())?;
         fs_err::remove_dir_all(&self.staging)?;
         Ok(())

@@ -2,13 +2,18 @@
 //! service reloads, the health check. Programs get their arguments as a vector (no shell);
 //! passwords travel in 0600 files, never on a command line.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::ImportError;
+
+/// Where dpkg keeps the list of each installed package's files.
+const DPKG_INFO: &str = "/var/lib/dpkg/info";
 
 /// Runs a program to completion; its stdout, or its stderr in the error.
 pub fn run(what: &str, command: &mut Command) -> Result<String, ImportError> {
@@ -429,6 +434,45 @@ pub fn version_newer(a: &str, b: &str) -> Option<bool> {
 
 /// Bytes free for an unprivileged writer on `path`'s filesystem; `None` for one that
 /// reports no size at all (ramfs, some FUSE filesystems), whose room cannot be known.
+/// A path's own metadata (a link's, not its target's), `None` if nothing is there.
+pub fn metadata_if_any(path: &Path) -> Result<Option<std::fs::Metadata>, ImportError> {
+    match fs_err::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every path (directories included) that the given installed packages put on this host,
+/// from dpkg's lists; a package that is not installed has none.
+pub fn package_paths(packages: &[String]) -> BTreeSet<PathBuf> {
+    let mut paths = BTreeSet::new();
+    let Ok(lists) = fs_err::read_dir(DPKG_INFO) else {
+        return paths;
+    };
+    let names: Vec<_> = lists
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    for package in packages {
+        let plain = format!("{package}.list");
+        let with_arch = format!("{package}:");
+        for name in &names {
+            let Some(name) = name.to_str() else { continue };
+            if name == plain || (name.starts_with(&with_arch) && name.ends_with(".list")) {
+                if let Ok(text) = fs_err::read(Path::new(DPKG_INFO).join(name)) {
+                    paths.extend(
+                        text.split(|&b| b == b'\n')
+                            .filter(|line| line.starts_with(b"/"))
+                            .map(|line| PathBuf::from(std::ffi::OsStr::from_bytes(line))),
+                    );
+                }
+            }
+        }
+    }
+    paths
+}
+
 pub fn free_bytes(path: &Path) -> Result<Option<u64>, ImportError> {
     let st = rustix::fs::statvfs(path)
         .map_err(|e| std::io::Error::new(e.kind(), format!("statvfs {}: {e}", path.display())))?;

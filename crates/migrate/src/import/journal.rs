@@ -19,6 +19,10 @@ pub enum Change {
         bundle_id: String,
         sequence: u64,
         instance: String,
+        #[serde(default)]
+        signer: Option<String>,
+        #[serde(default)]
+        claimed: Vec<PathBuf>,
     },
     PackagesInstalled {
         packages: Vec<String>,

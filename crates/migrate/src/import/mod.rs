@@ -67,6 +67,11 @@ pub struct ImportOptions {
     /// Run a PHP app on this PHP version (`8.2`) rather than the bundle's: its version in
     /// socket and pool paths follows, in values and in the app's nginx sites and pools.
     pub php_version: Option<String>,
+    /// Existing directories of this host the app's files may be added to, besides those of
+    /// the app's packages and those an earlier import of the same tenant made.
+    pub merge_into: Vec<PathBuf>,
+    /// Import a tenant's bundle signed by another key than its last import's.
+    pub allow_new_signer: bool,
 }
 
 impl ImportOptions {
@@ -81,6 +86,8 @@ impl ImportOptions {
             allowed_accounts: Vec::new(),
             allow_older: false,
             php_version: None,
+            merge_into: Vec::new(),
+            allow_new_signer: false,
         }
     }
 }
@@ -182,6 +189,14 @@ struct Imported {
     bundle_id: String,
     sequence: u64,
     instance: String,
+    /// The fingerprint of the key that signed the bundle (absent in records written before
+    /// it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signer: Option<String>,
+    /// What the tenant's file sets occupy: the directories (or files) its imports created,
+    /// and existing ones they were allowed to add to. Its next import may add to these.
+    #[serde(default)]
+    claimed: Vec<PathBuf>,
 }
 
 /// A database, ready to be created and restored.
@@ -230,7 +245,7 @@ impl std::fmt::Debug for RewriteKind {
 /// A verified, staged import with its plan; [`PreparedImport::apply`] makes it happen.
 #[derive(Debug)]
 pub struct PreparedImport {
-    _bundle: Bundle<Verified>,
+    bundle: Bundle<Verified>,
     _lock: fs_err::File,
     tenant_dir: PathBuf,
     staging: PathBuf,
@@ -244,6 +259,8 @@ pub struct PreparedImport {
     health: Option<Health>,
     options: ImportOptions,
     new_instance: String,
+    /// What the tenant's file sets occupy after this import (`Imported::claimed`).
+    claims: Vec<PathBuf>,
     placeholders: Vec<baluchon_bundle::Placeholder>,
 }
 
@@ -290,11 +307,27 @@ pub fn prepare_import(
     if let Some(recovered) = recover_locked(&dir)? {
         warnings.push(recovered);
     }
+    let mut blockers = Vec::new();
+    let mut earlier_claims = Vec::new();
     if let Ok(text) = fs_err::read(dir.join("imported.json")) {
         let last: Imported = serde_json::from_slice(&text).map_err(|e| ImportError::Journal {
             path: dir.join("imported.json"),
             reason: e.to_string(),
         })?;
+        let signer = &authenticated.signer().fingerprint;
+        match &last.signer {
+            // A tenant is a name in the bundle: another key's bundle could claim it, and add
+            // files to where that tenant's files are.
+            Some(theirs) if theirs != signer && !options.allow_new_signer => {
+                blockers.push(format!(
+                    "tenant {} was last imported from a bundle signed by {theirs}; this one is signed by {signer}: --allow-new-signer if the tenant's key changed",
+                    header.tenant
+                ));
+            }
+            Some(_) => earlier_claims.clone_from(&last.claimed),
+            // Records written before signers were kept list no claims.
+            None => {}
+        }
         if last.bundle_id == header.bundle_id {
             return Ok(Prepared::AlreadyImported {
                 tenant: header.tenant,
@@ -398,8 +431,10 @@ pub fn prepare_import(
         options,
         tree: &tree,
         warnings,
-        blockers: Vec::new(),
+        blockers,
         new_accounts: placeholders.iter().map(|p| p.name.clone()).collect(),
+        earlier_claims: &earlier_claims,
+        claims: earlier_claims.clone(),
     };
     let mut planned = planner.plan(&bundle, &staging, &header)?;
     for p in &placeholders {
@@ -412,7 +447,7 @@ pub fn prepare_import(
     }
     cleanup.0 = None;
     Ok(Prepared::Ready(Box::new(PreparedImport {
-        _bundle: bundle,
+        bundle,
         _lock: lock,
         tenant_dir: dir,
         staging,
@@ -426,6 +461,7 @@ pub fn prepare_import(
         health: planned.health,
         options: options.clone(),
         new_instance: planned.new_instance,
+        claims: planned.claims,
         placeholders,
     })))
 }

@@ -30,6 +30,7 @@ pub(super) struct Planned {
     pub(super) reloads: Vec<Vec<String>>,
     pub(super) health: Option<Health>,
     pub(super) new_instance: String,
+    pub(super) claims: Vec<PathBuf>,
 }
 
 pub(super) struct Planner<'a> {
@@ -41,6 +42,10 @@ pub(super) struct Planner<'a> {
     pub(super) blockers: Vec<String>,
     /// Accounts the apply will create.
     pub(super) new_accounts: Vec<String>,
+    /// What the tenant's earlier imports occupy (same signer).
+    pub(super) earlier_claims: &'a [PathBuf],
+    /// What this import's file sets will occupy, with the earlier claims.
+    pub(super) claims: Vec<PathBuf>,
 }
 
 /// A name for a new database or user: the instance's letters and digits, `_` for the
@@ -588,6 +593,17 @@ impl Planner<'_> {
                 }
                 continue;
             }
+            // A service file's place is checked above, more strictly.
+            if service.is_none() {
+                match self.claim(Path::new(&to), within)? {
+                    Ok(claim) => self.claims.extend(claim),
+                    Err(reason) => {
+                        self.blockers
+                            .push(format!("file set {} → {to}: {reason}", set.path));
+                        continue;
+                    }
+                }
+            }
             let staged = || self.tree.join(set.path.trim_start_matches('/'));
             if service.is_none() && checks::read_by_a_service(Path::new(&to)) {
                 enabling.push((set.path.clone(), staged()));
@@ -838,7 +854,69 @@ impl Planner<'_> {
             reloads,
             health,
             new_instance: instance_to,
+            claims: {
+                let mut claims = self.claims.clone();
+                claims.sort();
+                claims.dedup();
+                claims
+            },
         })
+    }
+
+    /// Whether a file set may go to `to`, and what it will occupy there. A bundle is one
+    /// tenant's: it may make new files and directories in the places where apps live, but
+    /// add to an existing directory (another site's web root, a directory another program
+    /// reads its settings from, /var/lib/php/sessions) only if that is where this app's
+    /// packages or this tenant's earlier imports put files, or if `--merge-into` names it.
+    fn claim(
+        &mut self,
+        to: &Path,
+        within: &[String],
+    ) -> Result<Result<Option<PathBuf>, String>, ImportError> {
+        // The directory the set adds to, and what it creates there.
+        let (anchor, created) = match host::metadata_if_any(to)? {
+            Some(meta) if meta.is_dir() => (to, None),
+            // A file there is replaced or kept, as the survey and --on-conflict say.
+            Some(_) => (to.parent().unwrap_or(to), None),
+            None => {
+                let mut anchor = to;
+                while let Some(parent) = anchor.parent() {
+                    anchor = parent;
+                    if host::metadata_if_any(anchor)?.is_some() {
+                        break;
+                    }
+                }
+                // The first missing directory on the way, or the set itself.
+                let first = to
+                    .strip_prefix(anchor)
+                    .ok()
+                    .and_then(|rest| rest.components().next());
+                (anchor, first.map(|first| anchor.join(first)))
+            }
+        };
+        let claimed_by_tenant = |p: &Path| {
+            self.earlier_claims
+                .iter()
+                .chain(&self.options.merge_into)
+                .any(|c| p.starts_with(c))
+        };
+        if claimed_by_tenant(anchor) || claimed_by_tenant(to) {
+            return Ok(Ok(Some(created.unwrap_or_else(|| to.to_owned()))));
+        }
+        // Where apps live, or above it (a host without /srv): nobody's directory.
+        let a_root = baluchon_recipe::ALLOWED_ROOTS
+            .iter()
+            .copied()
+            .chain(within.iter().map(String::as_str))
+            .any(|root| Path::new(root).starts_with(anchor));
+        if a_root || host::package_paths(&self.recipe.definition().packages.code).contains(anchor) {
+            return Ok(Ok(created));
+        }
+        Ok(Err(format!(
+            "{} is a directory of this host that neither the app's packages nor an earlier import of this tenant made, and a bundle does not add files to it: name it with --merge-into {} if it is this tenant's",
+            anchor.display(),
+            anchor.display()
+        )))
     }
 }
 

@@ -112,31 +112,32 @@ pub(super) fn recover_locked(dir: &Path) -> Result<Option<String>, ImportError> 
             bundle_id,
             sequence,
             instance,
-        } => Some((bundle_id.clone(), *sequence, instance.clone())),
+            signer,
+            claimed,
+        } => Some(Imported {
+            bundle_id: bundle_id.clone(),
+            sequence: *sequence,
+            instance: instance.clone(),
+            signer: signer.clone(),
+            claimed: claimed.clone(),
+        }),
         _ => None,
     });
     let staging = dir.join("staging");
     let message = if changes.contains(&Change::Commit) {
-        if let Some((bundle_id, sequence, instance)) = &begin {
-            write_imported(
-                dir,
-                &Imported {
-                    bundle_id: bundle_id.clone(),
-                    sequence: *sequence,
-                    instance: instance.clone(),
-                },
-            )?;
+        if let Some(record) = &begin {
+            write_imported(dir, record)?;
         }
         fs_err::remove_file(&journal)?;
         format!(
             "an interrupted import of bundle {} had committed: it is complete",
-            begin.map_or_else(|| "?".to_owned(), |b| b.0)
+            begin.map_or_else(|| "?".to_owned(), |b| b.bundle_id)
         )
     } else {
         let undone = roll_back(&journal)?;
         format!(
             "an interrupted import of bundle {} was rolled back ({undone} journal records undone)",
-            begin.map_or_else(|| "?".to_owned(), |b| b.0)
+            begin.map_or_else(|| "?".to_owned(), |b| b.bundle_id)
         )
     };
     if staging.exists() {
