@@ -1551,16 +1551,19 @@ fn a_bundle_adds_to_an_existing_directory_only_if_it_is_the_tenants() {
         names.sort();
         names
     };
+    let other_name = unique("merge-other");
+    let other_spec = PathBuf::from(format!("/etc/baluchon/custom/{other_name}.toml"));
     let cleanup = || {
         let _ = fs_err::remove_dir_all(&srv);
         let _ = fs_err::remove_file(&spec);
+        let _ = fs_err::remove_file(&other_spec);
     };
 
     let plan = first.blocked_plan(&[]);
     let blockers = plan["blockers"].to_string();
     assert!(
         blockers.contains(&format!(
-            "{} is a directory of this host that neither the app's packages nor an earlier import of this tenant made",
+            "{} is already on this host, and neither the app's packages nor an earlier import of this tenant put it there",
             data.display()
         )) && blockers.contains(&format!("--merge-into {}", data.display())),
         "{blockers}"
@@ -1588,30 +1591,64 @@ fn a_bundle_adds_to_an_existing_directory_only_if_it_is_the_tenants() {
     let parsed: Value = serde_json::from_slice(&record).unwrap();
     assert!(
         parsed["claimed"]
-            .to_string()
-            .contains(&*data.to_string_lossy()),
+            .as_array()
+            .unwrap()
+            .contains(&Value::from(data.to_str().unwrap())),
         "{parsed}"
     );
+    // The first tenant's record, in another move's work directory (as on the host where
+    // the first import ran).
+    let tenant = tenant_dir.file_name().unwrap();
+    let copy_record = |to: &Move| {
+        let dir = to.work.join("imports").join(tenant);
+        fs_err::create_dir_all(&dir).unwrap();
+        fs_err::write(dir.join("imported.json"), &record).unwrap();
+    };
 
     // A bundle of the same tenant from another key, imported with the same record.
     let second = Move::export("custom", &name);
-    let their_dir = second
-        .work
-        .join("imports")
-        .join(tenant_dir.file_name().unwrap());
-    fs_err::create_dir_all(&their_dir).unwrap();
-    fs_err::write(their_dir.join("imported.json"), &record).unwrap();
+    copy_record(&second);
     let plan = second.blocked_plan(&[]);
     let blockers = plan["blockers"].to_string();
     let plan_with_new_signer = second.import(&["--plan", "--json", "--allow-new-signer"], &[]);
+
+    // Another tenant's bundle sent to the same directory, on the host that holds the record.
+    write_custom_spec(&other_name, &data);
+    let other = Move::export("custom", &other_name);
+    copy_record(&other);
+    fs_err::remove_file(&other_spec).unwrap();
+    let other_blockers = other.blocked_plan(&[])["blockers"].to_string();
+    let other_named = other.import(
+        &[
+            "--plan",
+            "--json",
+            "--merge-into",
+            &data.display().to_string(),
+        ],
+        &[],
+    );
     cleanup();
+    let first_tenant = tenant.to_string_lossy();
+    assert!(
+        other_blockers.contains(&format!(
+            "{} is tenant {first_tenant}'s (its imports placed {})",
+            data.display(),
+            data.display()
+        )),
+        "{other_blockers}"
+    );
+    assert!(
+        other_named.status.success(),
+        "the operator may say so: {}",
+        text(&other_named.stdout)
+    );
     assert!(
         blockers.contains("was last imported from a bundle signed by SHA256:")
             && blockers.contains("--allow-new-signer"),
         "{blockers}"
     );
     assert!(
-        blockers.contains(&format!("{} is a directory of this host", data.display())),
+        blockers.contains(&format!("{} is already on this host", data.display())),
         "another key's bundle does not inherit the tenant's directories: {blockers}"
     );
     // Told the key changed, the operator's import may add to the tenant's own directories.

@@ -59,10 +59,10 @@ pub struct ImportArgs {
     /// as (by default only www-data and accounts the import creates) (can be repeated)
     #[arg(long, value_name = "NAME", conflicts_with = "path")]
     allow_account: Vec<String>,
-    /// App bundles: an existing directory of this host that the app's files may be added
-    /// to, besides the app's packages' and the tenant's own from earlier imports (can be
-    /// repeated)
-    #[arg(long, value_name = "DIR", conflicts_with = "path")]
+    /// App bundles: an existing directory (or file) of this host that the app's files may
+    /// be added to (or replace), besides the app's packages' and the tenant's own from
+    /// earlier imports (can be repeated)
+    #[arg(long, value_name = "PATH", conflicts_with = "path")]
     merge_into: Vec<PathBuf>,
     /// App bundles: import a tenant's bundle signed by another key than its last import's
     #[arg(long, conflicts_with = "path")]
@@ -140,10 +140,7 @@ enum OnConflictArg {
 
 pub fn run(args: &ImportArgs, progress: &crate::progress::CliProgress) -> anyhow::Result<()> {
     if let Some(dir) = args.merge_into.iter().find(|dir| !dir.is_absolute()) {
-        bail!(
-            "--merge-into {}: give the directory's absolute path",
-            dir.display()
-        );
+        bail!("--merge-into {}: give an absolute path", dir.display());
     }
     let trust = crate::verify::load_trust(&args.signer, args.revoked.as_deref())?;
     let mut policy = Policy::default();

@@ -432,8 +432,6 @@ pub fn version_newer(a: &str, b: &str) -> Option<bool> {
     }
 }
 
-/// Bytes free for an unprivileged writer on `path`'s filesystem; `None` for one that
-/// reports no size at all (ramfs, some FUSE filesystems), whose room cannot be known.
 /// A path's own metadata (a link's, not its target's), `None` if nothing is there.
 pub fn metadata_if_any(path: &Path) -> Result<Option<std::fs::Metadata>, ImportError> {
     match fs_err::symlink_metadata(path) {
@@ -473,6 +471,8 @@ pub fn package_paths(packages: &[String]) -> BTreeSet<PathBuf> {
     paths
 }
 
+/// Bytes free for an unprivileged writer on `path`'s filesystem; `None` for one that
+/// reports no size at all (ramfs, some FUSE filesystems), whose room cannot be known.
 pub fn free_bytes(path: &Path) -> Result<Option<u64>, ImportError> {
     let st = rustix::fs::statvfs(path)
         .map_err(|e| std::io::Error::new(e.kind(), format!("statvfs {}: {e}", path.display())))?;

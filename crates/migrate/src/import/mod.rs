@@ -325,8 +325,11 @@ pub fn prepare_import(
                 ));
             }
             Some(_) => earlier_claims.clone_from(&last.claimed),
-            // Records written before signers were kept list no claims.
-            None => {}
+            // Written by a baluchon that kept neither signers nor claims.
+            None => warnings.push(format!(
+                "tenant {}'s last import recorded no signing key; this bundle's, {signer}, is the one its next imports must be signed with",
+                header.tenant
+            )),
         }
         if last.bundle_id == header.bundle_id {
             return Ok(Prepared::AlreadyImported {
@@ -425,6 +428,7 @@ pub fn prepare_import(
         ));
     }
 
+    let other_claims = other_tenants_claims(&options.work_dir, &dir, &mut warnings);
     let mut planner = Planner {
         recipe: &recipe,
         description: &description,
@@ -434,6 +438,7 @@ pub fn prepare_import(
         blockers,
         new_accounts: placeholders.iter().map(|p| p.name.clone()).collect(),
         earlier_claims: &earlier_claims,
+        other_claims: &other_claims,
         claims: earlier_claims.clone(),
     };
     let mut planned = planner.plan(&bundle, &staging, &header)?;
@@ -464,6 +469,41 @@ pub fn prepare_import(
         claims: planned.claims,
         placeholders,
     })))
+}
+
+/// What the imports of tenants other than the one in `own_dir` occupy, by tenant. A record
+/// that cannot be read protects nothing, and the plan says so.
+fn other_tenants_claims(
+    work_dir: &Path,
+    own_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Vec<(String, PathBuf)> {
+    let Ok(tenants) = fs_err::read_dir(work_dir.join("imports")) else {
+        return Vec::new();
+    };
+    let mut claims = Vec::new();
+    for dir in tenants.filter_map(Result::ok).map(|e| e.path()) {
+        let record = dir.join("imported.json");
+        if dir == own_dir || !record.exists() {
+            continue;
+        }
+        let tenant = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match fs_err::read(&record)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                serde_json::from_slice::<Imported>(&text).map_err(|e| e.to_string())
+            }) {
+            Ok(imported) => claims.extend(imported.claimed.into_iter().map(|c| (tenant.clone(), c))),
+            Err(e) => warnings.push(format!(
+                "{} cannot be read ({e}): what tenant {tenant}'s imports placed is not protected from this one",
+                record.display()
+            )),
+        }
+    }
+    claims
 }
 
 /// A creation that failed did not happen (a database or account that is there is not

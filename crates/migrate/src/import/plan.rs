@@ -44,6 +44,8 @@ pub(super) struct Planner<'a> {
     pub(super) new_accounts: Vec<String>,
     /// What the tenant's earlier imports occupy (same signer).
     pub(super) earlier_claims: &'a [PathBuf],
+    /// What other tenants' imports occupy, by tenant.
+    pub(super) other_claims: &'a [(String, PathBuf)],
     /// What this import's file sets will occupy, with the earlier claims.
     pub(super) claims: Vec<PathBuf>,
 }
@@ -863,57 +865,62 @@ impl Planner<'_> {
         })
     }
 
-    /// Whether a file set may go to `to`, and what it will occupy there. A bundle is one
-    /// tenant's: it may make new files and directories in the places where apps live, but
-    /// add to an existing directory (another site's web root, a directory another program
-    /// reads its settings from, /var/lib/php/sessions) only if that is where this app's
-    /// packages or this tenant's earlier imports put files, or if `--merge-into` names it.
+    /// Whether a file set may go to `to`, and what the tenant then holds there. A bundle is
+    /// one tenant's: it may make new files and directories in the places where apps live,
+    /// but add to or replace what is already there (another site's web root, a directory
+    /// another program reads settings from, /var/lib/php/sessions) only where this app's
+    /// packages put files, where this tenant's earlier imports did, or where `--merge-into`
+    /// says; never where another tenant's imports did, unless `--merge-into` says so.
     fn claim(
         &mut self,
         to: &Path,
         within: &[String],
     ) -> Result<Result<Option<PathBuf>, String>, ImportError> {
-        // The directory the set adds to, and what it creates there.
-        let (anchor, created) = match host::metadata_if_any(to)? {
-            Some(meta) if meta.is_dir() => (to, None),
-            // A file there is replaced or kept, as the survey and --on-conflict say.
-            Some(_) => (to.parent().unwrap_or(to), None),
-            None => {
-                let mut anchor = to;
-                while let Some(parent) = anchor.parent() {
-                    anchor = parent;
-                    if host::metadata_if_any(anchor)?.is_some() {
-                        break;
-                    }
-                }
-                // The first missing directory on the way, or the set itself.
-                let first = to
-                    .strip_prefix(anchor)
-                    .ok()
-                    .and_then(|rest| rest.components().next());
-                (anchor, first.map(|first| anchor.join(first)))
+        let existing = host::metadata_if_any(to)?.is_some();
+        // What the set adds to or replaces: itself if it is there, else the nearest
+        // directory above it that is.
+        let mut anchor = to;
+        while !existing && host::metadata_if_any(anchor)?.is_none() {
+            match anchor.parent() {
+                Some(parent) => anchor = parent,
+                None => break,
             }
-        };
-        let claimed_by_tenant = |p: &Path| {
-            self.earlier_claims
-                .iter()
-                .chain(&self.options.merge_into)
-                .any(|c| p.starts_with(c))
-        };
-        if claimed_by_tenant(anchor) || claimed_by_tenant(to) {
-            return Ok(Ok(Some(created.unwrap_or_else(|| to.to_owned()))));
         }
-        // Where apps live, or above it (a host without /srv): nobody's directory.
-        let a_root = baluchon_recipe::ALLOWED_ROOTS
+        let named = self
+            .options
+            .merge_into
+            .iter()
+            .any(|m| anchor.starts_with(m));
+        let others = self
+            .other_claims
+            .iter()
+            .find(|(_, claim)| anchor.starts_with(claim) || claim.starts_with(to));
+        if let (Some((tenant, claim)), false) = (others, named) {
+            return Ok(Err(format!(
+                "{} is tenant {tenant}'s (its imports placed {}): name it with --merge-into {} if this tenant may add to it",
+                anchor.display(),
+                claim.display(),
+                anchor.display()
+            )));
+        }
+        if named || self.earlier_claims.iter().any(|c| anchor.starts_with(c)) {
+            return Ok(Ok(Some(to.to_owned())));
+        }
+        if host::package_paths(&self.recipe.definition().packages.code).contains(anchor) {
+            // Shared by every instance of the app on this host (Debian's wp-content).
+            return Ok(Ok(None));
+        }
+        // New, in a place where apps live or above it (a host without /srv yet).
+        let where_apps_live = baluchon_recipe::ALLOWED_ROOTS
             .iter()
             .copied()
             .chain(within.iter().map(String::as_str))
             .any(|root| Path::new(root).starts_with(anchor));
-        if a_root || host::package_paths(&self.recipe.definition().packages.code).contains(anchor) {
-            return Ok(Ok(created));
+        if !existing && where_apps_live {
+            return Ok(Ok(Some(to.to_owned())));
         }
         Ok(Err(format!(
-            "{} is a directory of this host that neither the app's packages nor an earlier import of this tenant made, and a bundle does not add files to it: name it with --merge-into {} if it is this tenant's",
+            "{} is already on this host, and neither the app's packages nor an earlier import of this tenant put it there: a bundle does not add to it or replace it; name it with --merge-into {} if it is this tenant's",
             anchor.display(),
             anchor.display()
         )))
