@@ -488,10 +488,21 @@ fn a_concurrent_import_of_the_same_tenant_is_refused() {
 fn conflicts_are_refused_by_default_and_the_plan_names_them() {
     let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (site, moved) = site_and_bundle();
-    // Same domain, and the site is still there, changed since the export: a conflict.
+    // Same domain, and the site is still there, changed since the export: a conflict. The
+    // operator says the site's files are this tenant's (no import of it placed them).
     fs_err::write(site.fact("vhost_path"), "# changed since the export\n").unwrap();
+    let enabled = format!("/etc/nginx/sites-enabled/{}", site.fact("domain"));
+    let mut named = Vec::new();
+    for path in [
+        site.fact("config_path"),
+        site.fact("vhost_path"),
+        site.fact("pool_path"),
+        &enabled,
+    ] {
+        named.extend(["--merge-into", path]);
+    }
     let before = host_state();
-    let out = moved.import(&["--plan", "--json"], &[]);
+    let out = moved.import(&[&["--plan", "--json"], &named[..]].concat(), &[]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -500,8 +511,27 @@ fn conflicts_are_refused_by_default_and_the_plan_names_them() {
     let plan: Value = serde_json::from_slice(&out.stdout).unwrap();
     let conflicts = plan["conflicts"].to_string();
     assert!(conflicts.contains(site.fact("vhost_path")), "{conflicts}");
-    assert!(!plan["blockers"].as_array().unwrap().is_empty());
-    moved.assert_refused("--on-conflict", &before);
+    let blockers = plan["blockers"].as_array().unwrap();
+    assert_eq!(blockers.len(), 1, "{blockers:?}");
+    let out = moved.import(&named, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--on-conflict"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_same_state(&before, &host_state(), "after a refused import");
+
+    // Not named, the site's files are not this tenant's: refused whatever --on-conflict says.
+    let plan = moved.blocked_plan(&["--on-conflict", "replace"]);
+    let blockers = plan["blockers"].to_string();
+    assert!(
+        blockers.contains(&format!(
+            "{} is already on this host, and neither the app's packages nor an earlier import of this tenant put it there",
+            site.fact("vhost_path")
+        )),
+        "{blockers}"
+    );
 }
 
 #[test]
@@ -1606,7 +1636,9 @@ fn a_bundle_adds_to_an_existing_directory_only_if_it_is_the_tenants() {
     };
 
     // A bundle of the same tenant from another key, imported with the same record.
+    fs_err::write(data.join("new-notes.txt"), "written since\n").unwrap();
     let second = Move::export("custom", &name);
+    fs_err::remove_file(data.join("new-notes.txt")).unwrap();
     copy_record(&second);
     let plan = second.blocked_plan(&[]);
     let blockers = plan["blockers"].to_string();
@@ -1614,7 +1646,9 @@ fn a_bundle_adds_to_an_existing_directory_only_if_it_is_the_tenants() {
 
     // Another tenant's bundle sent to the same directory, on the host that holds the record.
     write_custom_spec(&other_name, &data);
+    fs_err::write(data.join("planted.php"), "<?php // another tenant's code\n").unwrap();
     let other = Move::export("custom", &other_name);
+    fs_err::remove_file(data.join("planted.php")).unwrap();
     copy_record(&other);
     fs_err::remove_file(&other_spec).unwrap();
     let other_blockers = other.blocked_plan(&[])["blockers"].to_string();

@@ -467,7 +467,15 @@ impl PreparedImport {
             sequence: self.plan.sequence,
             instance: self.new_instance.clone(),
             signer: Some(self.bundle.signer().fingerprint.clone()),
-            claimed: self.claims.clone(),
+            // What the app's packages installed since the plan put there is nobody's.
+            claimed: {
+                let packaged = host::package_paths(&self.code_packages);
+                self.claims
+                    .iter()
+                    .filter(|claim| !packaged.contains(*claim))
+                    .cloned()
+                    .collect()
+            },
         }
     }
 

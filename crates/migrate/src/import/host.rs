@@ -436,7 +436,15 @@ pub fn version_newer(a: &str, b: &str) -> Option<bool> {
 pub fn metadata_if_any(path: &Path) -> Result<Option<std::fs::Metadata>, ImportError> {
     match fs_err::symlink_metadata(path) {
         Ok(meta) => Ok(Some(meta)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // A file where a directory on the way should be: nothing there either.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            Ok(None)
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -261,6 +261,8 @@ pub struct PreparedImport {
     new_instance: String,
     /// What the tenant's file sets occupy after this import (`Imported::claimed`).
     claims: Vec<PathBuf>,
+    /// The packages of the app's code, whose paths are nobody's claim.
+    code_packages: Vec<String>,
     placeholders: Vec<baluchon_bundle::Placeholder>,
 }
 
@@ -467,6 +469,7 @@ pub fn prepare_import(
         options: options.clone(),
         new_instance: planned.new_instance,
         claims: planned.claims,
+        code_packages: recipe.definition().packages.code.clone(),
         placeholders,
     })))
 }

@@ -595,15 +595,15 @@ impl Planner<'_> {
                 }
                 continue;
             }
-            // A service file's place is checked above, more strictly.
-            if service.is_none() {
-                match self.claim(Path::new(&to), within)? {
+            let placement = place::survey(self.tree, Path::new(&set.path), Path::new(&to))?;
+            // What is there already, the same, stays as it is (a pool shared by apps).
+            if placement.identical != placement.entries {
+                // Refused, the set is still checked: the plan lists every reason at once.
+                match self.claim(Path::new(&to), within, service.is_some())? {
                     Ok(claim) => self.claims.extend(claim),
-                    Err(reason) => {
-                        self.blockers
-                            .push(format!("file set {} → {to}: {reason}", set.path));
-                        continue;
-                    }
+                    Err(reason) => self
+                        .blockers
+                        .push(format!("file set {} → {to}: {reason}", set.path)),
                 }
             }
             let staged = || self.tree.join(set.path.trim_start_matches('/'));
@@ -618,7 +618,6 @@ impl Planner<'_> {
             if to != set.path {
                 renamed.push((PathBuf::from(&set.path), PathBuf::from(&to)));
             }
-            let placement = place::survey(self.tree, Path::new(&set.path), Path::new(&to))?;
             conflicts.extend(placement.conflicts.iter().cloned());
             if let Some(first) = placement.dirs_kept.first() {
                 let kept = match placement.dirs_kept.len() {
@@ -868,13 +867,16 @@ impl Planner<'_> {
     /// Whether a file set may go to `to`, and what the tenant then holds there. A bundle is
     /// one tenant's: it may make new files and directories in the places where apps live,
     /// but add to or replace what is already there (another site's web root, a directory
-    /// another program reads settings from, /var/lib/php/sessions) only where this app's
-    /// packages put files, where this tenant's earlier imports did, or where `--merge-into`
-    /// says; never where another tenant's imports did, unless `--merge-into` says so.
+    /// another program reads settings from, /var/lib/php/sessions, another site's config)
+    /// only if the app's packages put it there, this tenant's earlier imports did, or
+    /// `--merge-into` names it; and never what another tenant's imports put there, unless
+    /// `--merge-into` names that. A service's file (`service`) has had its place checked
+    /// already: a new one may be made there.
     fn claim(
         &mut self,
         to: &Path,
         within: &[String],
+        service: bool,
     ) -> Result<Result<Option<PathBuf>, String>, ImportError> {
         let existing = host::metadata_if_any(to)?.is_some();
         // What the set adds to or replaces: itself if it is there, else the nearest
@@ -886,37 +888,39 @@ impl Planner<'_> {
                 None => break,
             }
         }
-        let named = self
-            .options
-            .merge_into
-            .iter()
-            .any(|m| anchor.starts_with(m));
-        let others = self
-            .other_claims
-            .iter()
-            .find(|(_, claim)| anchor.starts_with(claim) || claim.starts_with(to));
-        if let (Some((tenant, claim)), false) = (others, named) {
-            return Ok(Err(format!(
-                "{} is tenant {tenant}'s (its imports placed {}): name it with --merge-into {} if this tenant may add to it",
-                anchor.display(),
-                claim.display(),
-                anchor.display()
-            )));
+        // Exact paths: naming or having made /srv/www is no right to what others put below.
+        let named = |p: &Path| self.options.merge_into.iter().any(|m| m == p);
+        let packaged = host::package_paths(&self.recipe.definition().packages.code);
+        // A claim on a packaged path was made before the package was installed: nobody's.
+        let others = self.other_claims.iter().find(|(_, claim)| {
+            !packaged.contains(claim) && (anchor.starts_with(claim) || claim.starts_with(to))
+        });
+        if let Some((tenant, claim)) = others {
+            if !named(claim) && !named(anchor) {
+                return Ok(Err(format!(
+                    "{} is tenant {tenant}'s (its imports placed {}): name it with --merge-into {} if this tenant may add to it",
+                    anchor.display(),
+                    claim.display(),
+                    claim.display()
+                )));
+            }
         }
-        if named || self.earlier_claims.iter().any(|c| anchor.starts_with(c)) {
+        if named(anchor) || self.earlier_claims.iter().any(|c| c == anchor) {
             return Ok(Ok(Some(to.to_owned())));
         }
-        if host::package_paths(&self.recipe.definition().packages.code).contains(anchor) {
-            // Shared by every instance of the app on this host (Debian's wp-content).
+        if existing && packaged.contains(to) {
+            // Shared by every instance of the app on this host (Debian's wp-content): no
+            // tenant's alone.
             return Ok(Ok(None));
         }
-        // New, in a place where apps live or above it (a host without /srv yet).
+        // New, in a place where apps live (or above it: a host without /srv yet), in a
+        // directory of the app's packages, or in its service's directory.
         let where_apps_live = baluchon_recipe::ALLOWED_ROOTS
             .iter()
             .copied()
             .chain(within.iter().map(String::as_str))
             .any(|root| Path::new(root).starts_with(anchor));
-        if !existing && where_apps_live {
+        if !existing && (where_apps_live || packaged.contains(anchor) || service) {
             return Ok(Ok(Some(to.to_owned())));
         }
         Ok(Err(format!(
