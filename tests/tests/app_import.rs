@@ -522,16 +522,18 @@ fn conflicts_are_refused_by_default_and_the_plan_names_them() {
     );
     assert_same_state(&before, &host_state(), "after a refused import");
 
-    // Not named, the site's files are not this tenant's: refused whatever --on-conflict says.
+    // Not named, the site's files are not this tenant's: refused whatever --on-conflict says
+    // (the config differs too: its secrets were left out of the bundle).
     let plan = moved.blocked_plan(&["--on-conflict", "replace"]);
     let blockers = plan["blockers"].to_string();
-    assert!(
-        blockers.contains(&format!(
-            "{} is already on this host, and neither the app's packages nor an earlier import of this tenant put it there",
-            site.fact("vhost_path")
-        )),
-        "{blockers}"
-    );
+    for path in [site.fact("vhost_path"), site.fact("config_path")] {
+        assert!(
+            blockers.contains(&format!(
+                "{path} is already on this host, and neither the app's packages nor an earlier import of this tenant put it there"
+            )),
+            "{path}: {blockers}"
+        );
+    }
 }
 
 #[test]
@@ -1690,5 +1692,37 @@ fn a_bundle_adds_to_an_existing_directory_only_if_it_is_the_tenants() {
         plan_with_new_signer.status.success(),
         "{}",
         text(&plan_with_new_signer.stdout)
+    );
+}
+
+/// A file identical to one already here is left alone, without asking whose it is; but one
+/// the import rewrites first (here the custom spec, given a new domain) replaces what is
+/// there, and so must be this tenant's.
+#[test]
+fn a_file_the_import_rewrites_is_not_taken_as_identical() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let name = unique("rewritten");
+    let srv = PathBuf::from(format!("/srv/baluchon-test-{name}"));
+    fs_err::create_dir_all(srv.join("data")).unwrap();
+    fs_err::write(srv.join("data/notes.txt"), "notes\n").unwrap();
+    let spec = write_custom_spec(&name, &srv.join("data"));
+    let moved = Move::export("custom", &name);
+    fs_err::remove_dir_all(&srv).unwrap();
+
+    let kept = moved.plan(&[]);
+    let new_domain = format!("{}.test", unique("rewritten-elsewhere"));
+    let plan = moved.blocked_plan(&["--domain", &new_domain, "--on-conflict", "replace"]);
+    let _ = fs_err::remove_file(&spec);
+    assert!(
+        kept["blockers"].as_array().unwrap().is_empty(),
+        "the same spec, unchanged: {kept}"
+    );
+    let blockers = plan["blockers"].to_string();
+    assert!(
+        blockers.contains(&format!(
+            "{} is already on this host, and neither the app's packages nor an earlier import of this tenant put it there",
+            spec.display()
+        )),
+        "{blockers}"
     );
 }

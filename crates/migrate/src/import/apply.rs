@@ -467,9 +467,10 @@ impl PreparedImport {
             sequence: self.plan.sequence,
             instance: self.new_instance.clone(),
             signer: Some(self.bundle.signer().fingerprint.clone()),
-            // What the app's packages installed since the plan put there is nobody's.
+            // What the packages installed since the plan put there is nobody's.
             claimed: {
-                let packaged = host::package_paths(&self.code_packages);
+                let packages = [&self.code_packages[..], &self.plan.packages_to_install].concat();
+                let packaged = host::package_paths(&packages);
                 self.claims
                     .iter()
                     .filter(|claim| !packaged.contains(*claim))

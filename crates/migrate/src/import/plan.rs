@@ -540,6 +540,7 @@ impl Planner<'_> {
             )
             .collect();
         let mut placements = Vec::new();
+        let mut identical = Vec::new();
         let mut conflicts = Vec::new();
         let mut renamed = Vec::new();
         let (mut pools, mut sites, mut enabling) = (Vec::new(), Vec::new(), Vec::new());
@@ -596,8 +597,11 @@ impl Planner<'_> {
                 continue;
             }
             let placement = place::survey(self.tree, Path::new(&set.path), Path::new(&to))?;
-            // What is there already, the same, stays as it is (a pool shared by apps).
-            if placement.identical != placement.entries {
+            // What is there already, the same, stays as it is (a pool shared by apps),
+            // unless the apply changes the staged copy first (checked below).
+            if placement.identical == placement.entries {
+                identical.push((set.path.clone(), to.clone(), within, service.is_some()));
+            } else {
                 // Refused, the set is still checked: the plan lists every reason at once.
                 match self.claim(Path::new(&to), within, service.is_some())? {
                     Ok(claim) => self.claims.extend(claim),
@@ -649,6 +653,21 @@ impl Planner<'_> {
             &sets_of(ServiceKind::PhpFpmPool),
         );
         let symlink_retargets = self.check_symlinks(&d.files, &renamed)?;
+        for (from, to, within, service) in identical {
+            let staged = self.tree.join(from.trim_start_matches('/'));
+            let changed = config_rewrites.iter().any(|r| r.file.starts_with(&staged))
+                || symlink_retargets
+                    .iter()
+                    .any(|(link, _)| link.starts_with(&staged));
+            if changed {
+                match self.claim(Path::new(&to), within, service)? {
+                    Ok(claim) => self.claims.extend(claim),
+                    Err(reason) => self
+                        .blockers
+                        .push(format!("file set {from} → {to}: {reason}")),
+                }
+            }
+        }
 
         // Packages: what is missing, and whether this host's versions can run the app.
         let mut packages_to_install = Vec::new();
