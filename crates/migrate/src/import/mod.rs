@@ -67,8 +67,9 @@ pub struct ImportOptions {
     /// Run a PHP app on this PHP version (`8.2`) rather than the bundle's: its version in
     /// socket and pool paths follows, in values and in the app's nginx sites and pools.
     pub php_version: Option<String>,
-    /// Existing directories of this host the app's files may be added to, besides those of
-    /// the app's packages and those an earlier import of the same tenant made.
+    /// Paths already on this host (directories, or files) that the app's files may be added
+    /// to or replace, besides those of the app's packages and those an earlier import of
+    /// the same tenant placed. Exact paths: a directory named does not cover those below.
     pub merge_into: Vec<PathBuf>,
     /// Import a tenant's bundle signed by another key than its last import's.
     pub allow_new_signer: bool,
