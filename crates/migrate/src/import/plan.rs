@@ -2,7 +2,7 @@
 //! room it needs, all from the staged bundle and this host, before anything changes.
 
 use fs_err::os::unix::fs::OpenOptionsExt as _;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
@@ -541,6 +541,7 @@ impl Planner<'_> {
             .collect();
         let mut placements = Vec::new();
         let mut identical = Vec::new();
+        let packaged = host::package_paths(&self.recipe.definition().packages.code);
         let mut conflicts = Vec::new();
         let mut renamed = Vec::new();
         let (mut pools, mut sites, mut enabling) = (Vec::new(), Vec::new(), Vec::new());
@@ -603,12 +604,7 @@ impl Planner<'_> {
                 identical.push((set.path.clone(), to.clone(), within, service.is_some()));
             } else {
                 // Refused, the set is still checked: the plan lists every reason at once.
-                match self.claim(Path::new(&to), within, service.is_some())? {
-                    Ok(claim) => self.claims.extend(claim),
-                    Err(reason) => self
-                        .blockers
-                        .push(format!("file set {} → {to}: {reason}", set.path)),
-                }
+                self.claim_or_block(&set.path, &to, within, service.is_some(), &packaged)?;
             }
             let staged = || self.tree.join(set.path.trim_start_matches('/'));
             if service.is_none() && checks::read_by_a_service(Path::new(&to)) {
@@ -660,12 +656,7 @@ impl Planner<'_> {
                     .iter()
                     .any(|(link, _)| link.starts_with(&staged));
             if changed {
-                match self.claim(Path::new(&to), within, service)? {
-                    Ok(claim) => self.claims.extend(claim),
-                    Err(reason) => self
-                        .blockers
-                        .push(format!("file set {from} → {to}: {reason}")),
-                }
+                self.claim_or_block(&from, &to, within, service, &packaged)?;
             }
         }
 
@@ -883,6 +874,25 @@ impl Planner<'_> {
         })
     }
 
+    /// Records what the set `from`, placed at `to`, will hold for the tenant, or why it
+    /// may not be placed there ([`Self::claim`]).
+    fn claim_or_block(
+        &mut self,
+        from: &str,
+        to: &str,
+        within: &[String],
+        service: bool,
+        packaged: &BTreeSet<PathBuf>,
+    ) -> Result<(), ImportError> {
+        match self.claim(Path::new(to), within, service, packaged)? {
+            Ok(claim) => self.claims.extend(claim),
+            Err(reason) => self
+                .blockers
+                .push(format!("file set {from} → {to}: {reason}")),
+        }
+        Ok(())
+    }
+
     /// Whether a file set may go to `to`, and what the tenant then holds there. A bundle is
     /// one tenant's: it may make new files and directories in the places where apps live,
     /// but add to or replace what is already there (another site's web root, a directory
@@ -892,10 +902,11 @@ impl Planner<'_> {
     /// `--merge-into` names that. A service's file (`service`) has had its place checked
     /// already: a new one may be made there.
     fn claim(
-        &mut self,
+        &self,
         to: &Path,
         within: &[String],
         service: bool,
+        packaged: &BTreeSet<PathBuf>,
     ) -> Result<Result<Option<PathBuf>, String>, ImportError> {
         let existing = host::metadata_if_any(to)?.is_some();
         // What the set adds to or replaces: itself if it is there, else the nearest
@@ -909,7 +920,6 @@ impl Planner<'_> {
         }
         // Exact paths: naming or having made /srv/www is no right to what others put below.
         let named = |p: &Path| self.options.merge_into.iter().any(|m| m == p);
-        let packaged = host::package_paths(&self.recipe.definition().packages.code);
         // A claim on a packaged path was made before the package was installed: nobody's.
         let others = self.other_claims.iter().find(|(_, claim)| {
             !packaged.contains(claim) && (anchor.starts_with(claim) || claim.starts_with(to))
