@@ -432,10 +432,10 @@ pub fn version_newer(a: &str, b: &str) -> Option<bool> {
     }
 }
 
-/// A path's own metadata (a link's, not its target's), `None` if nothing is there.
-pub fn metadata_if_any(path: &Path) -> Result<Option<std::fs::Metadata>, ImportError> {
+/// Whether anything is at `path` itself (a link counts, whatever it points to).
+pub fn is_there(path: &Path) -> Result<bool, ImportError> {
     match fs_err::symlink_metadata(path) {
-        Ok(meta) => Ok(Some(meta)),
+        Ok(_) => Ok(true),
         // A file where a directory on the way should be: nothing there either.
         Err(e)
             if matches!(
@@ -443,7 +443,7 @@ pub fn metadata_if_any(path: &Path) -> Result<Option<std::fs::Metadata>, ImportE
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
             ) =>
         {
-            Ok(None)
+            Ok(false)
         }
         Err(e) => Err(e.into()),
     }

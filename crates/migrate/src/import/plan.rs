@@ -908,11 +908,11 @@ impl Planner<'_> {
         service: bool,
         packaged: &BTreeSet<PathBuf>,
     ) -> Result<Result<Option<PathBuf>, String>, ImportError> {
-        let existing = host::metadata_if_any(to)?.is_some();
+        let existing = host::is_there(to)?;
         // What the set adds to or replaces: itself if it is there, else the nearest
         // directory above it that is.
         let mut anchor = to;
-        while !existing && host::metadata_if_any(anchor)?.is_none() {
+        while !existing && !host::is_there(anchor)? {
             match anchor.parent() {
                 Some(parent) => anchor = parent,
                 None => break,
